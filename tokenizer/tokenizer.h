@@ -1,0 +1,77 @@
+/* tokenizer/ — vocabulary from GGUF metadata, byte-level BPE (qwen2/gpt2),
+ * SentencePiece (llama), special tokens, UTF-8-safe streaming detokenizer and
+ * chat templates. */
+#ifndef APR_TOKENIZER_H
+#define APR_TOKENIZER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct apr_tokenizer apr_tokenizer;
+
+enum apr_tok_kind { APR_TOK_BPE = 1, APR_TOK_SPM = 2 };
+
+/* Builds the tokenizer from tokenizer.ggml.* metadata (the file may be closed
+ * afterwards: everything needed is copied). */
+apr_tokenizer *apr_tok_load(const gguf_file *f, char err[APR_ERRLEN]);
+void apr_tok_free(apr_tokenizer *t);
+
+enum apr_tok_kind apr_tok_kind(const apr_tokenizer *t);
+int32_t apr_tok_n_vocab(const apr_tokenizer *t);
+int32_t apr_tok_bos(const apr_tokenizer *t); /* -1 when none */
+int32_t apr_tok_eos(const apr_tokenizer *t); /* -1 when none */
+bool apr_tok_add_bos(const apr_tokenizer *t); /* tokenizer.ggml.add_bos_token */
+/* End of generation: eos, eot, and Qwen's <|im_end|> / <|endoftext|>. */
+bool apr_tok_is_eog(const apr_tokenizer *t, int32_t id);
+/* Token text as stored in the vocabulary (for --pieces); NULL if out of range. */
+const char *apr_tok_text(const apr_tokenizer *t, int32_t id, size_t *len);
+/* Look up a token by its exact vocabulary text; -1 when absent. */
+int32_t apr_tok_find(const apr_tokenizer *t, const char *text, size_t len);
+
+/* Encode text (must be valid UTF-8, else an error) into ids. *ids is malloc'd
+ * and owned by the caller. parse_special: match CONTROL/USER_DEFINED token text. */
+int apr_tok_encode(const apr_tokenizer *t, const char *text, size_t len, bool add_bos,
+                   bool parse_special, int32_t **ids, size_t *n_ids, char err[APR_ERRLEN]);
+
+/* Bytes a token stands for when detokenized (byte-level mapping undone, SPM's
+ * U+2581 turned into a space, <0xNN> into the byte); control tokens give "". */
+size_t apr_tok_piece(const apr_tokenizer *t, int32_t id, char *buf, size_t cap);
+/* One-shot decode into a malloc'd NUL-terminated string (*len without the NUL). */
+char *apr_tok_decode(const apr_tokenizer *t, const int32_t *ids, size_t n, size_t *len);
+
+/* Streaming detokenizer: feeds one id at a time, emits only complete UTF-8
+ * characters; the concatenation of all emits plus the final flush equals the
+ * one-shot decode. */
+typedef struct {
+    const apr_tokenizer *t;
+    char pending[8];
+    size_t n_pending;
+    bool first; /* SPM: strip the leading space of the first piece */
+} apr_detok;
+
+void apr_detok_init(apr_detok *d, const apr_tokenizer *t);
+/* Appends complete bytes to out (capacity cap); returns bytes written. cap >= 64
+ * plus the longest piece always suffices. */
+size_t apr_detok_push(apr_detok *d, int32_t id, char *out, size_t cap);
+/* Emits whatever is left (invalid trailing bytes become U+FFFD). */
+size_t apr_detok_flush(apr_detok *d, char *out, size_t cap);
+
+/* Chat templates. */
+typedef struct {
+    const char *role; /* system | user | assistant */
+    const char *content;
+} apr_chat_msg;
+
+enum apr_chat_tmpl { APR_CHAT_UNKNOWN = 0, APR_CHAT_CHATML = 1, APR_CHAT_LLAMA2 = 2 };
+
+/* Recognise tokenizer.chat_template of the model. */
+enum apr_chat_tmpl apr_chat_detect(const gguf_file *f);
+/* Render messages into a malloc'd prompt. Unknown template: error unless
+ * allow_plain, which concatenates the contents. */
+char *apr_chat_render(enum apr_chat_tmpl tmpl, const apr_chat_msg *msgs, size_t n,
+                      bool add_generation_prompt, bool allow_plain, char err[APR_ERRLEN]);
+
+#endif

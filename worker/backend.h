@@ -1,0 +1,50 @@
+/* worker/ — the backend interface every engine implements (cpu here, cuda in
+ * cuda/), the io_uring loader and the worker's protocol loop.
+ *
+ * A backend owns the weights and a KV cache of n_seq sequences of n_ctx
+ * positions each. A step takes a batch of (sequence, position, token) entries
+ * and returns logits for the entries that ask for them. Within one step a
+ * sequence's entries have consecutive positions, and every earlier position of
+ * that sequence has been computed by an earlier step (or earlier in this one).
+ */
+#ifndef APR_BACKEND_H
+#define APR_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct {
+    int n_threads; /* 0: all online cores */
+    int n_ctx;     /* positions per sequence; 0: min(n_ctx_train, 4096) */
+    int n_seq;     /* sequences the KV cache holds; 0: 1 */
+    bool progress; /* progress bar while loading (only shown on a TTY) */
+} apr_backend_opts;
+
+typedef struct {
+    int n;                      /* entries */
+    const int32_t *token;       /* [n] */
+    const int32_t *pos;         /* [n] */
+    const int32_t *seq;         /* [n], 0 <= seq < n_seq */
+    const uint8_t *want_logits; /* [n]; NULL: only the last entry */
+} apr_batch;
+
+typedef struct apr_backend apr_backend;
+
+/* kind: "cpu" or "cuda". */
+apr_backend *apr_backend_open(const char *kind, const char *model_path,
+                              const apr_backend_opts *opts, char err[APR_ERRLEN]);
+void apr_backend_close(apr_backend *b);
+
+const apr_hparams *apr_backend_hparams(const apr_backend *b);
+int apr_backend_n_ctx(const apr_backend *b);
+int apr_backend_n_seq(const apr_backend *b);
+
+/* logits: n_vocab floats for each entry that wants them, in batch order. */
+int apr_backend_step(apr_backend *b, const apr_batch *batch, float *logits,
+                     char err[APR_ERRLEN]);
+/* Forget positions >= from_pos of a sequence (0 clears it). */
+void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos);
+
+#endif
