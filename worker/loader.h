@@ -1,0 +1,46 @@
+/* io_uring model loader (private to worker/ and cuda/).
+ *
+ * Tensor data is read with many large reads in flight into memory the worker
+ * owns. For the CPU worker that memory is a shared-memory segment, so that a
+ * restarted worker can map the same weights again instead of re-reading them.
+ */
+#ifndef APR_LOADER_H
+#define APR_LOADER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct {
+    uint64_t bytes;
+    double seconds;
+    bool used_uring; /* false: io_uring was unavailable and pread was used */
+} apr_load_stats;
+
+enum {
+    APR_LOAD_PROGRESS = 1, /* progress bar on stderr when it is a TTY */
+    APR_LOAD_NO_URING = 2, /* force the pread path (benchmarks, tests) */
+};
+
+/* Read len bytes at offset off of the file into dst. io_uring with several MB
+ * reads in flight; if io_uring cannot be set up (ENOSYS/EPERM), one notice on
+ * stderr and pread instead. Short reads and EINTR are handled; reading past the
+ * end of the file is an error. */
+int apr_load_read(const char *path, uint64_t off, uint64_t len, void *dst, int flags,
+                  apr_load_stats *st, char err[APR_ERRLEN]);
+
+/* A shared-memory segment (memfd), mapped read/write. The fd can be passed to
+ * (or inherited by) another process, which maps it with apr_shm_map. */
+typedef struct {
+    int fd;
+    void *addr;
+    size_t len;
+} apr_shm;
+
+int apr_shm_create(apr_shm *s, const char *name, size_t len, char err[APR_ERRLEN]);
+int apr_shm_map(apr_shm *s, int fd, char err[APR_ERRLEN]); /* len from fstat */
+void apr_shm_close(apr_shm *s);
+
+#endif
