@@ -247,6 +247,70 @@ START_TEST(test_shm_refuses)
 }
 END_TEST
 
+/* Runs a whole-file read with flags while stderr is a pty (or, if tty is
+ * false, a pipe) and returns what appeared on it. */
+static char *stderr_of_read(int flags, bool tty)
+{
+    int rd, wr;
+    if (tty) {
+        rd = posix_openpt(O_RDWR | O_NOCTTY);
+        ck_assert_int_ge(rd, 0);
+        ck_assert_int_eq(grantpt(rd), 0);
+        ck_assert_int_eq(unlockpt(rd), 0);
+        wr = open(ptsname(rd), O_RDWR | O_NOCTTY);
+    } else {
+        int p[2];
+        ck_assert_int_eq(pipe(p), 0);
+        rd = p[0];
+        wr = p[1];
+    }
+    ck_assert_int_ge(wr, 0);
+    int saved = dup(STDERR_FILENO);
+    ck_assert_int_ge(saved, 0);
+    dup2(wr, STDERR_FILENO);
+    uint8_t *buf = malloc(FILE_SIZE);
+    char err[APR_ERRLEN] = "";
+    int rc = apr_load_read(fx.path, 0, FILE_SIZE, buf, flags, NULL, err);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    close(wr); /* the pipe's reader now sees EOF; the pty's gets EIO once drained */
+    ck_assert_msg(rc == 0, "%s", err);
+    ck_assert(memcmp(buf, fx.data, FILE_SIZE) == 0);
+    free(buf);
+
+    size_t cap = 1 << 16, n = 0;
+    char *out = calloc(cap, 1);
+    for (;;) {
+        ssize_t r = read(rd, out + n, cap - 1 - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    close(rd);
+    out[n] = 0;
+    return out;
+}
+
+START_TEST(test_progress_bar)
+{
+    int mode = modes[_i];
+    char *out = stderr_of_read(APR_LOAD_PROGRESS | mode, true);
+    ck_assert_msg(strstr(out, "100%") && strstr(out, "GB/s"), "bar: [%s]", out);
+    size_t n = strlen(out);
+    ck_assert_msg(n > 0 && out[n - 1] == '\n', "bar does not end with a newline: [%s]", out);
+    free(out);
+
+    out = stderr_of_read(mode, true); /* not asked for */
+    ck_assert_msg(out[0] == 0, "unexpected output: [%s]", out);
+    free(out);
+
+    out = stderr_of_read(APR_LOAD_PROGRESS | mode, false); /* not a terminal */
+    ck_assert_msg(out[0] == 0, "unexpected output: [%s]", out);
+    free(out);
+}
+END_TEST
+
 int main(void)
 {
     Suite *su = suite_create("loader");
@@ -257,6 +321,7 @@ int main(void)
     tcase_add_loop_test(tc, test_errors, 0, 2);
     tcase_add_loop_test(tc, test_into_shm_and_child, 0, 2);
     tcase_add_test(tc, test_shm_refuses);
+    tcase_add_loop_test(tc, test_progress_bar, 0, 2);
     suite_add_tcase(su, tc);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
