@@ -13,6 +13,7 @@ typedef struct {
 static const command commands[] = {
     {"inspect", apr_cmd_inspect, "print a GGUF file's metadata and tensor table"},
     {"tokenize", apr_cmd_tokenize, "print the token ids of a text as JSON"},
+    {"eval", apr_cmd_eval, "run a model in-process, greedy, with top-5 logits per position"},
 };
 
 static void usage(FILE *out)
