@@ -196,6 +196,9 @@ void gguf_writer_set_bool(gguf_writer *w, const char *key, bool v);
 void gguf_writer_set_str(gguf_writer *w, const char *key, const char *v);
 /* Copy a key/value (any type, arrays included) from a parsed file. */
 void gguf_writer_copy_kv(gguf_writer *w, const gguf_kv *kv);
+/* Any value, arrays (nested, of strings) included; scalar array elements are
+ * raw little-endian bytes as in a parsed file. Setting a key again replaces it. */
+void gguf_writer_set_value(gguf_writer *w, const char *key, const gguf_value *v);
 /* Declare a tensor; its data is produced later by gguf_writer_write's callback. */
 int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type,
                            uint32_t n_dims, const uint64_t ne[4], char err[APR_ERRLEN]);
