@@ -2,6 +2,7 @@
 #   make            build/apr, build/apr-coord, build/apr-worker (+ CUDA parts when nvcc exists)
 #   make test       unit (Check) + integration tests, then the same under ASan+UBSan
 #   make fuzz       libFuzzer targets, FUZZ_SECONDS each (default 60)
+#   make demo       the main job on a model (MODEL=path, else a synthetic one)
 #   make bench      CPU benchmarks that print figures
 
 BUILD   ?= build
@@ -101,11 +102,14 @@ build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC)
 fuzz: $(FUZZ_SRCS:tests/fuzz/%.c=build/fuzz/%)
 	@SHARED=$(SHARED) FUZZ_SECONDS=$(FUZZ_SECONDS) sh tests/fuzz/run.sh $^
 
+demo: $(BINS)
+	@BUILD=$(BUILD) SHARED=$(SHARED) sh deploy/demo.sh
+
 bench: $(BINS) $(BENCH_BINS)
 	@SHARED=$(SHARED) BUILD=$(BUILD) sh tests/bench/run.sh
 
 clean:
 	rm -rf build
 
-.PHONY: all tests test test-run fuzz bench clean
+.PHONY: all tests test test-run fuzz bench demo clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

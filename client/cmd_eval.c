@@ -26,6 +26,7 @@ static void usage(FILE *out)
             "  --ctx N             context length (default: prompt + N)\n"
             "  --backend cpu|cuda  engine (default cpu)\n"
             "  --json              one JSON line per position: {\"step\",\"token\",\"top\"}\n"
+            "  --logits-out FILE   write every position's full logits (float32, n_vocab each)\n"
             "A last line on stderr reports prefill and decode tok/s.\n");
 }
 
@@ -83,7 +84,7 @@ static void top5(const float *logits, int n, int32_t ids[5])
 int apr_cmd_eval(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *tokens_arg = NULL, *force_arg = NULL;
-    const char *backend = "cpu";
+    const char *backend = "cpu", *logits_path = NULL;
     long n_gen = 16, n_threads = 0, n_ctx = 0;
     bool bos = false, json = false, ignore_eos = false;
     for (int i = 1; i < argc; i++) {
@@ -97,6 +98,7 @@ int apr_cmd_eval(int argc, char **argv)
         else if (!strcmp(a, "--tokens") && has) tokens_arg = argv[++i];
         else if (!strcmp(a, "--force") && has) force_arg = argv[++i];
         else if (!strcmp(a, "--backend") && has) backend = argv[++i];
+        else if (!strcmp(a, "--logits-out") && has) logits_path = argv[++i];
         else if ((!strcmp(a, "-n") || !strcmp(a, "--threads") || !strcmp(a, "--ctx")) && has) {
             char *end;
             errno = 0;
@@ -128,6 +130,7 @@ int apr_cmd_eval(int argc, char **argv)
     apr_tokenizer *tok = NULL;
     apr_backend *be = NULL;
     float *logits = NULL;
+    FILE *logits_out = NULL;
     int32_t *batch_tok = NULL, *batch_pos = NULL, *batch_seq = NULL;
 
     gguf_file *f = gguf_open(model, err);
@@ -189,6 +192,11 @@ int apr_cmd_eval(int argc, char **argv)
         goto out;
     }
 
+    if (logits_path && !(logits_out = fopen(logits_path, "wb"))) {
+        fprintf(stderr, "apr eval: cannot write %s: %s\n", logits_path, strerror(errno));
+        goto out;
+    }
+
     /* prefill: the whole prompt in one step */
     for (size_t i = 0; i < n_prompt; i++) {
         batch_tok[i] = prompt_ids[i];
@@ -211,6 +219,10 @@ int apr_cmd_eval(int argc, char **argv)
         int32_t top[5];
         top5(logits, n_vocab, top);
         int32_t next = top[0];
+        if (logits_out && fwrite(logits, sizeof(float), (size_t)n_vocab, logits_out) != (size_t)n_vocab) {
+            fprintf(stderr, "apr eval: writing %s failed\n", logits_path);
+            goto out;
+        }
         if (json) {
             printf("{\"step\":%ld,\"token\":%d,\"top\":[", step, next);
             for (int k = 0; k < 5 && top[k] >= 0; k++)
@@ -249,6 +261,10 @@ int apr_cmd_eval(int argc, char **argv)
             n_decoded ? n_decoded / t_decode : 0.0);
     rc = 0;
 out:
+    if (logits_out && fclose(logits_out) && rc == 0) {
+        fprintf(stderr, "apr eval: writing %s failed\n", logits_path);
+        rc = 1;
+    }
     free(batch_tok);
     free(batch_pos);
     free(batch_seq);
