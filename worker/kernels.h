@@ -43,4 +43,15 @@ void apr_matmul(apr_isa isa, uint32_t wtype, int n,
 /* Dequantize one row of n elements to f32 (embedding lookups, tests). */
 void apr_dequant_row(uint32_t wtype, const void *w, float *out, int n);
 
+/* Internal to kernels*.c: the per-ISA paths behind apr_matmul. The SIMD ones
+ * return 0 when they have no kernel for wtype (the caller then falls back). */
+void apr_matmul_scalar(uint32_t wtype, int n, const void *w, size_t w_stride, int nrows,
+                       const void *xq, size_t x_stride, int ntok, float *out,
+                       size_t out_stride);
+int apr_matmul_avx2(uint32_t wtype, int n, const void *w, size_t w_stride, int nrows,
+                    const void *xq, size_t x_stride, int ntok, float *out, size_t out_stride);
+int apr_matmul_avx512(uint32_t wtype, int n, const void *w, size_t w_stride, int nrows,
+                      const void *xq, size_t x_stride, int ntok, float *out,
+                      size_t out_stride);
+
 #endif
