@@ -281,7 +281,8 @@ static int parse_kvs(reader *r, gguf_file *f)
 {
     reader_priv *pv = r->pv;
     if (f->n_kv > MAX_KV || f->n_kv > left(r) / MIN_KV_BYTES)
-        return fail(r, "metadata count %llu is too large for the file", (unsigned long long)f->n_kv);
+        return fail(r, "metadata count %llu does not fit in the %llu bytes left (file truncated or corrupt)",
+                    (unsigned long long)f->n_kv, (unsigned long long)left(r));
     f->kv = palloc(pv, f->n_kv * sizeof *f->kv + 1);
     pv->kv_cap = hash_cap(f->n_kv);
     pv->kv_hash = palloc(pv, pv->kv_cap * sizeof *pv->kv_hash);
@@ -376,7 +377,8 @@ static int parse_tensors(reader *r, gguf_file *f)
 {
     reader_priv *pv = r->pv;
     if (f->n_tensors > MAX_TENSORS || f->n_tensors > left(r) / MIN_TENSOR_BYTES)
-        return fail(r, "tensor count %llu is too large for the file", (unsigned long long)f->n_tensors);
+        return fail(r, "tensor count %llu does not fit in the %llu bytes left (file truncated or corrupt)",
+                    (unsigned long long)f->n_tensors, (unsigned long long)left(r));
     f->tensors = palloc(pv, f->n_tensors * sizeof *f->tensors + 1);
     pv->t_cap = hash_cap(f->n_tensors);
     pv->t_hash = palloc(pv, pv->t_cap * sizeof *pv->t_hash);
