@@ -1,0 +1,293 @@
+/* proto/ — the client wire protocol (msgpack maps, one per ZeroMQ frame) and
+ * the few ZeroMQ helpers every process uses. PROTOCOL.md is the reference.
+ *
+ * Requests come from anyone who can connect: apr_request_parse validates
+ * every byte (structure, types, ranges, UTF-8, sizes) before the rest of the
+ * coordinator sees it, and says what was wrong with a stable code string and
+ * a one-line message that names the field. Replies are produced by the
+ * apr_reply_* encoders and read back (by the apr client and tests) with
+ * apr_reply_parse, which is just as strict about types but ignores unknown
+ * keys so that newer servers can add fields.
+ */
+#ifndef APR_PROTO_H
+#define APR_PROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <msgpack.h>
+#include <zmq.h>
+
+#include "model/model.h" /* APR_ERRLEN */
+
+#define APR_PROTO_VERSION 1 /* major version; requests may carry `v` */
+#define APR_ID_MAX 128      /* bytes of a string id */
+
+/* ---------------------------------------------------------------- limits */
+
+typedef struct {
+    size_t max_frame;          /* bytes of one request frame (4 MiB) */
+    size_t max_prompt_bytes;   /* prompt / tokenize text / all chat contents (1 MiB) */
+    uint32_t max_input_tokens; /* prompt_tokens, detokenize tokens (262144) */
+    uint32_t max_new_tokens;   /* upper bound of max_tokens (131072) */
+    uint32_t max_messages;     /* chat messages (1024) */
+    uint32_t max_stop;         /* stop strings (16) */
+    uint32_t max_stop_bytes;   /* bytes of one stop string (256) */
+} apr_proto_limits;
+
+void apr_proto_limits_default(apr_proto_limits *l);
+
+/* ---------------------------------------------------------------- errors */
+
+/* Stable codes; apr_proto_code_str gives the wire string. The first group is
+ * what apr_request_parse reports; the second is for the server's own use. */
+typedef enum {
+    APR_PERR_NONE = 0,
+    APR_PERR_BAD_REQUEST,         /* "bad_request": not msgpack, not a map, truncated, trailing bytes, too deep */
+    APR_PERR_UNKNOWN_OP,          /* "unknown_op" */
+    APR_PERR_TOO_LARGE,           /* "too_large": frame, prompt or token array over a limit */
+    APR_PERR_INVALID_PARAM,       /* "invalid_param": a field has the wrong type, range, is unknown or missing */
+    APR_PERR_UNSUPPORTED_VERSION, /* "unsupported_version" */
+    APR_PERR_BUSY,                /* "busy": the queue is full */
+    APR_PERR_NOT_FOUND,           /* "not_found" */
+    APR_PERR_CONTEXT_LENGTH,      /* "context_length": the prompt does not fit the context */
+    APR_PERR_UNAVAILABLE,         /* "unavailable": no worker can serve */
+    APR_PERR_INTERNAL,            /* "internal" */
+    APR_PERR_COUNT_
+} apr_perr;
+
+const char *apr_proto_code_str(apr_perr code);
+
+/* A request id as the client sent it: absent, an integer or a short string.
+ * A plain value (no heap), so it can be copied into replies and errors. */
+enum { APR_ID_NONE = 0, APR_ID_INT, APR_ID_STR };
+typedef struct {
+    int kind;
+    int64_t num;
+    char str[APR_ID_MAX + 1]; /* NUL-terminated; ids never contain NUL */
+} apr_id;
+
+void apr_id_set_int(apr_id *id, int64_t v);
+/* Truncates to APR_ID_MAX bytes; the caller passes valid UTF-8. */
+void apr_id_set_str(apr_id *id, const char *s);
+bool apr_id_equal(const apr_id *a, const apr_id *b);
+
+typedef struct {
+    apr_perr code;
+    char message[APR_ERRLEN];
+    apr_id id; /* the request's id when it could be read, so the error reply can echo it */
+} apr_proto_error;
+
+/* -------------------------------------------------------------- requests */
+
+typedef enum {
+    APR_OP_NONE = 0,
+    APR_OP_GENERATE,
+    APR_OP_CHAT,
+    APR_OP_TOKENIZE,
+    APR_OP_DETOKENIZE,
+    APR_OP_STATUS,
+    APR_OP_CANCEL,
+    APR_OP_COUNT_
+} apr_op;
+
+const char *apr_op_str(apr_op op); /* "generate" ...; "?" for others */
+
+typedef struct {
+    char *role; /* "system" | "user" | "assistant" | "tool" */
+    char *content;
+    size_t content_len;
+} apr_chat_msg;
+
+typedef struct {
+    float temperature;       /* [0, 100]; 0 = greedy (default 0.8) */
+    int32_t top_k;           /* >= 0; 0 = off (default 40) */
+    float top_p;             /* (0, 1]; 1 = off (default 0.95) */
+    float min_p;             /* [0, 1]; 0 = off (default 0.05) */
+    float repeat_penalty;    /* (0, 100]; 1 = off (default 1) */
+    int32_t repeat_last_n;   /* -1 = whole history, 0 = off, else last n (default 64) */
+    float presence_penalty;  /* [-2, 2] (default 0) */
+    float frequency_penalty; /* [-2, 2] (default 0) */
+    bool has_seed;           /* false: the server picks one */
+    uint64_t seed;
+} apr_sampling;
+
+typedef struct {
+    apr_op op;
+    uint32_t version;
+    apr_id id;
+
+    /* generate: exactly one of prompt / prompt_tokens */
+    char *prompt; /* NUL-terminated copy; prompt_len excludes the NUL */
+    size_t prompt_len;
+    int32_t *prompt_tokens;
+    size_t n_prompt_tokens;
+    /* chat */
+    apr_chat_msg *messages;
+    size_t n_messages;
+    /* tokenize */
+    char *text;
+    size_t text_len;
+    /* detokenize */
+    int32_t *tokens;
+    size_t n_tokens;
+
+    /* generate, tokenize */
+    bool add_special;   /* add BOS etc. as the model wants (generate: true, tokenize: false) */
+    bool parse_special; /* special-token text becomes special tokens (true) */
+
+    /* generate, chat */
+    uint32_t max_tokens; /* 0 = until EOS or the context is full (default) */
+    apr_sampling sampling;
+    char **stop; /* stop strings, each NUL-terminated, non-empty */
+    size_t n_stop;
+    bool stream; /* false: no token events; the done event carries the text */
+} apr_request;
+
+/* Defaults for op (as if the client had sent only `op`); owns nothing yet. */
+void apr_request_init(apr_request *r, apr_op op);
+void apr_sampling_default(apr_sampling *s);
+
+/* Parses and validates one request frame with the default limits. On success
+ * returns 0 and *out owns its memory (apr_request_free). On failure returns -1,
+ * *out is left empty (free is still safe) and *e says why. */
+int apr_request_parse(const void *frame, size_t len, apr_request *out, apr_proto_error *e);
+int apr_request_parse_ex(const void *frame, size_t len, const apr_proto_limits *lim,
+                         apr_request *out, apr_proto_error *e);
+void apr_request_free(apr_request *r);
+
+/* Encodes a request (clients, tests). Every field the op uses is written
+ * except max_tokens == 0 and an unset seed. 0 on success, -1 when out of memory. */
+int apr_request_encode(msgpack_sbuffer *b, const apr_request *r);
+
+/* ---------------------------------------------------------------- replies */
+
+typedef enum {
+    APR_FINISH_NONE = 0,
+    APR_FINISH_STOP,      /* EOS or a stop string */
+    APR_FINISH_LENGTH,    /* max_tokens or the context */
+    APR_FINISH_CANCELLED,
+    APR_FINISH_ERROR,
+    APR_FINISH_COUNT_
+} apr_finish;
+
+const char *apr_finish_str(apr_finish f);
+
+typedef struct {
+    uint32_t prompt_tokens;
+    uint32_t completion_tokens;
+} apr_usage;
+
+typedef struct {
+    double ttft_ms;
+    double prefill_tok_s;
+    double decode_tok_s;
+} apr_timings;
+
+#define APR_STATUS_MAX_WORKERS 64
+
+typedef struct {
+    char name[32];    /* "cpu0" */
+    char backend[16]; /* "cpu" | "cuda" */
+    char state[16];   /* "starting" | "ready" | "restarting" | "dead" */
+    int64_t pid;
+    uint64_t restarts;
+    uint32_t sequences;
+} apr_worker_status;
+
+typedef struct {
+    char model[256];
+    uint32_t n_ctx;
+    uint32_t n_vocab;
+    uint32_t running; /* sequences being decoded */
+    uint32_t queued;
+    uint32_t queue_limit;
+    uint64_t restarts; /* all workers, since start */
+    double uptime_s;
+    apr_worker_status *workers;
+    size_t n_workers;
+} apr_status;
+
+typedef enum {
+    APR_EV_NONE = 0,
+    APR_EV_TOKEN,  /* "token" */
+    APR_EV_DONE,   /* "done" */
+    APR_EV_ERROR,  /* "error" */
+    APR_EV_TOKENS, /* "tokens": the tokenize reply */
+    APR_EV_TEXT,   /* "text": the detokenize reply */
+    APR_EV_STATUS, /* "status" */
+    APR_EV_CANCEL, /* "cancel": the cancel reply */
+    APR_EV_COUNT_
+} apr_event;
+
+const char *apr_event_str(apr_event ev);
+
+/* Encoders append one reply map to b; 0 on success, -1 when out of memory.
+ * Strings must be valid UTF-8 (the server replaces bad bytes before this). */
+int apr_reply_token(msgpack_sbuffer *b, const apr_id *id, const char *text, size_t len,
+                    int32_t token, uint32_t index);
+/* text may be NULL (streamed requests); it is the whole completion otherwise. */
+int apr_reply_done(msgpack_sbuffer *b, const apr_id *id, apr_finish finish, const apr_usage *u,
+                   const apr_timings *t, const char *text, size_t len);
+int apr_reply_error(msgpack_sbuffer *b, const apr_id *id, apr_perr code, const char *message);
+int apr_reply_tokens(msgpack_sbuffer *b, const apr_id *id, const int32_t *tokens, size_t n);
+int apr_reply_text(msgpack_sbuffer *b, const apr_id *id, const char *text, size_t len);
+int apr_reply_status(msgpack_sbuffer *b, const apr_id *id, const apr_status *s);
+int apr_reply_cancel(msgpack_sbuffer *b, const apr_id *id, bool found);
+
+/* A decoded reply; which fields mean something depends on event. */
+typedef struct {
+    apr_event event;
+    apr_id id;
+    char *text; /* token, text, done (non-stream; may be NULL); NUL-terminated */
+    size_t text_len;
+    int32_t token; /* token */
+    uint32_t index;
+    apr_finish finish; /* done */
+    apr_usage usage;
+    apr_timings timings;
+    apr_perr code; /* error; APR_PERR_INTERNAL stands for a code this client does not know */
+    char code_str[32];
+    char *message;
+    int32_t *tokens; /* tokens */
+    size_t n_tokens;
+    apr_status status; /* status */
+    bool found;        /* cancel */
+} apr_reply;
+
+#define APR_REPLY_MAX_FRAME ((size_t)64 << 20)
+
+/* 0 and *out owns its memory (apr_reply_free), or -1 and a message in err. */
+int apr_reply_parse(const void *frame, size_t len, apr_reply *out, char err[APR_ERRLEN]);
+void apr_reply_free(apr_reply *r);
+
+/* Strict UTF-8: no overlongs, surrogates or code points past U+10FFFF. */
+bool apr_utf8_valid(const char *s, size_t len);
+
+/* ---------------------------------------------------------------- ZeroMQ */
+/* Clients use DEALER sockets and send one frame per request, no empty
+ * delimiter; the server's ROUTER sees [identity, body]. All helpers return -1
+ * with a message in err on failure; receives return 0 on timeout. A negative
+ * timeout waits forever. EINTR counts as a timeout, so callers can check flags. */
+
+int apr_zmq_send(void *sock, const void *data, size_t len, char err[APR_ERRLEN]);
+/* Receives one message into a malloc'd buffer (*data, *len; caller frees).
+ * Extra frames of a multipart message are dropped and *multipart is set. */
+int apr_zmq_recv(void *sock, int timeout_ms, void **data, size_t *len, bool *multipart,
+                 char err[APR_ERRLEN]);
+
+typedef struct {
+    unsigned char ident[256]; /* ZeroMQ routing ids are 1..255 bytes */
+    size_t ident_len;
+    zmq_msg_t body;  /* valid after a return of 1 until apr_zframe_close */
+    bool multipart;  /* the peer sent more than one body frame (extras dropped) */
+} apr_zframe;
+
+/* ROUTER side: 1 and *f filled (close it with apr_zframe_close), 0 on timeout. */
+int apr_zmq_router_recv(void *router, int timeout_ms, apr_zframe *f, char err[APR_ERRLEN]);
+void apr_zframe_close(apr_zframe *f);
+int apr_zmq_router_send(void *router, const void *ident, size_t ident_len, const void *data,
+                        size_t len, char err[APR_ERRLEN]);
+
+#endif
