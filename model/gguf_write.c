@@ -1,4 +1,4 @@
-/* GGUF writer (version 3, alignment 32).
+/* GGUF writer (version 3, alignment 32 unless general.alignment says otherwise).
  *
  * Metadata is serialized as it is set, so the header goes out in one buffered
  * write. Tensor data comes from a callback per tensor; while one tensor is
@@ -16,7 +16,8 @@
 
 #include "model/model.h"
 
-#define ALIGN 32
+#define ALIGN 32     /* default */
+#define MAX_ALIGN 4096 /* larger general.alignment values are refused */
 
 typedef struct {
     uint8_t *p;
@@ -276,7 +277,7 @@ int gguf_writer_add_tensor(gguf_writer *w, const char *name, uint32_t type, uint
     return 0;
 }
 
-static uint64_t align_up(uint64_t x) { return (x + ALIGN - 1) / ALIGN * ALIGN; }
+static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 static int write_all(int fd, const void *buf, size_t n)
 {
@@ -298,14 +299,15 @@ typedef struct {
     int fd;
     const void *buf;
     size_t n;
+    uint64_t align;
     int err; /* errno, 0 = fine */
 } wjob;
 
 static void *write_job(void *arg)
 {
     wjob *j = arg;
-    static const uint8_t zeros[ALIGN];
-    size_t pad = (size_t)(align_up(j->n) - j->n);
+    static const uint8_t zeros[MAX_ALIGN];
+    size_t pad = (size_t)(align_up(j->n, j->align) - j->n);
     if (write_all(j->fd, j->buf, j->n) || write_all(j->fd, zeros, pad)) j->err = errno ? errno : EIO;
     return NULL;
 }
@@ -315,6 +317,20 @@ int gguf_writer_write(gguf_writer *w, const char *path, gguf_fill_fn fill, void 
     if (w->oom) {
         snprintf(err, APR_ERRLEN, "metadata could not be stored (out of memory or invalid value)");
         return -1;
+    }
+    /* honour a general.alignment the caller set (u32, power of two) */
+    uint64_t align = ALIGN;
+    for (size_t i = 0; i < w->n_kv; i++) {
+        if (strcmp(w->kv[i].key, "general.alignment")) continue;
+        const bytes *v = &w->kv[i].val;
+        uint32_t type, a = 0;
+        memcpy(&type, v->p, 4);
+        if (type == GGUF_U32 && v->n == 8) memcpy(&a, v->p + 4, 4);
+        if (a == 0 || (a & (a - 1)) || a > MAX_ALIGN) {
+            snprintf(err, APR_ERRLEN, "general.alignment must be a u32 power of two up to %d", MAX_ALIGN);
+            return -1;
+        }
+        align = a;
     }
     bytes h = {0};
     put(&h, "GGUF", 4);
@@ -334,11 +350,11 @@ int gguf_writer_write(gguf_writer *w, const char *path, gguf_fill_fn fill, void 
         put_le(&h, t->type, 4);
         put_le(&h, off, 8);
         t->offset = off; /* made absolute below */
-        off = align_up(off + t->nbytes);
+        off = align_up(off + t->nbytes, align);
         if (t->nbytes > max_bytes) max_bytes = t->nbytes;
     }
-    uint64_t data_start = align_up(h.n);
-    static const uint8_t zeros[ALIGN];
+    uint64_t data_start = align_up(h.n, align);
+    static const uint8_t zeros[MAX_ALIGN];
     put(&h, zeros, (size_t)(data_start - h.n));
     if (h.oom) {
         free(h.p);
@@ -394,7 +410,7 @@ int gguf_writer_write(gguf_writer *w, const char *path, gguf_fill_fn fill, void 
                 goto out;
             }
         }
-        job = (wjob){fd, b, (size_t)w->t[i].nbytes, 0};
+        job = (wjob){fd, b, (size_t)w->t[i].nbytes, align, 0};
         if (pthread_create(&th, NULL, write_job, &job)) {
             write_job(&job); /* no thread: write inline */
             if (job.err) {
