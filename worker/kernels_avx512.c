@@ -1,11 +1,378 @@
-/* avx512 kernels (filled in below). */
+/* AVX-512 (+VNNI) kernels for apr_matmul.
+ *
+ * Every kernel is a tile of R weight rows x T activation rows: each weight
+ * block is unpacked once into registers (nibbles spread to bytes in natural
+ * element order, per-lane scale vectors) and then dotted with T activation
+ * blocks. Decode runs T = 1 tiles of 4 rows, so four independent streams of
+ * weights are in flight; prefill runs 4 x 4 tiles, so each unpacked block
+ * serves four tokens. A row's result never depends on the tile it falls in
+ * (same operations in the same order), so any split of rows across threads
+ * gives bit-identical outputs.
+ *
+ * Integer semantics match ggml: per block, the sum of scale * (q . a) in
+ * int32, then one float multiply by d_w * d_a. vpdpbusd multiplies unsigned
+ * by signed bytes, so signed weights (Q6_K's q-32) enter as unsigned q with
+ * a correction from the activation's bsums, and Q8_0-style weights as |w|
+ * against a with w's sign.
+ */
+#include <immintrin.h>
+#include <string.h>
+
 #include "model/model.h"
 #include "worker/kernels.h"
 
-int apr_matmul_avx512(uint32_t wtype, int n, const void *w, size_t w_stride, int nrows,
-                  const void *xq, size_t x_stride, int ntok, float *out, size_t out_stride)
+#define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline)) TGT
+
+typedef struct {
+    const uint8_t *w;
+    size_t ws;
+    const uint8_t *x;
+    size_t xs;
+    float *out;
+    size_t os;
+    int n;
+} mm_args;
+
+INL float half(const uint16_t *p) { return _cvtsh_ss(*p); }
+
+/* ------------------------------------------------------------ K-quants */
+
+/* One Q4_K/Q5_K/Q6_K block unpacked: 4 chunks of 64 unsigned values in
+ * element order, the int32 scale of each dpbusd lane, and the per-16
+ * correction weights (mins, or Q6_K's 32 * scale) as int16 for the bsums. */
+typedef struct {
+    __m512i q[4];
+    __m512i sc[4];
+    __m256i corr; /* int16 x16, paired with bsums[16] */
+    float d, dmin;
+} kblock;
+
+/* Lane l of chunk k covers elements 64k + 4l .. +3: sub-block (of 32) 2k + l/8. */
+INL __m512i lane_idx_32(int k)
 {
-    (void)wtype; (void)n; (void)w; (void)w_stride; (void)nrows;
-    (void)xq; (void)x_stride; (void)ntok; (void)out; (void)out_stride;
-    return 0;
+    return _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1,
+                            2 * k + 1, 2 * k + 1, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k,
+                            2 * k, 2 * k);
+}
+
+/* Q4_K/Q5_K 12-byte scales -> bytes 0..7 scales, 8..15 mins (ggml's utmp). */
+INL __m128i k4_scales(const uint8_t *s)
+{
+    uint32_t u[4];
+    memcpy(u, s, 12);
+    const uint32_t km1 = 0x3f3f3f3f, km2 = 0x0f0f0f0f, km3 = 0x03030303;
+    u[3] = ((u[2] >> 4) & km2) | (((u[1] >> 6) & km3) << 4);
+    uint32_t aux = u[1] & km1;
+    u[1] = (u[2] & km2) | (((u[0] >> 6) & km3) << 4);
+    u[2] = aux;
+    u[0] &= km1;
+    return _mm_loadu_si128((const __m128i *)u);
+}
+
+INL void k4_scale_vectors(kblock *kb, __m128i s16)
+{
+    __m512i s32 = _mm512_cvtepu8_epi32(s16);
+    for (int k = 0; k < 4; k++) kb->sc[k] = _mm512_permutexvar_epi32(lane_idx_32(k), s32);
+    /* Each min pairs with two 16-element bsums. */
+    const __m128i dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+    kb->corr = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(s16, dup));
+}
+
+INL void unpack_q4_K(const block_q4_K *b, kblock *kb)
+{
+    const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0), m4 = _mm512_set1_epi8(0x0F);
+    for (int k = 0; k < 4; k++) {
+        __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * k)));
+        kb->q[k] = _mm512_and_si512(_mm512_srlv_epi64(q, shift), m4);
+    }
+    k4_scale_vectors(kb, k4_scales(b->scales));
+    kb->d = half(&b->d);
+    kb->dmin = half(&b->dmin);
+}
+
+INL void unpack_q5_K(const block_q5_K *b, kblock *kb)
+{
+    const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0), m4 = _mm512_set1_epi8(0x0F),
+                  m16 = _mm512_set1_epi8(0x10);
+    __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->qh));
+    for (int k = 0; k < 4; k++) {
+        __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * k)));
+        /* Bit 2k of qh[l] is the fifth bit of element 64k+l, bit 2k+1 of 64k+32+l. */
+        __m512i hs = _mm512_set_epi64(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k, 2 * k,
+                                      2 * k, 2 * k);
+        __m512i hb = _mm512_and_si512(_mm512_slli_epi64(_mm512_srlv_epi64(h, hs), 4), m16);
+        kb->q[k] = _mm512_or_si512(_mm512_and_si512(_mm512_srlv_epi64(q, shift), m4), hb);
+    }
+    k4_scale_vectors(kb, k4_scales(b->scales));
+    kb->d = half(&b->d);
+    kb->dmin = half(&b->dmin);
+}
+
+/* Q6_K enters as unsigned 0..63; the -32 becomes corr = 32 * scale per 16. */
+INL void unpack_q6_K(const block_q6_K *b, kblock *kb)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+    const __m512i sl = _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4);
+    const __m512i sr = _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0);
+    for (int h = 0; h < 2; h++) {
+        __m512i l = _mm512_loadu_si512(b->ql + 64 * h);
+        __m512i hi = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
+        kb->q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4),
+                                       _mm512_and_si512(_mm512_sllv_epi64(hi, sl), m30));
+        kb->q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                           _mm512_and_si512(_mm512_srlv_epi64(hi, sr), m30));
+    }
+    __m128i s8 = _mm_loadu_si128((const __m128i *)b->scales);
+    __m512i s32 = _mm512_cvtepi8_epi32(s8);
+    for (int k = 0; k < 4; k++) {
+        /* Lane l of chunk k: elements 64k + 4l.., sub-block (of 16) 4k + l/4. */
+        __m512i idx = _mm512_set_epi32(4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 2,
+                                       4 * k + 2, 4 * k + 2, 4 * k + 2, 4 * k + 1, 4 * k + 1,
+                                       4 * k + 1, 4 * k + 1, 4 * k, 4 * k, 4 * k, 4 * k);
+        kb->sc[k] = _mm512_permutexvar_epi32(idx, s32);
+    }
+    kb->corr = _mm256_slli_epi16(_mm256_cvtepi8_epi16(s8), 5);
+    kb->d = half(&b->d);
+    kb->dmin = 0;
+}
+
+/* acc += this block's contribution for one activation block. */
+INL __m512 kblock_dot(const kblock *kb, const block_q8_K *a, __m512 acc, int wtype)
+{
+    const __m512i z = _mm512_setzero_si512();
+    __m512i s0 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, kb->q[0], _mm512_loadu_si512(a->qs)), kb->sc[0]);
+    __m512i s1 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, kb->q[1], _mm512_loadu_si512(a->qs + 64)), kb->sc[1]);
+    __m512i s2 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, kb->q[2], _mm512_loadu_si512(a->qs + 128)), kb->sc[2]);
+    __m512i s3 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, kb->q[3], _mm512_loadu_si512(a->qs + 192)), kb->sc[3]);
+    __m512i s = _mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3));
+    __m256i c = _mm256_madd_epi16(kb->corr, _mm256_loadu_si256((const __m256i *)a->bsums));
+    if (wtype == APR_TYPE_Q6_K) {
+        s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(c));
+        return _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(kb->d * a->d), acc);
+    }
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_set1_ps(kb->d * a->d), acc);
+    return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(_mm512_zextsi256_si512(c)),
+                            _mm512_set1_ps(kb->dmin * a->d), acc);
+}
+
+INL void unpack_k(const uint8_t *w, int b, kblock *kb, int wtype)
+{
+    if (wtype == APR_TYPE_Q4_K) unpack_q4_K((const block_q4_K *)w + b, kb);
+    else if (wtype == APR_TYPE_Q5_K) unpack_q5_K((const block_q5_K *)w + b, kb);
+    else unpack_q6_K((const block_q6_K *)w + b, kb);
+}
+
+/* R rows from w, T tokens from x. */
+INL void ktile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out, const int R,
+               const int T, int wtype)
+{
+    int nb = m->n / APR_QK_K;
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            kblock kb;
+            unpack_k(w + (size_t)r * m->ws, b, &kb, wtype);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                acc[r][t] = kblock_dot(&kb, (const block_q8_K *)(x + (size_t)t * m->xs) + b,
+                                       acc[r][t], wtype);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) out[(size_t)t * m->os + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+/* ------------------------------------------------- Q4_0 / Q5_0 / Q8_0 */
+
+/* A 32-element block as |w| bytes, the mask of negative w, and d. */
+typedef struct {
+    __m256i q;
+    __mmask32 neg;
+    float d;
+} lblock;
+
+INL void unpack_l(const uint8_t *w, int b, lblock *lb, int wtype)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256i v;
+    if (wtype == APR_TYPE_Q8_0) {
+        const block_q8_0 *p = (const block_q8_0 *)w + b;
+        v = _mm256_loadu_si256((const __m256i *)p->qs);
+        lb->d = half(&p->d);
+    } else if (wtype == APR_TYPE_Q4_0) {
+        const block_q4_0 *p = (const block_q4_0 *)w + b;
+        __m128i q = _mm_loadu_si128((const __m128i *)p->qs);
+        __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m4);
+        v = _mm256_sub_epi8(u, _mm256_set1_epi8(8));
+        lb->d = half(&p->d);
+    } else { /* Q5_0 */
+        const block_q5_0 *p = (const block_q5_0 *)w + b;
+        __m128i q = _mm_loadu_si128((const __m128i *)p->qs);
+        __m256i u = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(q, 4), q), m4);
+        uint32_t qh;
+        memcpy(&qh, p->qh, 4);
+        /* Bit j of qh is the fifth bit of element j: a byte mask does it. */
+        u = _mm256_mask_add_epi8(u, (__mmask32)qh, u, _mm256_set1_epi8(0x10));
+        v = _mm256_sub_epi8(u, _mm256_set1_epi8(16));
+        lb->d = half(&p->d);
+    }
+    lb->q = _mm256_abs_epi8(v);
+    lb->neg = _mm256_movepi8_mask(v);
+}
+
+INL __m256 lblock_dot(const lblock *lb, const block_q8_0 *a, __m256 acc)
+{
+    __m256i av = _mm256_loadu_si256((const __m256i *)a->qs);
+    av = _mm256_mask_sub_epi8(av, lb->neg, _mm256_setzero_si256(), av);
+    __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lb->q, av);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(lb->d * half(&a->d)), acc);
+}
+
+INL float hsum256(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out, const int R,
+               const int T, int wtype)
+{
+    int nb = m->n / APR_QK;
+    __m256 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int b = 0; b < nb; b++) {
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            lblock lb;
+            unpack_l(w + (size_t)r * m->ws, b, &lb, wtype);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++)
+                acc[r][t] = lblock_dot(&lb, (const block_q8_0 *)(x + (size_t)t * m->xs) + b,
+                                       acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) out[(size_t)t * m->os + r] = hsum256(acc[r][t]);
+}
+
+/* ------------------------------------------------------ F32 / F16 / BF16 */
+
+INL __m512 load_wf(const uint8_t *w, int i, __mmask16 k, int wtype)
+{
+    if (wtype == APR_TYPE_F32) return _mm512_maskz_loadu_ps(k, (const float *)w + i);
+    __m256i h = _mm256_maskz_loadu_epi16(k, (const uint16_t *)w + i);
+    if (wtype == APR_TYPE_F16) return _mm512_cvtph_ps(h);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+INL void ftile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out, const int R,
+               const int T, int wtype)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int i = 0; i < m->n; i += 16) {
+        __mmask16 k = m->n - i >= 16 ? 0xFFFF : (__mmask16)((1u << (m->n - i)) - 1);
+        __m512 xv[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++)
+            xv[t] = _mm512_maskz_loadu_ps(k, (const float *)(x + (size_t)t * m->xs) + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 wv = load_wf(w + (size_t)r * m->ws, i, k, wtype);
+#pragma GCC unroll 4
+            for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) out[(size_t)t * m->os + r] = _mm512_reduce_add_ps(acc[r][t]);
+}
+
+/* ------------------------------------------------------------- driver */
+
+/* Tiles of 4 x 4, then the leftover tokens and rows one at a time. Each
+ * instantiation below has constant R, T and wtype, so the tile loops unroll
+ * and the accumulators live in registers. */
+#define TILE_FN(name, tile, wtype, R, T)                                                    \
+    static TGT void name(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out)  \
+    {                                                                                       \
+        tile(m, w, x, out, R, T, wtype);                                                    \
+    }
+#define TILE_SET(pfx, tile, wtype)                 \
+    TILE_FN(pfx##_44, tile, wtype, 4, 4)           \
+    TILE_FN(pfx##_41, tile, wtype, 4, 1)           \
+    TILE_FN(pfx##_14, tile, wtype, 1, 4)           \
+    TILE_FN(pfx##_11, tile, wtype, 1, 1)           \
+    static const tile_fn pfx##_set[4] = {pfx##_11, pfx##_14, pfx##_41, pfx##_44};
+
+typedef void (*tile_fn)(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out);
+
+TILE_SET(q4k, ktile, APR_TYPE_Q4_K)
+TILE_SET(q5k, ktile, APR_TYPE_Q5_K)
+TILE_SET(q6k, ktile, APR_TYPE_Q6_K)
+TILE_SET(q40, ltile, APR_TYPE_Q4_0)
+TILE_SET(q50, ltile, APR_TYPE_Q5_0)
+TILE_SET(q80, ltile, APR_TYPE_Q8_0)
+TILE_SET(f32, ftile, APR_TYPE_F32)
+TILE_SET(f16, ftile, APR_TYPE_F16)
+TILE_SET(bf16, ftile, APR_TYPE_BF16)
+
+/* set[0] = 1x1, [1] = 1x4, [2] = 4x1, [3] = 4x4 (rows x tokens). */
+static void run_tiles(const tile_fn set[4], const mm_args *m, int nrows, int ntok)
+{
+    int t = 0;
+    for (; t + 4 <= ntok; t += 4) {
+        const uint8_t *x = m->x + (size_t)t * m->xs;
+        float *out = m->out + (size_t)t * m->os;
+        int r = 0;
+        for (; r + 4 <= nrows; r += 4) set[3](m, m->w + (size_t)r * m->ws, x, out + r);
+        for (; r < nrows; r++) set[1](m, m->w + (size_t)r * m->ws, x, out + r);
+    }
+    for (; t < ntok; t++) {
+        const uint8_t *x = m->x + (size_t)t * m->xs;
+        float *out = m->out + (size_t)t * m->os;
+        int r = 0;
+        for (; r + 4 <= nrows; r += 4) set[2](m, m->w + (size_t)r * m->ws, x, out + r);
+        for (; r < nrows; r++) set[0](m, m->w + (size_t)r * m->ws, x, out + r);
+    }
+}
+
+int apr_matmul_avx512(uint32_t wtype, int n, const void *w, size_t w_stride, int nrows,
+                      const void *xq, size_t x_stride, int ntok, float *out, size_t out_stride)
+{
+    const tile_fn *set;
+    switch (wtype) {
+    case APR_TYPE_Q4_K: set = q4k_set; break;
+    case APR_TYPE_Q5_K: set = q5k_set; break;
+    case APR_TYPE_Q6_K: set = q6k_set; break;
+    case APR_TYPE_Q4_0: set = q40_set; break;
+    case APR_TYPE_Q5_0: set = q50_set; break;
+    case APR_TYPE_Q8_0: set = q80_set; break;
+    case APR_TYPE_F32: set = f32_set; break;
+    case APR_TYPE_F16: set = f16_set; break;
+    case APR_TYPE_BF16: set = bf16_set; break;
+    default: return 0;
+    }
+    mm_args m = {w, w_stride, xq, x_stride, out, out_stride, n};
+    run_tiles(set, &m, nrows, ntok);
+    return 1;
 }
