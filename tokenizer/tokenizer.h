@@ -37,9 +37,15 @@ int apr_tok_encode(const apr_tokenizer *t, const char *text, size_t len, bool ad
                    bool parse_special, int32_t **ids, size_t *n_ids, char err[APR_ERRLEN]);
 
 /* Bytes a token stands for when detokenized (byte-level mapping undone, SPM's
- * U+2581 turned into a space, <0xNN> into the byte); control tokens give "". */
+ * U+2581 turned into a space, <0xNN> into the byte); control, unknown and
+ * unused tokens give "", user-defined ones their text. Writes at most cap
+ * bytes (no NUL) and returns the piece's full length, as snprintf does. */
 size_t apr_tok_piece(const apr_tokenizer *t, int32_t id, char *buf, size_t cap);
-/* One-shot decode into a malloc'd NUL-terminated string (*len without the NUL). */
+/* Longest piece of any token. */
+size_t apr_tok_max_piece(const apr_tokenizer *t);
+/* One-shot decode into a malloc'd NUL-terminated string (*len without the NUL);
+ * bytes that do not form valid UTF-8 become U+FFFD, one per byte; SPM drops
+ * the leading space of the first non-empty piece. NULL when out of memory. */
 char *apr_tok_decode(const apr_tokenizer *t, const int32_t *ids, size_t n, size_t *len);
 
 /* Streaming detokenizer: feeds one id at a time, emits only complete UTF-8
@@ -53,11 +59,12 @@ typedef struct {
 } apr_detok;
 
 void apr_detok_init(apr_detok *d, const apr_tokenizer *t);
-/* Appends complete bytes to out (capacity cap); returns bytes written. cap >= 64
- * plus the longest piece always suffices. */
+/* Appends complete characters to out (capacity cap); returns bytes written.
+ * cap >= apr_detok_cap(t) always suffices (a smaller cap may lose output). */
 size_t apr_detok_push(apr_detok *d, int32_t id, char *out, size_t cap);
 /* Emits whatever is left (invalid trailing bytes become U+FFFD). */
 size_t apr_detok_flush(apr_detok *d, char *out, size_t cap);
+size_t apr_detok_cap(const apr_tokenizer *t);
 
 /* Chat templates. */
 typedef struct {
@@ -65,12 +72,24 @@ typedef struct {
     const char *content;
 } apr_chat_msg;
 
-enum apr_chat_tmpl { APR_CHAT_UNKNOWN = 0, APR_CHAT_CHATML = 1, APR_CHAT_LLAMA2 = 2 };
+/* CHATML: plain <|im_start|>role ... <|im_end|> turns. QWEN2: Qwen2.5's
+ * ChatML, which adds its default system prompt when the first message is not
+ * a system one. LLAMA2: Meta's [INST] template (emits <s> and </s> as text,
+ * so encode it with parse_special and without add_bos). */
+enum apr_chat_tmpl {
+    APR_CHAT_UNKNOWN = 0,
+    APR_CHAT_CHATML = 1,
+    APR_CHAT_LLAMA2 = 2,
+    APR_CHAT_QWEN2 = 3,
+};
 
 /* Recognise tokenizer.chat_template of the model. */
 enum apr_chat_tmpl apr_chat_detect(const gguf_file *f);
-/* Render messages into a malloc'd prompt. Unknown template: error unless
- * allow_plain, which concatenates the contents. */
+enum apr_chat_tmpl apr_chat_detect_str(const char *tmpl, size_t len);
+const char *apr_chat_name(enum apr_chat_tmpl tmpl);
+/* Render messages into a malloc'd prompt. Roles: system, user, assistant
+ * (and tool for ChatML); anything else is an error. Unknown template: error
+ * unless allow_plain, which concatenates the contents, a newline after each. */
 char *apr_chat_render(enum apr_chat_tmpl tmpl, const apr_chat_msg *msgs, size_t n,
                       bool add_generation_prompt, bool allow_plain, char err[APR_ERRLEN]);
 
