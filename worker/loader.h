@@ -27,12 +27,17 @@ enum {
 /* Read len bytes at offset off of the file into dst. io_uring with several MB
  * reads in flight; if io_uring cannot be set up (ENOSYS/EPERM), one notice on
  * stderr and pread instead. Short reads and EINTR are handled; reading past the
- * end of the file is an error. */
+ * end of the file is an error. The notice comes once per call: a caller that
+ * reads in many calls passes APR_LOAD_NO_URING after one returns
+ * st->used_uring == false. Returns only when no read is in flight, so dst may
+ * be freed right after, even on error. st may be NULL. */
 int apr_load_read(const char *path, uint64_t off, uint64_t len, void *dst, int flags,
                   apr_load_stats *st, char err[APR_ERRLEN]);
 
 /* A shared-memory segment (memfd), mapped read/write. The fd can be passed to
- * (or inherited by) another process, which maps it with apr_shm_map. */
+ * (or inherited by) another process, which maps it with apr_shm_map. The fd
+ * is close-on-exec (pass it with SCM_RIGHTS, or clear FD_CLOEXEC before an
+ * exec) and sealed against resizing, so a mapper can trust its size. */
 typedef struct {
     int fd;
     void *addr;
@@ -40,7 +45,10 @@ typedef struct {
 } apr_shm;
 
 int apr_shm_create(apr_shm *s, const char *name, size_t len, char err[APR_ERRLEN]);
-int apr_shm_map(apr_shm *s, int fd, char err[APR_ERRLEN]); /* len from fstat */
+/* len from fstat; refuses an fd that is not a sealed segment. On success s
+ * owns fd (apr_shm_close closes it); on failure the caller still does. */
+int apr_shm_map(apr_shm *s, int fd, char err[APR_ERRLEN]);
+/* Unmaps and closes; safe after a failed create/map and when called twice. */
 void apr_shm_close(apr_shm *s);
 
 #endif
