@@ -6,5 +6,6 @@
 int apr_cmd_inspect(int argc, char **argv);
 int apr_cmd_tokenize(int argc, char **argv);
 int apr_cmd_eval(int argc, char **argv);
+int apr_cmd_mkmodel(int argc, char **argv);
 
 #endif

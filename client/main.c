@@ -14,6 +14,7 @@ static const command commands[] = {
     {"inspect", apr_cmd_inspect, "print a GGUF file's metadata and tensor table"},
     {"tokenize", apr_cmd_tokenize, "print the token ids of a text as JSON"},
     {"eval", apr_cmd_eval, "run a model in-process, greedy, with top-5 logits per position"},
+    {"mkmodel", apr_cmd_mkmodel, "write a synthetic Qwen2.5 model (real shapes, Q4_K_M mix)"},
 };
 
 static void usage(FILE *out)

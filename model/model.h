@@ -235,7 +235,9 @@ int apr_hparams_load(const gguf_file *f, apr_hparams *hp, char err[APR_ERRLEN]);
 /* ------------------------------------------------------- synthetic models */
 
 /* Writes a synthetic Qwen2.5 model of a named shape (qwen2.5-0.5b ... -32b) with
- * llama.cpp's Q4_K_M type mix and the vocabulary of vocab_from. */
+ * llama.cpp's Q4_K_M type mix and the vocabulary of vocab_from. n_threads <= 0:
+ * all cores. Same seed, same bytes (whatever the thread count). Returns 0, -1 on
+ * failure, -2 when the shape is unknown. */
 int apr_mkmodel(const char *shape, const char *vocab_from, const char *out_path,
                 uint64_t seed, int n_threads, bool progress, char err[APR_ERRLEN]);
 
