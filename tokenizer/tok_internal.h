@@ -28,14 +28,18 @@ struct apr_tokenizer {
     uint8_t *type;
     float *scores; /* SPM only */
 
-    /* text -> id, open addressing; a slot holds id + 1, 0 when empty. */
-    uint32_t *vocab_slots;
+    /* text -> id, open addressing; a slot holds the hash's top 32 bits over
+     * id + 1, 0 when empty. */
+    uint64_t *vocab_slots;
     uint32_t vocab_mask;
 
-    /* (left id, right id) -> merge rank and merged id (BPE only). */
-    uint64_t *merge_keys; /* UINT64_MAX when empty */
-    uint32_t *merge_rank;
-    int32_t *merge_out;
+    /* (left id, right id) -> merge rank and merged id (BPE only); one struct
+     * per slot so a lookup touches one cache line. */
+    struct tok_merge_slot {
+        uint64_t key; /* UINT64_MAX when empty */
+        uint32_t rank;
+        int32_t out;
+    } *merges;
     uint32_t merge_mask;
 
     /* BPE: id of the byte-level character for byte b; SPM: id of <0xNN>.
@@ -93,12 +97,12 @@ static inline uint32_t tok_merge(const apr_tokenizer *t, int32_t a, int32_t b, i
     uint64_t k = pair_key(a, b);
     uint32_t i = pair_slot(k, t->merge_mask);
     for (;;) {
-        uint64_t s = t->merge_keys[i];
-        if (s == k) {
-            *out = t->merge_out[i];
-            return t->merge_rank[i];
+        const struct tok_merge_slot *s = &t->merges[i];
+        if (s->key == k) {
+            *out = s->out;
+            return s->rank;
         }
-        if (s == UINT64_MAX) return UINT32_MAX;
+        if (s->key == UINT64_MAX) return UINT32_MAX;
         i = (i + 1) & t->merge_mask;
     }
 }

@@ -31,13 +31,18 @@ uint64_t tok_hash(const char *s, size_t n)
 
 int32_t tok_lookup(const apr_tokenizer *t, const char *s, size_t n)
 {
-    uint32_t i = (uint32_t)tok_hash(s, n) & t->vocab_mask;
+    uint64_t h = tok_hash(s, n);
+    uint32_t tag = (uint32_t)(h >> 32), i = (uint32_t)h & t->vocab_mask;
     for (;;) {
-        uint32_t v = t->vocab_slots[i];
+        uint64_t v = t->vocab_slots[i];
         if (!v) return -1;
-        uint32_t id = v - 1;
-        if (t->off[id + 1] - t->off[id] == n && !memcmp(t->arena + t->off[id], s, n))
-            return (int32_t)id;
+        /* The tag spares the arena (a cache miss) on almost every probe that
+         * is not the token. */
+        if ((uint32_t)(v >> 32) == tag) {
+            uint32_t id = (uint32_t)v - 1;
+            if (t->off[id + 1] - t->off[id] == n && !memcmp(t->arena + t->off[id], s, n))
+                return (int32_t)id;
+        }
         i = (i + 1) & t->vocab_mask;
     }
 }
@@ -93,9 +98,7 @@ void apr_tok_free(apr_tokenizer *t)
     free(t->type);
     free(t->scores);
     free(t->vocab_slots);
-    free(t->merge_keys);
-    free(t->merge_rank);
-    free(t->merge_out);
+    free(t->merges);
     free(t->special);
     free(t);
 }
@@ -173,14 +176,12 @@ static int load_merges(apr_tokenizer *t, const gguf_file *f, char err[APR_ERRLEN
     }
     uint32_t cap = table_size(m->arr.n);
     t->merge_mask = cap - 1;
-    t->merge_keys = malloc((size_t)cap * sizeof *t->merge_keys);
-    t->merge_rank = malloc((size_t)cap * sizeof *t->merge_rank);
-    t->merge_out = malloc((size_t)cap * sizeof *t->merge_out);
+    t->merges = malloc((size_t)cap * sizeof *t->merges);
     char small[512];
     char *buf = small;
     size_t buf_cap = sizeof small;
-    if (!t->merge_keys || !t->merge_rank || !t->merge_out) goto oom;
-    memset(t->merge_keys, 0xFF, (size_t)cap * sizeof *t->merge_keys);
+    if (!t->merges) goto oom;
+    for (uint32_t i = 0; i < cap; i++) t->merges[i].key = UINT64_MAX;
 
     for (uint64_t r = 0; r < m->arr.n; r++) {
         gguf_str s = m->arr.strs[r];
@@ -203,11 +204,9 @@ static int load_merges(apr_tokenizer *t, const gguf_file *f, char err[APR_ERRLEN
         if (c < 0) continue;
         uint64_t k = pair_key(a, b);
         uint32_t i = pair_slot(k, t->merge_mask);
-        while (t->merge_keys[i] != UINT64_MAX && t->merge_keys[i] != k) i = (i + 1) & t->merge_mask;
-        if (t->merge_keys[i] == k) continue; /* a repeated pair keeps its first rank */
-        t->merge_keys[i] = k;
-        t->merge_rank[i] = (uint32_t)r;
-        t->merge_out[i] = c;
+        while (t->merges[i].key != UINT64_MAX && t->merges[i].key != k) i = (i + 1) & t->merge_mask;
+        if (t->merges[i].key == k) continue; /* a repeated pair keeps its first rank */
+        t->merges[i] = (struct tok_merge_slot){k, (uint32_t)r, c};
     }
     if (buf != small) free(buf);
     return 0;
@@ -301,20 +300,13 @@ apr_tokenizer *apr_tok_load(const gguf_file *f, char err[APR_ERRLEN])
     for (uint32_t id = 0; id < n; id++) {
         const char *s = t->arena + t->off[id];
         size_t len = t->off[id + 1] - t->off[id];
-        uint32_t i = (uint32_t)tok_hash(s, len) & t->vocab_mask;
-        for (;;) {
-            uint32_t v = t->vocab_slots[i];
-            if (!v) {
-                t->vocab_slots[i] = id + 1;
-                break;
-            }
-            uint32_t o = v - 1;
-            if (t->off[o + 1] - t->off[o] == len && !memcmp(t->arena + t->off[o], s, len)) {
-                t->vocab_slots[i] = id + 1;
-                break;
-            }
+        uint64_t h = tok_hash(s, len);
+        uint64_t slot = (h >> 32) << 32 | (id + 1);
+        int32_t old = tok_lookup(t, s, len);
+        uint32_t i = (uint32_t)h & t->vocab_mask;
+        while (t->vocab_slots[i] && (old < 0 || (uint32_t)t->vocab_slots[i] != (uint32_t)old + 1))
             i = (i + 1) & t->vocab_mask;
-        }
+        t->vocab_slots[i] = slot;
     }
 
     memset(t->unbyte, 0xFF, sizeof t->unbyte);
