@@ -24,6 +24,10 @@
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline)) TGT
 
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T1
+#endif
+
 typedef struct {
     const uint8_t *w;
     size_t ws;
@@ -73,6 +77,7 @@ INL __m128i k4_scales(const uint8_t *s)
 INL void k4_scale_vectors(kblock *kb, __m128i s16)
 {
     __m512i s32 = _mm512_cvtepu8_epi32(s16);
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) kb->sc[k] = _mm512_permutexvar_epi32(lane_idx_32(k), s32);
     /* Each min pairs with two 16-element bsums. */
     const __m128i dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
@@ -82,6 +87,7 @@ INL void k4_scale_vectors(kblock *kb, __m128i s16)
 INL void unpack_q4_K(const block_q4_K *b, kblock *kb)
 {
     const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0), m4 = _mm512_set1_epi8(0x0F);
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
         __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * k)));
         kb->q[k] = _mm512_and_si512(_mm512_srlv_epi64(q, shift), m4);
@@ -96,6 +102,7 @@ INL void unpack_q5_K(const block_q5_K *b, kblock *kb)
     const __m512i shift = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0), m4 = _mm512_set1_epi8(0x0F),
                   m16 = _mm512_set1_epi8(0x10);
     __m512i h = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b->qh));
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
         __m512i q = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qs + 32 * k)));
         /* Bit 2k of qh[l] is the fifth bit of element 64k+l, bit 2k+1 of 64k+32+l. */
@@ -115,6 +122,7 @@ INL void unpack_q6_K(const block_q6_K *b, kblock *kb)
     const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
     const __m512i sl = _mm512_set_epi64(2, 2, 2, 2, 4, 4, 4, 4);
     const __m512i sr = _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0);
+#pragma GCC unroll 2
     for (int h = 0; h < 2; h++) {
         __m512i l = _mm512_loadu_si512(b->ql + 64 * h);
         __m512i hi = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b->qh + 32 * h)));
@@ -125,6 +133,7 @@ INL void unpack_q6_K(const block_q6_K *b, kblock *kb)
     }
     __m128i s8 = _mm_loadu_si128((const __m128i *)b->scales);
     __m512i s32 = _mm512_cvtepi8_epi32(s8);
+#pragma GCC unroll 4
     for (int k = 0; k < 4; k++) {
         /* Lane l of chunk k: elements 64k + 4l.., sub-block (of 16) 4k + l/4. */
         __m512i idx = _mm512_set_epi32(4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 2,
@@ -163,6 +172,20 @@ INL void unpack_k(const uint8_t *w, int b, kblock *kb, int wtype)
     else unpack_q6_K((const block_q6_K *)w + b, kb);
 }
 
+INL size_t ksize(int wtype)
+{
+    return wtype == APR_TYPE_Q4_K ? sizeof(block_q4_K)
+         : wtype == APR_TYPE_Q5_K ? sizeof(block_q5_K) : sizeof(block_q6_K);
+}
+
+/* Block b of a row: the cache lines it spans. Prefetching past the end of
+ * the matrix is harmless (prefetches never fault). */
+INL void prefetch_block(const uint8_t *row, int b, size_t bsz)
+{
+    const char *p = (const char *)row + (size_t)b * bsz;
+    for (size_t o = 0; o < bsz; o += 64) _mm_prefetch(p + o, PF_HINT);
+}
+
 /* R rows from w, T tokens from x. */
 INL void ktile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out, const int R,
                const int T, int wtype)
@@ -177,6 +200,9 @@ INL void ktile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             kblock kb;
+            /* The next tile of rows follows this one: ask for it early, as
+             * the hardware prefetcher alone leaves decode latency-bound. */
+            prefetch_block(w + (size_t)(r + R) * m->ws, b, ksize(wtype));
             unpack_k(w + (size_t)r * m->ws, b, &kb, wtype);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++)
@@ -244,6 +270,12 @@ INL float hsum256(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
+INL size_t lsize(int wtype)
+{
+    return wtype == APR_TYPE_Q8_0 ? sizeof(block_q8_0)
+         : wtype == APR_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0);
+}
+
 INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out, const int R,
                const int T, int wtype)
 {
@@ -257,6 +289,10 @@ INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             lblock lb;
+            /* One line per two blocks of the row R rows ahead. */
+            if (b % 2 == 0)
+                _mm_prefetch((const char *)w + (size_t)(r + R) * m->ws + (size_t)b * lsize(wtype),
+                             PF_HINT);
             unpack_l(w + (size_t)r * m->ws, b, &lb, wtype);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++)
@@ -296,6 +332,7 @@ INL void ftile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
             xv[t] = _mm512_maskz_loadu_ps(k, (const float *)(x + (size_t)t * m->xs) + i);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
+            _mm_prefetch((const char *)w + (size_t)(r + R) * m->ws + (size_t)i * (wtype == APR_TYPE_F32 ? 4 : 2), PF_HINT);
             __m512 wv = load_wf(w + (size_t)r * m->ws, i, k, wtype);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
