@@ -153,8 +153,8 @@ static void quantize_q8_K(const float *x, block_q8_K *y, int n)
 void apr_act_quantize(apr_isa isa, uint32_t wtype, const float *x, void *xq, int n)
 {
     /* One format for every ISA: the quantized bytes never depend on the path. */
-    (void)isa;
     if (apr_act_row_bytes(wtype, n) == 0) return;
+    if (isa >= APR_ISA_AVX512 && apr_act_quantize_avx512(wtype, x, xq, n)) return;
     switch (act_format(wtype)) {
     case ACT_F32: memcpy(xq, x, (size_t)n * sizeof(float)); break;
     case ACT_Q8_0: quantize_q8_0(x, xq, n); break;

@@ -27,7 +27,8 @@ int apr_kernel_supports(uint32_t wtype);
 /* Bytes of one quantized activation row of n elements for weights of wtype
  * (n a multiple of the weight type's block size). */
 size_t apr_act_row_bytes(uint32_t wtype, int n);
-/* Quantize one activation row x[n] into xq (apr_act_row_bytes bytes). */
+/* Quantize one activation row x[n] into xq (apr_act_row_bytes bytes). The
+ * bytes are the same whatever the ISA (the SIMD quantizers are exact copies). */
 void apr_act_quantize(apr_isa isa, uint32_t wtype, const float *x, void *xq, int n);
 
 /* out[t * out_stride + r] = dot(weight row r, activation t)
@@ -53,5 +54,7 @@ int apr_matmul_avx2(uint32_t wtype, int n, const void *w, size_t w_stride, int n
 int apr_matmul_avx512(uint32_t wtype, int n, const void *w, size_t w_stride, int nrows,
                       const void *xq, size_t x_stride, int ntok, float *out,
                       size_t out_stride);
+/* Bit-identical to the scalar quantizer; 0 when it has none for wtype. */
+int apr_act_quantize_avx512(uint32_t wtype, const float *x, void *xq, int n);
 
 #endif

@@ -344,6 +344,84 @@ INL void ftile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
         for (int t = 0; t < T; t++) out[(size_t)t * m->os + r] = _mm512_reduce_add_ps(acc[r][t]);
 }
 
+/* ------------------------------------------------ activation quantizers */
+/* Bit-identical to the scalar quantizers in kernels.c: the same products,
+ * rounded to nearest-even by vcvtps2dq as nearest_int does, and the same
+ * choice of the first element of largest magnitude. */
+
+static TGT void quantize_q8_K_avx512(const float *x, block_q8_K *y, int n)
+{
+    for (int b = 0; b < n / APR_QK_K; b++, x += APR_QK_K) {
+        __m512 am = _mm512_setzero_ps();
+        for (int j = 0; j < APR_QK_K; j += 16)
+            am = _mm512_max_ps(am, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+        float amax = _mm512_reduce_max_ps(am);
+        if (!(amax > 0)) {
+            memset(&y[b], 0, sizeof y[b]);
+            continue;
+        }
+        float max = 0;
+        __m512 va = _mm512_set1_ps(amax);
+        for (int j = 0; j < APR_QK_K; j += 16) {
+            __mmask16 k = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_loadu_ps(x + j)), va,
+                                             _CMP_EQ_OQ);
+            if (k) {
+                max = x[j + __builtin_ctz(k)];
+                break;
+            }
+        }
+        float iscale = -127.f / max;
+        __m512 vs = _mm512_set1_ps(iscale);
+        for (int g = 0; g < APR_QK_K / 16; g++) {
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * g), vs));
+            v = _mm512_min_epi32(v, _mm512_set1_epi32(127));
+            _mm_storeu_si128((__m128i *)(y[b].qs + 16 * g), _mm512_cvtsepi32_epi8(v));
+            y[b].bsums[g] = (int16_t)_mm512_reduce_add_epi32(v);
+        }
+        y[b].d = 1 / iscale;
+    }
+}
+
+/* Q8_0, and Q8_1 when y1 is given (then y is unused). */
+static TGT void quantize_q8_0_avx512(const float *x, block_q8_0 *y, block_q8_1 *y1, int n)
+{
+    for (int b = 0; b < n / APR_QK; b++, x += APR_QK) {
+        __m512 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+        float amax = _mm512_reduce_max_ps(
+            _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+        float d = amax / 127.f;
+        float id = amax != 0 ? 127.f / amax : 0.f;
+        __m512 vid = _mm512_set1_ps(id);
+        __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, vid));
+        __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, vid));
+        int8_t *qs = y1 ? y1[b].qs : y[b].qs;
+        _mm_storeu_si128((__m128i *)qs, _mm512_cvtsepi32_epi8(q0));
+        _mm_storeu_si128((__m128i *)(qs + 16), _mm512_cvtsepi32_epi8(q1));
+        if (y1) {
+            y1[b].d = apr_f32_to_fp16(d);
+            y1[b].s = apr_f32_to_fp16(d * (float)_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+        } else {
+            y[b].d = apr_f32_to_fp16(d);
+        }
+    }
+}
+
+int apr_act_quantize_avx512(uint32_t wtype, const float *x, void *xq, int n)
+{
+    switch (wtype) {
+    case APR_TYPE_Q4_K: case APR_TYPE_Q5_K: case APR_TYPE_Q6_K:
+        quantize_q8_K_avx512(x, xq, n);
+        return 1;
+    case APR_TYPE_Q4_0: case APR_TYPE_Q5_0: case APR_TYPE_Q8_0:
+        quantize_q8_0_avx512(x, xq, NULL, n);
+        return 1;
+    case APR_TYPE_Q4_1: case APR_TYPE_Q5_1:
+        quantize_q8_0_avx512(x, NULL, xq, n);
+        return 1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------- driver */
 
 /* Tiles of 4 x 4, then the leftover tokens and rows one at a time. Each

@@ -233,6 +233,36 @@ START_TEST(quant_q8_0)
 }
 END_TEST
 
+/* The quantized bytes are the same whichever ISA quantized them. */
+START_TEST(quant_same_bytes)
+{
+    const uint32_t fmts[] = {APR_TYPE_Q4_K, APR_TYPE_Q8_0, APR_TYPE_Q4_1, APR_TYPE_F32};
+    rng r = {0xfeed};
+    enum { N = 4864 };
+    float *x = malloc(sizeof(float) * N);
+    uint8_t *a = malloc(N * 4), *b = malloc(N * 4);
+    for (int rep = 0; rep < 20; rep++) {
+        fill_acts(&r, x, N);
+        if (rep % 4 == 1) memset(x + 256, 0, 512 * sizeof(float));
+        if (rep % 4 == 2) /* exact ties after scaling: max -127 makes iscale 1 */
+            for (int i = 0; i < N; i++) x[i] = i % 256 == 5 ? -127.f : (float)(i % 17) - 8.5f;
+        if (rep % 4 == 3) /* equal magnitudes, opposite signs: the first one wins */
+            for (int i = 0; i < N; i += 64) x[i] = i % 128 ? -30.f : 30.f;
+        for (size_t f = 0; f < sizeof fmts / sizeof fmts[0]; f++) {
+            size_t nb = apr_act_row_bytes(fmts[f], N);
+            apr_act_quantize(APR_ISA_SCALAR, fmts[f], x, a, N);
+            for (int isa = 1; isa <= (int)max_isa(); isa++) {
+                memset(b, 0x5a, nb);
+                apr_act_quantize((apr_isa)isa, fmts[f], x, b, N);
+                ck_assert_msg(memcmp(a, b, nb) == 0, "%s quantizer of %s differs (rep %d)",
+                              apr_isa_name((apr_isa)isa), apr_type_get(fmts[f])->name, rep);
+            }
+        }
+    }
+    free(x), free(a), free(b);
+}
+END_TEST
+
 /* ---------------------------------------------- known-answer block layouts */
 /* Blocks packed with the rules of ggml's reference quantizers, so the
  * dequantizer is checked against an independent reading of the format. */
@@ -551,6 +581,7 @@ static Suite *kernels_suite(void)
     tcase_add_test(tc, act_row_bytes);
     tcase_add_test(tc, quant_q8_K);
     tcase_add_test(tc, quant_q8_0);
+    tcase_add_test(tc, quant_same_bytes);
     tcase_add_test(tc, layout_q4_K_q5_K);
     tcase_add_test(tc, layout_q6_K);
     tcase_add_test(tc, layout_legacy);
