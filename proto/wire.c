@@ -232,7 +232,7 @@ void apr_mp_quote(char *dst, size_t cap, const char *s, size_t len)
     }
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (o + 6 >= cap) {
+        if (o + 8 > cap) { /* room for one escape, then "..." and the NUL */
             memcpy(dst + o, "...", 3);
             o += 3;
             break;

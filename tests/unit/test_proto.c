@@ -439,6 +439,13 @@ START_TEST(request_ops_keys_version)
     /* version is checked before the op, so a v2 op is not "unknown" */
     expect("{op:'embed', v:2}", APR_PERR_UNSUPPORTED_VERSION, "v");
     expect("{op:'generate', prompt:'x', temprature:0.5}", APR_PERR_INVALID_PARAM, "temprature");
+    /* hostile key names are quoted, escaped and cut in the message */
+    char key[400] = "{op:'status', '";
+    for (int i = 0; i < 60; i++)
+        strcat(key, i % 3 ? "\\x01" : "k");
+    strcat(key, "':1}");
+    expect(key, APR_PERR_INVALID_PARAM, "unknown key 'k\\x01\\x01k");
+    expect("{op:'status', 'a\\x00b':1}", APR_PERR_INVALID_PARAM, "'a\\x00b'");
     expect("{op:'tokenize', text:'x', temperature:0.5}", APR_PERR_INVALID_PARAM, "temperature");
     expect("{op:'status', prompt:'x'}", APR_PERR_INVALID_PARAM, "prompt");
     expect("{op:'generate', prompt:'x', top_k:1, top_k:2}", APR_PERR_INVALID_PARAM, "duplicate");
