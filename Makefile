@@ -93,7 +93,7 @@ test-run: tests
 FUZZ_SECONDS ?= 60
 FUZZ_SRCS    := $(wildcard tests/fuzz/fuzz_*.c)
 FUZZ_CFLAGS  := -std=c17 -D_GNU_SOURCE -g -O1 -I. $(PKG_CFLAGS) -fsanitize=fuzzer,address,undefined
-FUZZ_LIBSRC  := $(filter model/% tokenizer/%,$(LIB_SRCS))
+FUZZ_LIBSRC  := $(filter model/% tokenizer/% proto/%,$(LIB_SRCS))
 
 build/fuzz/%: tests/fuzz/%.c $(FUZZ_LIBSRC)
 	@mkdir -p $(dir $@)
