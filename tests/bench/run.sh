@@ -17,4 +17,5 @@ bench() {
 }
 
 bench bench_loader
+bench bench_sampler
 exit $status
