@@ -78,6 +78,8 @@ int idvec_push(idvec *iv, int32_t id);
 uint64_t tok_hash(const char *s, size_t n);
 /* Vocabulary lookup over the arena; -1 when absent. */
 int32_t tok_lookup(const apr_tokenizer *t, const char *s, size_t n);
+/* The same with h = tok_hash(s, n) already known. */
+int32_t tok_lookup_h(const apr_tokenizer *t, const char *s, size_t n, uint64_t h);
 
 static inline uint64_t pair_key(int32_t a, int32_t b)
 {

@@ -29,9 +29,8 @@ uint64_t tok_hash(const char *s, size_t n)
     return h ^ (h >> 29);
 }
 
-int32_t tok_lookup(const apr_tokenizer *t, const char *s, size_t n)
+int32_t tok_lookup_h(const apr_tokenizer *t, const char *s, size_t n, uint64_t h)
 {
-    uint64_t h = tok_hash(s, n);
     uint32_t tag = (uint32_t)(h >> 32), i = (uint32_t)h & t->vocab_mask;
     for (;;) {
         uint64_t v = t->vocab_slots[i];
@@ -45,6 +44,11 @@ int32_t tok_lookup(const apr_tokenizer *t, const char *s, size_t n)
         }
         i = (i + 1) & t->vocab_mask;
     }
+}
+
+int32_t tok_lookup(const apr_tokenizer *t, const char *s, size_t n)
+{
+    return tok_lookup_h(t, s, n, tok_hash(s, n));
 }
 
 static uint32_t table_size(uint64_t n)
@@ -132,6 +136,23 @@ static int32_t special_id(const gguf_file *f, const char *key, int32_t dflt, int
     return v >= 0 && v < n_vocab ? (int32_t)v : -1;
 }
 
+static void vocab_insert(apr_tokenizer *t, uint32_t id, uint64_t h)
+{
+    const char *s = t->arena + t->off[id];
+    size_t len = t->off[id + 1] - t->off[id];
+    uint32_t i = (uint32_t)h & t->vocab_mask;
+    for (;;) {
+        uint64_t v = t->vocab_slots[i];
+        if (!v) break;
+        uint32_t o = (uint32_t)v - 1;
+        if ((uint32_t)(v >> 32) == (uint32_t)(h >> 32) && t->off[o + 1] - t->off[o] == len &&
+            !memcmp(t->arena + t->off[o], s, len))
+            break;
+        i = (i + 1) & t->vocab_mask;
+    }
+    t->vocab_slots[i] = (h >> 32) << 32 | (id + 1);
+}
+
 static int cmp_special(const void *a, const void *b, void *arg)
 {
     const apr_tokenizer *t = arg;
@@ -158,6 +179,65 @@ static void add_eog(apr_tokenizer *t, int32_t id)
     if (t->n_eog < APR_TOK_MAX_EOG) t->eog[t->n_eog++] = id;
 }
 
+#define PF 8 /* merges hashed ahead of their lookups */
+
+typedef struct {
+    bool ok;
+    const char *l, *r;
+    size_t ll, rl;
+    uint64_t ha, hb, hc;
+    char cat[112]; /* the merged text, when short enough to hash ahead */
+} merge_pend;
+
+static void merge_prep(const apr_tokenizer *t, gguf_str s, merge_pend *p)
+{
+    /* Byte-level tokens never hold a raw space, so the first space after
+     * the first byte separates the pair (as llama.cpp splits it). */
+    const char *sp = s.len > 1 ? memchr(s.s + 1, ' ', s.len - 1) : NULL;
+    p->ok = sp != NULL;
+    if (!sp) return;
+    p->l = s.s;
+    p->ll = (size_t)(sp - s.s);
+    p->r = sp + 1;
+    p->rl = s.len - p->ll - 1;
+    p->ha = tok_hash(p->l, p->ll);
+    p->hb = tok_hash(p->r, p->rl);
+    __builtin_prefetch(&t->vocab_slots[p->ha & t->vocab_mask]);
+    __builtin_prefetch(&t->vocab_slots[p->hb & t->vocab_mask]);
+    if (p->ll + p->rl <= sizeof p->cat) {
+        memcpy(p->cat, p->l, p->ll);
+        memcpy(p->cat + p->ll, p->r, p->rl);
+        p->hc = tok_hash(p->cat, p->ll + p->rl);
+        __builtin_prefetch(&t->vocab_slots[p->hc & t->vocab_mask]);
+    }
+}
+
+/* Adds a prepared merge of the given rank: (left id, right id) -> merged id,
+ * skipped when any of the three texts is not a token. */
+static int merge_add(apr_tokenizer *t, const merge_pend *p, uint32_t rank)
+{
+    int32_t a = tok_lookup_h(t, p->l, p->ll, p->ha), b = tok_lookup_h(t, p->r, p->rl, p->hb);
+    if (a < 0 || b < 0) return 0;
+    int32_t c;
+    if (p->ll + p->rl <= sizeof p->cat) {
+        c = tok_lookup_h(t, p->cat, p->ll + p->rl, p->hc);
+    } else {
+        char *cat = malloc(p->ll + p->rl);
+        if (!cat) return -1;
+        memcpy(cat, p->l, p->ll);
+        memcpy(cat + p->ll, p->r, p->rl);
+        c = tok_lookup(t, cat, p->ll + p->rl);
+        free(cat);
+    }
+    if (c < 0) return 0;
+    uint64_t k = pair_key(a, b);
+    uint32_t i = pair_slot(k, t->merge_mask);
+    while (t->merges[i].key != UINT64_MAX && t->merges[i].key != k) i = (i + 1) & t->merge_mask;
+    if (t->merges[i].key == k) return 0; /* a repeated pair keeps its first rank */
+    t->merges[i] = (struct tok_merge_slot){k, rank, c};
+    return 0;
+}
+
 static int load_merges(apr_tokenizer *t, const gguf_file *f, char err[APR_ERRLEN])
 {
     const gguf_value *m = gguf_get(f, "tokenizer.ggml.merges");
@@ -177,41 +257,20 @@ static int load_merges(apr_tokenizer *t, const gguf_file *f, char err[APR_ERRLEN
     uint32_t cap = table_size(m->arr.n);
     t->merge_mask = cap - 1;
     t->merges = malloc((size_t)cap * sizeof *t->merges);
-    char small[512];
-    char *buf = small;
-    size_t buf_cap = sizeof small;
     if (!t->merges) goto oom;
     for (uint32_t i = 0; i < cap; i++) t->merges[i].key = UINT64_MAX;
 
-    for (uint64_t r = 0; r < m->arr.n; r++) {
-        gguf_str s = m->arr.strs[r];
-        /* Byte-level tokens never hold a raw space, so the first space after
-         * the first byte separates the pair (as llama.cpp splits it). */
-        const char *sp = s.len > 1 ? memchr(s.s + 1, ' ', s.len - 1) : NULL;
-        if (!sp) continue;
-        size_t ll = (size_t)(sp - s.s), rl = s.len - ll - 1;
-        int32_t a = tok_lookup(t, s.s, ll), b = tok_lookup(t, sp + 1, rl);
-        if (a < 0 || b < 0) continue;
-        if (ll + rl > buf_cap) {
-            char *nb = buf == small ? malloc(ll + rl) : realloc(buf, ll + rl);
-            if (!nb) goto oom;
-            buf = nb;
-            buf_cap = ll + rl;
-        }
-        memcpy(buf, s.s, ll);
-        memcpy(buf + ll, sp + 1, rl);
-        int32_t c = tok_lookup(t, buf, ll + rl);
-        if (c < 0) continue;
-        uint64_t k = pair_key(a, b);
-        uint32_t i = pair_slot(k, t->merge_mask);
-        while (t->merges[i].key != UINT64_MAX && t->merges[i].key != k) i = (i + 1) & t->merge_mask;
-        if (t->merges[i].key == k) continue; /* a repeated pair keeps its first rank */
-        t->merges[i] = (struct tok_merge_slot){k, (uint32_t)r, c};
+    /* The lookups are cache misses in a table of megabytes: hash merges
+     * PF ahead and prefetch their slots, so the misses overlap. */
+    merge_pend pend[PF];
+    for (uint64_t r = 0; r < m->arr.n + PF; r++) {
+        /* Slot r % PF holds merge r - PF until it is done, then merge r. */
+        merge_pend *p = &pend[r % PF];
+        if (r >= PF && p->ok && merge_add(t, p, (uint32_t)(r - PF)) < 0) goto oom;
+        if (r < m->arr.n) merge_prep(t, m->arr.strs[r], p);
     }
-    if (buf != small) free(buf);
     return 0;
 oom:
-    if (buf != small) free(buf);
     snprintf(err, APR_ERRLEN, "tokenizer: out of memory for %llu merges",
              (unsigned long long)m->arr.n);
     return -1;
@@ -296,17 +355,15 @@ apr_tokenizer *apr_tok_load(const gguf_file *f, char err[APR_ERRLEN])
         if (!t->scores) goto oom;
     }
 
-    /* text -> id; a text seen twice maps to its last id, as in llama.cpp. */
-    for (uint32_t id = 0; id < n; id++) {
-        const char *s = t->arena + t->off[id];
-        size_t len = t->off[id + 1] - t->off[id];
-        uint64_t h = tok_hash(s, len);
-        uint64_t slot = (h >> 32) << 32 | (id + 1);
-        int32_t old = tok_lookup(t, s, len);
-        uint32_t i = (uint32_t)h & t->vocab_mask;
-        while (t->vocab_slots[i] && (old < 0 || (uint32_t)t->vocab_slots[i] != (uint32_t)old + 1))
-            i = (i + 1) & t->vocab_mask;
-        t->vocab_slots[i] = slot;
+    /* text -> id; a text seen twice maps to its last id, as in llama.cpp.
+     * Hashes run PF tokens ahead so the slot misses overlap. */
+    uint64_t hs[PF];
+    for (uint32_t id = 0; id < n + PF; id++) {
+        if (id >= PF) vocab_insert(t, id - PF, hs[id % PF]);
+        if (id < n) {
+            hs[id % PF] = tok_hash(t->arena + t->off[id], t->off[id + 1] - t->off[id]);
+            __builtin_prefetch(&t->vocab_slots[hs[id % PF] & t->vocab_mask], 1);
+        }
     }
 
     memset(t->unbyte, 0xFF, sizeof t->unbyte);

@@ -51,6 +51,26 @@ static void add_file(text *tx, const apr_tokenizer *t, const char *path)
     else free(ids);
 }
 
+/* Best of 3 encodes of the whole text in one call; returns seconds. */
+static double time_encode(const apr_tokenizer *t, const char *s, size_t n, size_t *n_ids, int32_t **keep)
+{
+    char err[APR_ERRLEN];
+    double best = 1e9;
+    for (int r = 0; r < 3; r++) {
+        int32_t *ids;
+        double t0 = now();
+        if (apr_tok_encode(t, s, n, false, true, &ids, n_ids, err) < 0) {
+            fprintf(stderr, "bench_tokenizer: %s\n", err);
+            exit(1);
+        }
+        double dt = now() - t0;
+        if (dt < best) best = dt;
+        if (keep && r == 2) *keep = ids;
+        else free(ids);
+    }
+    return best;
+}
+
 static int by_name(const struct dirent **a, const struct dirent **b) { return strcmp((*a)->d_name, (*b)->d_name); }
 
 static void add_dir(text *tx, const apr_tokenizer *t, const char *dir, const char *suffix, size_t limit)
@@ -115,24 +135,16 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    /* Encode: best of 3 runs over the whole text in one call. */
-    double best = 1e9;
-    size_t n_ids = 0;
+    size_t n_ids, n_part;
     int32_t *ids = NULL;
-    for (int r = 0; r < 3; r++) {
-        free(ids);
-        double t0 = now();
-        if (apr_tok_encode(t, tx.s, tx.n, false, true, &ids, &n_ids, err) < 0) {
-            fprintf(stderr, "bench_tokenizer: %s\n", err);
-            return 1;
-        }
-        double dt = now() - t0;
-        if (dt < best) best = dt;
-    }
+    double best = time_encode(t, tx.s, tx.n, &n_ids, &ids);
     printf("encode: %.2f MB (%.2f MB English licenses + %.2f MB C headers) -> %zu tokens, %.2f bytes/token\n",
            tx.n / 1e6, english / 1e6, (tx.n - english) / 1e6, n_ids, (double)tx.n / (double)n_ids);
     printf("encode: %.3f s, %.2f MB/s, %.0f tokens/s (one core, best of 3)\n", best, tx.n / 1e6 / best,
            n_ids / best);
+    double te = time_encode(t, tx.s, english, &n_part, NULL);
+    double tc = time_encode(t, tx.s + english, tx.n - english, &n_part, NULL);
+    printf("encode: English alone %.2f MB/s, C alone %.2f MB/s\n", english / 1e6 / te, (tx.n - english) / 1e6 / tc);
 
     double t0 = now();
     size_t dl;
@@ -152,8 +164,20 @@ int main(int argc, char **argv)
     printf("streaming decode: %.2f MB/s, %.0f ns/token\n", total / 1e6 / dt, dt * 1e9 / (double)n_ids);
     free(out);
     free(ids);
-    free(tx.s);
     apr_tok_free(t);
     gguf_close(f);
+
+    /* SentencePiece on the same text, for comparison (no pre-tokenizer: the
+     * whole text is one merge queue per special-token-free fragment). */
+    snprintf(path, sizeof path, "%s/models/ggml-vocab-llama-spm.gguf", sh && *sh ? sh : "../shared");
+    f = argc > 1 ? NULL : gguf_open(path, err);
+    t = f ? apr_tok_load(f, err) : NULL;
+    if (t) {
+        best = time_encode(t, tx.s, tx.n, &n_ids, NULL);
+        printf("SPM (llama-spm vocab) encode: %.2f MB/s, %zu tokens\n", tx.n / 1e6 / best, n_ids);
+    }
+    apr_tok_free(t);
+    gguf_close(f);
+    free(tx.s);
     return 0;
 }
