@@ -18,4 +18,5 @@ bench() {
 
 bench bench_loader
 bench bench_sampler
+bench bench_tokenizer
 exit $status
