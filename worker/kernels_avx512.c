@@ -43,7 +43,7 @@ INL float half(const uint16_t *p) { return _cvtsh_ss(*p); }
 /* ------------------------------------------------------------ K-quants */
 
 /* One Q4_K/Q5_K/Q6_K block unpacked: 4 chunks of 64 unsigned values in
- * element order, the int32 scale of each dpbusd lane, and the per-16
+ * element order, the int16 scale of each vpmaddubsw pair, and the per-16
  * correction weights (mins, or Q6_K's 32 * scale) as int16 for the bsums. */
 typedef struct {
     __m512i q[4];
@@ -52,12 +52,19 @@ typedef struct {
     float d, dmin;
 } kblock;
 
-/* Lane l of chunk k covers elements 64k + 4l .. +3: sub-block (of 32) 2k + l/8. */
-INL __m512i lane_idx_32(int k)
+/* int16 lane l of chunk k (after vpmaddubsw) covers elements 64k + 2l, +1:
+ * sub-block (of 32) 2k + l/16, or (of 16) 4k + l/8. */
+INL __m512i word_idx_32(int k)
 {
-    return _mm512_set_epi32(2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1, 2 * k + 1,
-                            2 * k + 1, 2 * k + 1, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k, 2 * k,
-                            2 * k, 2 * k);
+    __m512i lo = _mm512_set1_epi16((short)(2 * k)), hi = _mm512_set1_epi16((short)(2 * k + 1));
+    return _mm512_mask_mov_epi16(lo, 0xFFFF0000u, hi);
+}
+
+INL __m512i word_idx_16(int k)
+{
+    const __m512i base = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_add_epi16(base, _mm512_set1_epi16((short)(4 * k)));
 }
 
 /* Q4_K/Q5_K 12-byte scales -> bytes 0..7 scales, 8..15 mins (ggml's utmp). */
@@ -76,9 +83,9 @@ INL __m128i k4_scales(const uint8_t *s)
 
 INL void k4_scale_vectors(kblock *kb, __m128i s16)
 {
-    __m512i s32 = _mm512_cvtepu8_epi32(s16);
+    __m512i s = _mm512_zextsi256_si512(_mm256_cvtepu8_epi16(s16));
 #pragma GCC unroll 4
-    for (int k = 0; k < 4; k++) kb->sc[k] = _mm512_permutexvar_epi32(lane_idx_32(k), s32);
+    for (int k = 0; k < 4; k++) kb->sc[k] = _mm512_permutexvar_epi16(word_idx_32(k), s);
     /* Each min pairs with two 16-element bsums. */
     const __m128i dup = _mm_setr_epi8(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
     kb->corr = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(s16, dup));
@@ -132,15 +139,9 @@ INL void unpack_q6_K(const block_q6_K *b, kblock *kb)
                                            _mm512_and_si512(_mm512_srlv_epi64(hi, sr), m30));
     }
     __m128i s8 = _mm_loadu_si128((const __m128i *)b->scales);
-    __m512i s32 = _mm512_cvtepi8_epi32(s8);
+    __m512i s = _mm512_zextsi256_si512(_mm256_cvtepi8_epi16(s8));
 #pragma GCC unroll 4
-    for (int k = 0; k < 4; k++) {
-        /* Lane l of chunk k: elements 64k + 4l.., sub-block (of 16) 4k + l/4. */
-        __m512i idx = _mm512_set_epi32(4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 3, 4 * k + 2,
-                                       4 * k + 2, 4 * k + 2, 4 * k + 2, 4 * k + 1, 4 * k + 1,
-                                       4 * k + 1, 4 * k + 1, 4 * k, 4 * k, 4 * k, 4 * k);
-        kb->sc[k] = _mm512_permutexvar_epi32(idx, s32);
-    }
+    for (int k = 0; k < 4; k++) kb->sc[k] = _mm512_permutexvar_epi16(word_idx_16(k), s);
     kb->corr = _mm256_slli_epi16(_mm256_cvtepi8_epi16(s8), 5);
     kb->d = half(&b->d);
     kb->dmin = 0;
@@ -149,12 +150,12 @@ INL void unpack_q6_K(const block_q6_K *b, kblock *kb)
 /* acc += this block's contribution for one activation block. */
 INL __m512 kblock_dot(const kblock *kb, const block_q8_K *a, __m512 acc, int wtype)
 {
-    const __m512i z = _mm512_setzero_si512();
-    __m512i s0 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, kb->q[0], _mm512_loadu_si512(a->qs)), kb->sc[0]);
-    __m512i s1 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, kb->q[1], _mm512_loadu_si512(a->qs + 64)), kb->sc[1]);
-    __m512i s2 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, kb->q[2], _mm512_loadu_si512(a->qs + 128)), kb->sc[2]);
-    __m512i s3 = _mm512_mullo_epi32(_mm512_dpbusd_epi32(z, kb->q[3], _mm512_loadu_si512(a->qs + 192)), kb->sc[3]);
-    __m512i s = _mm512_add_epi32(_mm512_add_epi32(s0, s1), _mm512_add_epi32(s2, s3));
+    /* vpmaddubsw cannot saturate here: at most 2 * 63 * 127 per pair. */
+    __m512i s = _mm512_setzero_si512();
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        s = _mm512_dpwssd_epi32(s, _mm512_maddubs_epi16(kb->q[k], _mm512_loadu_si512(a->qs + 64 * k)),
+                                kb->sc[k]);
     __m256i c = _mm256_madd_epi16(kb->corr, _mm256_loadu_si256((const __m256i *)a->bsums));
     if (wtype == APR_TYPE_Q6_K) {
         s = _mm512_sub_epi32(s, _mm512_zextsi256_si512(c));
