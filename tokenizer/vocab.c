@@ -245,7 +245,7 @@ static int load_merges(apr_tokenizer *t, const gguf_file *f, char err[APR_ERRLEN
         snprintf(err, APR_ERRLEN, "tokenizer: BPE vocabulary without tokenizer.ggml.merges");
         return -1;
     }
-    if (m->type != GGUF_ARR || m->arr.type != GGUF_STR || !m->arr.strs) {
+    if (m->type != GGUF_ARR || m->arr.type != GGUF_STR || (m->arr.n && !m->arr.strs)) {
         snprintf(err, APR_ERRLEN, "tokenizer: tokenizer.ggml.merges is not an array of strings");
         return -1;
     }
@@ -295,7 +295,7 @@ apr_tokenizer *apr_tok_load(const gguf_file *f, char err[APR_ERRLEN])
     }
 
     const gguf_value *toks = gguf_get(f, "tokenizer.ggml.tokens");
-    if (!toks || toks->type != GGUF_ARR || toks->arr.type != GGUF_STR || !toks->arr.strs) {
+    if (!toks || toks->type != GGUF_ARR || toks->arr.type != GGUF_STR || (toks->arr.n && !toks->arr.strs)) {
         snprintf(err, APR_ERRLEN, "tokenizer: tokenizer.ggml.tokens missing or not an array of strings");
         return NULL;
     }

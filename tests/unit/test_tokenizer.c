@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "tokenizer/tokenizer.h"
@@ -629,16 +630,184 @@ START_TEST(test_chat)
 }
 END_TEST
 
+/* ---- synthetic vocabularies written with the GGUF writer: damaged
+ * metadata is refused with a clear message, odd but valid metadata works. */
+
+typedef struct {
+    const char *model, *pre;
+    const char *const *toks;
+    size_t n_toks;
+    bool toks_as_ints;
+    const float *scores;
+    size_t n_scores;
+    const int32_t *types;
+    size_t n_types;
+    const char *const *merges;
+    size_t n_merges;
+    int64_t bos; /* < -1: not written */
+} synth_vocab;
+
+static gguf_str *strs_of(const char *const *v, size_t n)
+{
+    gguf_str *s = calloc(n ? n : 1, sizeof *s);
+    ck_assert_ptr_nonnull(s);
+    for (size_t i = 0; i < n; i++) s[i] = (gguf_str){strlen(v[i]), v[i]};
+    return s;
+}
+
+/* Writes the vocabulary as a tensor-less GGUF, loads it; NULL + err on refusal. */
+static apr_tokenizer *synth_load(const synth_vocab *sv, char err[APR_ERRLEN])
+{
+    char path[] = "/tmp/apr-test-tok-XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    gguf_writer *w = gguf_writer_new();
+    gguf_writer_set_str(w, "general.architecture", "llama");
+    if (sv->model) gguf_writer_set_str(w, "tokenizer.ggml.model", sv->model);
+    if (sv->pre) gguf_writer_set_str(w, "tokenizer.ggml.pre", sv->pre);
+    gguf_str *ts = strs_of(sv->toks, sv->n_toks), *ms = strs_of(sv->merges, sv->merges ? sv->n_merges : 0);
+    int32_t *ints = calloc(sv->n_toks + 1, sizeof *ints);
+    gguf_value v = {.type = GGUF_ARR};
+    if (sv->toks_as_ints) {
+        v.arr.type = GGUF_I32;
+        v.arr.n = sv->n_toks;
+        v.arr.data = (const uint8_t *)ints;
+    } else {
+        v.arr.type = GGUF_STR;
+        v.arr.n = sv->n_toks;
+        v.arr.strs = ts;
+    }
+    gguf_writer_set_value(w, "tokenizer.ggml.tokens", &v);
+    if (sv->scores) {
+        gguf_value sc = {.type = GGUF_ARR, .arr = {.type = GGUF_F32, .n = sv->n_scores, .data = (const uint8_t *)sv->scores}};
+        gguf_writer_set_value(w, "tokenizer.ggml.scores", &sc);
+    }
+    if (sv->types) {
+        gguf_value ty = {.type = GGUF_ARR, .arr = {.type = GGUF_I32, .n = sv->n_types, .data = (const uint8_t *)sv->types}};
+        gguf_writer_set_value(w, "tokenizer.ggml.token_type", &ty);
+    }
+    if (sv->merges) {
+        gguf_value mv = {.type = GGUF_ARR, .arr = {.type = GGUF_STR, .n = sv->n_merges, .strs = ms}};
+        gguf_writer_set_value(w, "tokenizer.ggml.merges", &mv);
+    }
+    if (sv->bos >= -1) gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)sv->bos);
+    ck_assert_msg(gguf_writer_write(w, path, NULL, NULL, err) == 0, "write: %s", err);
+    gguf_writer_free(w);
+    free(ts);
+    free(ms);
+    free(ints);
+    gguf_file *f = gguf_open(path, err);
+    ck_assert_msg(f != NULL, "open: %s", err);
+    unlink(path);
+    err[0] = 0;
+    apr_tokenizer *t = apr_tok_load(f, err);
+    gguf_close(f);
+    return t;
+}
+
+static void refused(const synth_vocab *sv, const char *what)
+{
+    char err[APR_ERRLEN] = "";
+    apr_tokenizer *t = synth_load(sv, err);
+    ck_assert_msg(t == NULL, "accepted a vocabulary with %s", what);
+    ck_assert_msg(strstr(err, what) != NULL, "message '%s' lacks '%s'", err, what);
+    ck_assert_ptr_null(strchr(err, '\n'));
+}
+
+START_TEST(test_bad_vocab)
+{
+    /* The 256 byte-level characters of GPT-2 plus a few merged tokens. */
+    static char texts[256][4];
+    const char *toks[262];
+    int k = 0;
+    for (int b = 0; b < 256; b++) {
+        bool self = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
+        uint32_t cp = self ? (uint32_t)b : 256u + (uint32_t)k++;
+        char *o = texts[b];
+        put_utf8(cp, &o);
+        *o = 0;
+        toks[b] = texts[b];
+    }
+    toks[256] = "he";
+    toks[257] = "ll";
+    toks[258] = "hell";
+    toks[259] = "hello";
+    toks[260] = "<|end|>";
+    toks[261] = "\xC4\xA0w"; /* "Ġw" */
+    int32_t types[262];
+    for (int i = 0; i < 262; i++) types[i] = 1;
+    types[260] = 3;
+    const char *merges[] = {"h e", "l l", "he ll", "hell o", "nosuch pair", "nospace", "Ġ w", "x y z"};
+    synth_vocab ok = {.model = "gpt2", .pre = "qwen2", .toks = toks, .n_toks = 262, .types = types,
+                      .n_types = 262, .merges = merges, .n_merges = 8, .bos = 99999};
+    char err[APR_ERRLEN] = "";
+    apr_tokenizer *t = synth_load(&ok, err);
+    ck_assert_msg(t != NULL, "%s", err);
+    ck_assert_int_eq(apr_tok_bos(t), -1); /* out of range: none */
+    size_t n;
+    int32_t *ids = encode(t, "hello<|end|> world", 18, true, true, &n);
+    int32_t want[] = {259, 260, 261, 'o', 'r', 'l', 'd'}; /* a byte's token id is the byte here */
+    ck_assert_uint_eq(n, 7);
+    ck_assert_mem_eq(ids, want, sizeof want);
+    free(ids);
+    apr_tok_free(t);
+
+    synth_vocab bad = ok;
+    bad.model = NULL;
+    refused(&bad, "missing tokenizer.ggml.model");
+    bad = ok;
+    bad.model = "bert";
+    refused(&bad, "not supported");
+    bad = ok;
+    bad.pre = "gpt-4o";
+    refused(&bad, "pre-tokenizer 'gpt-4o' is not supported");
+    bad = ok;
+    bad.merges = NULL;
+    refused(&bad, "without tokenizer.ggml.merges");
+    bad = ok;
+    bad.toks_as_ints = true;
+    refused(&bad, "not an array of strings");
+    bad = ok;
+    bad.n_types = 261;
+    refused(&bad, "token_type has 261 entries for 262 tokens");
+    bad = ok;
+    bad.n_toks = 200; /* the byte-level alphabet is incomplete */
+    bad.n_types = 200;
+    refused(&bad, "lacks the token for byte");
+    bad = ok;
+    bad.n_toks = 0;
+    bad.n_types = 0;
+    refused(&bad, "vocabulary of 0 tokens");
+    float scores[3] = {0, -1, -2};
+    const char *stoks[] = {"<unk>", "\xE2\x96\x81" "a", "a"};
+    synth_vocab spm = {.model = "llama", .toks = stoks, .n_toks = 3, .scores = scores, .n_scores = 2, .bos = -2};
+    refused(&spm, "scores has 2 entries for 3 tokens");
+
+    /* SentencePiece without byte tokens: unknown text becomes <unk>. */
+    spm.n_scores = 3;
+    t = synth_load(&spm, err);
+    ck_assert_msg(t != NULL, "%s", err);
+    ids = encode(t, "a b", 3, false, false, &n);
+    /* "▁a", then "▁" (3 bytes) and "b" have neither a token nor byte tokens. */
+    int32_t want_spm[] = {1, 0, 0, 0, 0};
+    ck_assert_uint_eq(n, 5);
+    ck_assert_mem_eq(ids, want_spm, sizeof want_spm);
+    free(ids);
+    apr_tok_free(t);
+}
+END_TEST
+
 int main(void)
 {
     const char *sh = getenv("SHARED");
     snprintf(fx.dir, sizeof fx.dir, "%s", sh && *sh ? sh : "../shared");
     struct stat st;
-    if (stat(fx.dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        printf("test_tokenizer: SKIP: fixtures folder %s is absent\n", fx.dir);
-        return 0;
-    }
+    bool have = stat(fx.dir, &st) == 0 && S_ISDIR(st.st_mode);
     Suite *su = suite_create("tokenizer");
+    TCase *syn = tcase_create("synthetic");
+    tcase_add_test(syn, test_bad_vocab);
+    suite_add_tcase(su, syn);
     TCase *tc = tcase_create("tokenizer");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 300);
@@ -652,7 +821,8 @@ int main(void)
     tcase_add_test(tc, test_spm_roundtrip);
     tcase_add_test(tc, test_stream_random_ids);
     tcase_add_test(tc, test_chat);
-    suite_add_tcase(su, tc);
+    if (have) suite_add_tcase(su, tc);
+    else printf("test_tokenizer: SKIP fixture tests: folder %s is absent (set SHARED)\n", fx.dir);
     SRunner *sr = srunner_create(su);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
