@@ -277,34 +277,121 @@ INL size_t lsize(int wtype)
          : wtype == APR_TYPE_Q4_0 ? sizeof(block_q4_0) : sizeof(block_q5_0);
 }
 
+/* Two consecutive blocks in one zmm as unsigned bytes u = w + offset (8 for
+ * Q4_0, 16 for Q5_0, 128 for Q8_0), and d per half (lanes 0..7 block b, 8..15
+ * block b+1, as vpdpbusd's int32 lanes fall). The offset comes back out as
+ * offset * (sum of each lane's four activations), once per token. */
+typedef struct {
+    __m512i q;
+    __m512 d;
+} lpair;
+
+INL __m512 two_scales(float d0, float d1)
+{
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+}
+
+INL int loffset(int wtype)
+{
+    return wtype == APR_TYPE_Q8_0 ? 128 : wtype == APR_TYPE_Q4_0 ? 8 : 16;
+}
+
+/* The 16 quant bytes of a 4-bit block -> 32 values in element order: low
+ * nibbles (elements 0..15), then high nibbles (16..31). */
+INL __m512i nibbles_pair(const uint8_t *qs0, const uint8_t *qs1)
+{
+    __m256i q = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)qs1),
+                                 _mm_loadu_si128((const __m128i *)qs0));
+    __m512i z = _mm512_srlv_epi64(_mm512_broadcast_i64x4(q), _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0));
+    z = _mm512_and_si512(z, _mm512_set1_epi8(0x0F));
+    /* [lo0, lo1, hi0, hi1] -> [lo0, hi0, lo1, hi1] in 128-bit units. */
+    return _mm512_shuffle_i64x2(z, z, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+INL void unpack_lpair(const uint8_t *w, int b, lpair *lp, int wtype)
+{
+    if (wtype == APR_TYPE_Q8_0) {
+        const block_q8_0 *p = (const block_q8_0 *)w + b;
+        __m512i v = _mm512_inserti64x4(
+            _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p[0].qs)),
+            _mm256_loadu_si256((const __m256i *)p[1].qs), 1);
+        lp->q = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
+        lp->d = two_scales(half(&p[0].d), half(&p[1].d));
+    } else if (wtype == APR_TYPE_Q4_0) {
+        const block_q4_0 *p = (const block_q4_0 *)w + b;
+        lp->q = nibbles_pair(p[0].qs, p[1].qs);
+        lp->d = two_scales(half(&p[0].d), half(&p[1].d));
+    } else { /* Q5_0: bit j of qh is the fifth bit of element j */
+        const block_q5_0 *p = (const block_q5_0 *)w + b;
+        uint32_t h0, h1;
+        memcpy(&h0, p[0].qh, 4);
+        memcpy(&h1, p[1].qh, 4);
+        __m512i u = nibbles_pair(p[0].qs, p[1].qs);
+        lp->q = _mm512_mask_add_epi8(u, (__mmask64)h1 << 32 | h0, u, _mm512_set1_epi8(0x10));
+        lp->d = two_scales(half(&p[0].d), half(&p[1].d));
+    }
+}
+
 INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out, const int R,
                const int T, int wtype)
 {
     int nb = m->n / APR_QK;
-    __m256 acc[4][4];
+    const __m512i z = _mm512_setzero_si512();
+    __m512 acc[4][4];
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) acc[r][t] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; b++) {
+        for (int t = 0; t < T; t++) acc[r][t] = _mm512_setzero_ps();
+    int b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        lpair lp[4];
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            /* The row R rows ahead: one line covers about two blocks. */
+            _mm_prefetch((const char *)w + (size_t)(r + R) * m->ws + (size_t)b * lsize(wtype),
+                         PF_HINT);
+            unpack_lpair(w + (size_t)r * m->ws, b, &lp[r], wtype);
+        }
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) {
+            const block_q8_0 *a = (const block_q8_0 *)(x + (size_t)t * m->xs) + b;
+            __m512i av = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs)),
+                _mm256_loadu_si256((const __m256i *)a[1].qs), 1);
+            __m512 ad = two_scales(half(&a[0].d), half(&a[1].d));
+            /* -offset * a, summed by fours: the starting value of every row's sum. */
+            __m512i base = _mm512_dpbusd_epi32(z, _mm512_set1_epi8((char)loffset(wtype)),
+                                               _mm512_sub_epi8(z, av));
+#pragma GCC unroll 4
+            for (int r = 0; r < R; r++) {
+                __m512i s = _mm512_dpbusd_epi32(base, lp[r].q, av);
+                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(lp[r].d, ad),
+                                            acc[r][t]);
+            }
+        }
+    }
+    /* An odd last block (rows of 32 * odd): the single-block path. */
+    __m256 tail[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < T; t++) tail[r][t] = _mm256_setzero_ps();
+    if (b < nb) {
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             lblock lb;
-            /* One line per two blocks of the row R rows ahead. */
-            if (b % 2 == 0)
-                _mm_prefetch((const char *)w + (size_t)(r + R) * m->ws + (size_t)b * lsize(wtype),
-                             PF_HINT);
             unpack_l(w + (size_t)r * m->ws, b, &lb, wtype);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++)
-                acc[r][t] = lblock_dot(&lb, (const block_q8_0 *)(x + (size_t)t * m->xs) + b,
-                                       acc[r][t]);
+                tail[r][t] = lblock_dot(&lb, (const block_q8_0 *)(x + (size_t)t * m->xs) + b,
+                                        tail[r][t]);
         }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
-        for (int t = 0; t < T; t++) out[(size_t)t * m->os + r] = hsum256(acc[r][t]);
+        for (int t = 0; t < T; t++)
+            out[(size_t)t * m->os + r] = _mm512_reduce_add_ps(acc[r][t]) + hsum256(tail[r][t]);
 }
 
 /* ------------------------------------------------------ F32 / F16 / BF16 */
