@@ -32,6 +32,8 @@ static const mk_shape shapes[] = {
     {"qwen2.5-0.5b", 896, 24, 14, 2, 4864, true},    {"qwen2.5-1.5b", 1536, 28, 12, 2, 8960, true},
     {"qwen2.5-3b", 2048, 36, 16, 2, 11008, true},    {"qwen2.5-7b", 3584, 28, 28, 4, 18944, false},
     {"qwen2.5-14b", 5120, 48, 40, 8, 13824, false},  {"qwen2.5-32b", 5120, 64, 40, 8, 27648, false},
+    /* not a real model: small and quick, for tests (tiny-qwen2-a's body) */
+    {"qwen2-tiny", 256, 4, 2, 1, 768, true},
 };
 
 #define MAX_THREADS 256
@@ -253,7 +255,8 @@ static const mk_shape *find_shape(const char *name)
 {
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         if (!strcmp(shapes[i].name, name)) return &shapes[i];
-        if (!strcmp(shapes[i].name + strlen("qwen2.5-"), name)) return &shapes[i]; /* "1.5b" */
+        if (!strncmp(shapes[i].name, "qwen2.5-", 8) && !strcmp(shapes[i].name + 8, name))
+            return &shapes[i]; /* "1.5b" */
     }
     return NULL;
 }
@@ -302,7 +305,7 @@ int apr_mkmodel(const char *shape, const char *vocab_from, const char *out_path,
 {
     const mk_shape *sh = find_shape(shape);
     if (!sh) {
-        snprintf(err, APR_ERRLEN, "unknown shape '%.64s' (qwen2.5-0.5b, -1.5b, -3b, -7b, -14b, -32b)", shape);
+        snprintf(err, APR_ERRLEN, "unknown shape '%.64s' (qwen2.5-0.5b, -1.5b, -3b, -7b, -14b, -32b, or qwen2-tiny)", shape);
         return -2;
     }
     if (n_threads <= 0) {
