@@ -322,20 +322,26 @@ TILE_SET(bf16, ftile, APR_TYPE_BF16)
 /* set[0] = 1x1, [1] = 1x2, [2] = 4x1, [3] = 4x2 (rows x tokens). */
 static void run_tiles(const tile_fn set[4], const mm_args *m, int nrows, int ntok)
 {
-    int t = 0;
-    for (; t + 2 <= ntok; t += 2) {
-        const uint8_t *x = m->x + (size_t)t * m->xs;
-        float *out = m->out + (size_t)t * m->os;
-        int r = 0;
-        for (; r + 4 <= nrows; r += 4) set[3](m, m->w + (size_t)r * m->ws, x, out + r);
-        for (; r < nrows; r++) set[1](m, m->w + (size_t)r * m->ws, x, out + r);
-    }
-    for (; t < ntok; t++) {
-        const uint8_t *x = m->x + (size_t)t * m->xs;
-        float *out = m->out + (size_t)t * m->os;
-        int r = 0;
-        for (; r + 4 <= nrows; r += 4) set[2](m, m->w + (size_t)r * m->ws, x, out + r);
-        for (; r < nrows; r++) set[0](m, m->w + (size_t)r * m->ws, x, out + r);
+    /* Rows in chunks of 16, all tokens for each chunk: the chunk's weights stay
+     * in L1/L2 while every token passes over them, and the weights stream
+     * from memory once. */
+    for (int r0 = 0; r0 < nrows; r0 += 16) {
+        int r1 = nrows - r0 < 16 ? nrows : r0 + 16;
+        int t = 0;
+        for (; t + 2 <= ntok; t += 2) {
+            const uint8_t *x = m->x + (size_t)t * m->xs;
+            float *out = m->out + (size_t)t * m->os;
+            int r = r0;
+            for (; r + 4 <= r1; r += 4) set[3](m, m->w + (size_t)r * m->ws, x, out + r);
+            for (; r < r1; r++) set[1](m, m->w + (size_t)r * m->ws, x, out + r);
+        }
+        for (; t < ntok; t++) {
+            const uint8_t *x = m->x + (size_t)t * m->xs;
+            float *out = m->out + (size_t)t * m->os;
+            int r = r0;
+            for (; r + 4 <= r1; r += 4) set[2](m, m->w + (size_t)r * m->ws, x, out + r);
+            for (; r < r1; r++) set[0](m, m->w + (size_t)r * m->ws, x, out + r);
+        }
     }
 }
 
