@@ -19,4 +19,5 @@ bench() {
 bench bench_loader
 bench bench_sampler
 bench bench_tokenizer
+bench bench_kernels
 exit $status
