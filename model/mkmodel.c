@@ -85,11 +85,15 @@ static void gen_q4_k(uint64_t *s, block_q4_K *b, float sigma)
 {
     uint8_t sc[8], m[8];
     /* q is uniform on 0..15 (std 4.61, mean 7.5); the sub-block scale sets the
-     * spread and the min cancels the mean */
-    float d = sigma / (4.61f * 51.5f), dmin = d * 8.0f;
+     * spread and min = 7.5 * scale cancels the mean exactly. A mean left in
+     * the weights would add the same offset to every output of a matmul, and
+     * over the layers that common direction swamps the input: every prompt
+     * would then predict the same token. */
+    float d = sigma / (4.61f * 51.5f);
+    float dmin = apr_fp16_to_f32(apr_f32_to_fp16(d)) * 7.5f;
     for (int j = 0; j < 8; j++) {
         sc[j] = (uint8_t)rand_range(s, 40, 63);
-        m[j] = (uint8_t)lrintf(sc[j] * 7.5f / 8.0f);
+        m[j] = sc[j];
     }
     for (int j = 0; j < 4; j++) {
         b->scales[j] = (uint8_t)((sc[j] & 63) | ((sc[j + 4] >> 4) << 6));
@@ -115,15 +119,26 @@ static void gen_q6_k(uint64_t *s, block_q6_K *b, float sigma)
 
 static void gen_q5_0(uint64_t *s, block_q5_0 *b, float sigma)
 {
+    /* weights are q - 16 for a 5-bit q: a uniform q (mean 15.5) would leave a
+     * mean of -0.5; mapping q = 0 to 16 makes the values symmetric about 0 */
     rand_bytes(s, b->qh, sizeof b->qh);
     rand_bytes(s, b->qs, sizeof b->qs);
-    b->d = apr_f32_to_fp16(sigma / 9.23f); /* q - 16, q uniform on 0..31 */
+    uint32_t qh = (uint32_t)b->qh[0] | (uint32_t)b->qh[1] << 8 | (uint32_t)b->qh[2] << 16 | (uint32_t)b->qh[3] << 24;
+    for (int j = 0; j < 16; j++) {
+        if ((b->qs[j] & 0x0f) == 0 && !(qh >> j & 1)) qh |= 1u << j;
+        if ((b->qs[j] >> 4) == 0 && !(qh >> (j + 16) & 1)) qh |= 1u << (j + 16);
+    }
+    for (int k = 0; k < 4; k++) b->qh[k] = (uint8_t)(qh >> (8 * k));
+    b->d = apr_f32_to_fp16(sigma / 8.80f); /* std of the symmetric values */
 }
 
 static void gen_q8_0(uint64_t *s, block_q8_0 *b, float sigma)
 {
+    /* int8 without -128, so the values are symmetric about 0 */
     rand_bytes(s, (uint8_t *)b->qs, sizeof b->qs);
-    b->d = apr_f32_to_fp16(sigma / 73.9f); /* uniform int8 */
+    for (int j = 0; j < 32; j++)
+        if (b->qs[j] == -128) b->qs[j] = 0;
+    b->d = apr_f32_to_fp16(sigma / 73.5f);
 }
 
 /* ------------------------------------------------------------ tensors */
