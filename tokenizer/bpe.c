@@ -242,9 +242,9 @@ static int merge_long(const apr_tokenizer *t, const uint8_t *s, size_t m, scratc
 
 #define SHORT_PIECE 48
 
-int bpe_encode(const apr_tokenizer *t, const char *text, size_t len, idvec *out, char err[APR_ERRLEN])
+static int encode_chunk(const apr_tokenizer *t, const char *text, size_t len, idvec *out,
+                        char err[APR_ERRLEN])
 {
-    if (len == 0) return 0;
     int rc = -1;
     utf8proc_uint8_t *norm = NULL;
     uint32_t *cp = NULL, *off = NULL;
@@ -309,4 +309,27 @@ done:
     free(cls);
     free(norm);
     return rc;
+}
+
+/* Long texts go through in chunks of about t->chunk bytes (64 KiB), cut where a newline
+ * is followed by an ASCII non-space character: no pre-token spans such a
+ * point (every alternative either stops at the newline or cannot hold the
+ * character after it), and NFC cannot compose across it. This bounds the
+ * scratch memory (9 bytes per code point) and keeps it in cache. */
+int bpe_encode(const apr_tokenizer *t, const char *text, size_t len, idvec *out, char err[APR_ERRLEN])
+{
+    while (len > 0) {
+        size_t n = len;
+        for (size_t i = t->chunk ? t->chunk - 1 : 0; i + 1 < len; i++) {
+            uint8_t c = (uint8_t)text[i], d = (uint8_t)text[i + 1];
+            if ((c == '\n' || c == '\r') && d > ' ' && d < 0x7F) {
+                n = i + 1;
+                break;
+            }
+        }
+        if (encode_chunk(t, text, n, out, err) < 0) return -1;
+        text += n;
+        len -= n;
+    }
+    return 0;
 }

@@ -65,6 +65,7 @@ struct apr_tokenizer {
     bool nfc;
 
     size_t max_piece; /* longest apr_tok_piece output */
+    size_t chunk;     /* BPE pre-tokenizes long text in chunks of about this size */
 };
 
 /* Growable id list of one encode call. */

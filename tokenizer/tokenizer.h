@@ -36,6 +36,11 @@ int32_t apr_tok_find(const apr_tokenizer *t, const char *text, size_t len);
 int apr_tok_encode(const apr_tokenizer *t, const char *text, size_t len, bool add_bos,
                    bool parse_special, int32_t **ids, size_t *n_ids, char err[APR_ERRLEN]);
 
+/* BPE pre-tokenizes long text in chunks of about this many bytes (default
+ * 64 KiB; SIZE_MAX: never), cut only where no pre-token can cross. Results
+ * never depend on it: the knob exists so tests can show that. */
+void apr_tok_set_chunk(apr_tokenizer *t, size_t bytes);
+
 /* Bytes a token stands for when detokenized (byte-level mapping undone, SPM's
  * U+2581 turned into a space, <0xNN> into the byte); control, unknown and
  * unused tokens give "", user-defined ones their text. Writes at most cap

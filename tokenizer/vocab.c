@@ -324,6 +324,7 @@ apr_tokenizer *apr_tok_load(const gguf_file *f, char err[APR_ERRLEN])
     if (!t) goto oom;
     t->kind = kind;
     t->n_vocab = (int32_t)n;
+    t->chunk = 64u << 10;
     t->arena = malloc(total ? total : 1);
     t->off = malloc((n + 1) * sizeof *t->off);
     t->type = malloc(n);
@@ -467,6 +468,8 @@ const char *apr_tok_text(const apr_tokenizer *t, int32_t id, size_t *len)
     if (len) *len = t->off[id + 1] - t->off[id];
     return t->arena + t->off[id];
 }
+
+void apr_tok_set_chunk(apr_tokenizer *t, size_t bytes) { t->chunk = bytes; }
 
 int32_t apr_tok_find(const apr_tokenizer *t, const char *text, size_t len)
 {

@@ -434,6 +434,35 @@ START_TEST(test_stream_random_ids)
 }
 END_TEST
 
+/* Long text is pre-tokenized in chunks; where the cuts fall never shows. */
+START_TEST(test_chunks)
+{
+    uint64_t rng = 7;
+    size_t cap = 400 * 1024, len = 0;
+    char *text = malloc(cap + 8192);
+    ck_assert_ptr_nonnull(text);
+    while (len < cap) {
+        len += random_text(&rng, text + len, 40);
+        text[len++] = rng_next(&rng) % 3 ? '\n' : '\r';
+    }
+    size_t chunks[] = {1, 100, 4096, 64u << 10, SIZE_MAX};
+    size_t n0;
+    apr_tok_set_chunk(fx.qwen, SIZE_MAX);
+    int32_t *whole = encode(fx.qwen, text, len, false, false, &n0);
+    for (size_t c = 0; c < sizeof chunks / sizeof *chunks; c++) {
+        apr_tok_set_chunk(fx.qwen, chunks[c]);
+        size_t n;
+        int32_t *ids = encode(fx.qwen, text, len, false, false, &n);
+        ck_assert_msg(n == n0 && !memcmp(ids, whole, n * sizeof *ids), "chunks of %zu change the ids", chunks[c]);
+        free(ids);
+    }
+    printf("chunks: %zu bytes, %zu tokens, the same for 5 chunk sizes\n", len, n0);
+    apr_tok_set_chunk(fx.qwen, 64u << 10);
+    free(whole);
+    free(text);
+}
+END_TEST
+
 START_TEST(test_special)
 {
     const char *text = "<|im_start|>user\nhi<|im_end|>\n";
@@ -816,6 +845,7 @@ int main(void)
     tcase_add_test(tc, test_golden);
     tcase_add_test(tc, test_vocab_facts);
     tcase_add_test(tc, test_special);
+    tcase_add_test(tc, test_chunks);
     tcase_add_test(tc, test_invalid_utf8);
     tcase_add_test(tc, test_bpe_roundtrip);
     tcase_add_test(tc, test_spm_roundtrip);
