@@ -245,6 +245,10 @@ static int merge_long(const apr_tokenizer *t, const uint8_t *s, size_t m, scratc
 static int encode_chunk(const apr_tokenizer *t, const char *text, size_t len, idvec *out,
                         char err[APR_ERRLEN])
 {
+    if (len >= UINT32_MAX) { /* offsets below are 32-bit */
+        snprintf(err, APR_ERRLEN, "tokenizer: %zu bytes without a line break is too long", len);
+        return -1;
+    }
     int rc = -1;
     utf8proc_uint8_t *norm = NULL;
     uint32_t *cp = NULL, *off = NULL;
@@ -266,6 +270,11 @@ static int encode_chunk(const apr_tokenizer *t, const char *text, size_t len, id
             text = (const char *)norm;
             len = (size_t)nl;
         }
+    }
+    if (len >= UINT32_MAX) {
+        snprintf(err, APR_ERRLEN, "tokenizer: %zu bytes without a line break is too long", len);
+        free(norm);
+        return -1;
     }
 
     cp = malloc(len * sizeof *cp);
