@@ -286,9 +286,12 @@ typedef struct {
     __m512 d;
 } lpair;
 
-INL __m512 two_scales(float d0, float d1)
+/* Two fp16 scales -> lanes 0..7 and 8..15, converted together. */
+INL __m512 two_scales(const uint16_t *d0, const uint16_t *d1)
 {
-    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(d0), _mm512_set1_ps(d1));
+    __m128i h = _mm_insert_epi16(_mm_cvtsi32_si128(*d0), *d1, 1);
+    const __m512i idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_cvtph_ps(h)));
 }
 
 INL int loffset(int wtype)
@@ -316,11 +319,11 @@ INL void unpack_lpair(const uint8_t *w, int b, lpair *lp, int wtype)
             _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)p[0].qs)),
             _mm256_loadu_si256((const __m256i *)p[1].qs), 1);
         lp->q = _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80));
-        lp->d = two_scales(half(&p[0].d), half(&p[1].d));
+        lp->d = two_scales(&p[0].d, &p[1].d);
     } else if (wtype == APR_TYPE_Q4_0) {
         const block_q4_0 *p = (const block_q4_0 *)w + b;
         lp->q = nibbles_pair(p[0].qs, p[1].qs);
-        lp->d = two_scales(half(&p[0].d), half(&p[1].d));
+        lp->d = two_scales(&p[0].d, &p[1].d);
     } else { /* Q5_0: bit j of qh is the fifth bit of element j */
         const block_q5_0 *p = (const block_q5_0 *)w + b;
         uint32_t h0, h1;
@@ -328,7 +331,7 @@ INL void unpack_lpair(const uint8_t *w, int b, lpair *lp, int wtype)
         memcpy(&h1, p[1].qh, 4);
         __m512i u = nibbles_pair(p[0].qs, p[1].qs);
         lp->q = _mm512_mask_add_epi8(u, (__mmask64)h1 << 32 | h0, u, _mm512_set1_epi8(0x10));
-        lp->d = two_scales(half(&p[0].d), half(&p[1].d));
+        lp->d = two_scales(&p[0].d, &p[1].d);
     }
 }
 
@@ -358,7 +361,7 @@ INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
             __m512i av = _mm512_inserti64x4(
                 _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a[0].qs)),
                 _mm256_loadu_si256((const __m256i *)a[1].qs), 1);
-            __m512 ad = two_scales(half(&a[0].d), half(&a[1].d));
+            __m512 ad = two_scales(&a[0].d, &a[1].d);
             /* -offset * a, summed by fours: the starting value of every row's sum. */
             __m512i base = _mm512_dpbusd_epi32(z, _mm512_set1_epi8((char)loffset(wtype)),
                                                _mm512_sub_epi8(z, av));
