@@ -24,6 +24,7 @@ typedef struct {
     float *out;
     size_t os;
     int n;
+    size_t pf; /* prefetch distance: whole rows, about 12 KB */
 } mm_args;
 
 INL float half(const uint16_t *p) { return _cvtsh_ss(*p); }
@@ -152,7 +153,7 @@ INL void ktile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
     for (int b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            prefetch_block(w + (size_t)(r + R) * m->ws, b, ksize(wtype));
+            prefetch_block(w + m->pf + (size_t)r * m->ws, b, ksize(wtype));
 #pragma GCC unroll 2
             for (int t = 0; t < T; t++)
                 acc[r][t] = kdot(w + (size_t)r * m->ws, b,
@@ -222,7 +223,7 @@ INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             if (b % 2 == 0)
-                _mm_prefetch((const char *)w + (size_t)(r + R) * m->ws + (size_t)b * lsize(wtype),
+                _mm_prefetch((const char *)w + m->pf + (size_t)r * m->ws + (size_t)b * lsize(wtype),
                              _MM_HINT_T1);
             float d;
             __m256i v = lweights(w + (size_t)r * m->ws, b, &d, wtype);
@@ -275,7 +276,7 @@ INL void ftile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
         for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps((const float *)(x + (size_t)t * m->xs) + i);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            _mm_prefetch((const char *)w + (size_t)(r + R) * m->ws +
+            _mm_prefetch((const char *)w + m->pf + (size_t)r * m->ws +
                              (size_t)i * (wtype == APR_TYPE_F32 ? 4 : 2), _MM_HINT_T1);
             __m256 wv = load_wf(w + (size_t)r * m->ws, i, wtype);
 #pragma GCC unroll 2
@@ -361,7 +362,10 @@ int apr_matmul_avx2(uint32_t wtype, int n, const void *w, size_t w_stride, int n
     case APR_TYPE_BF16: set = bf16_set; break;
     default: return 0;
     }
-    mm_args m = {w, w_stride, xq, x_stride, out, out_stride, n};
+    /* Prefetch the rows about 12 KB ahead, at least a tile ahead (see
+     * kernels_avx512.c: decode is latency-bound without it). */
+    size_t ahead = (12288 + w_stride - 1) / w_stride;
+    mm_args m = {w, w_stride, xq, x_stride, out, out_stride, n, (ahead < 4 ? 4 : ahead) * w_stride};
     run_tiles(set, &m, nrows, ntok);
     return 1;
 }

@@ -24,6 +24,9 @@
 #define TGT __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 #define INL static inline __attribute__((always_inline)) TGT
 
+#ifndef PF_BYTES
+#define PF_BYTES 12288
+#endif
 #ifndef PF_HINT
 #define PF_HINT _MM_HINT_T1
 #endif
@@ -36,6 +39,7 @@ typedef struct {
     float *out;
     size_t os;
     int n;
+    size_t pf; /* prefetch distance: whole rows, about PF_BYTES */
 } mm_args;
 
 INL float half(const uint16_t *p) { return _cvtsh_ss(*p); }
@@ -203,7 +207,7 @@ INL void ktile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
             kblock kb;
             /* The next tile of rows follows this one: ask for it early, as
              * the hardware prefetcher alone leaves decode latency-bound. */
-            prefetch_block(w + (size_t)(r + R) * m->ws, b, ksize(wtype));
+            prefetch_block(w + m->pf + (size_t)r * m->ws, b, ksize(wtype));
             unpack_k(w + (size_t)r * m->ws, b, &kb, wtype);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++)
@@ -351,7 +355,7 @@ INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
             /* The row R rows ahead: one line covers about two blocks. */
-            _mm_prefetch((const char *)w + (size_t)(r + R) * m->ws + (size_t)b * lsize(wtype),
+            _mm_prefetch((const char *)w + m->pf + (size_t)r * m->ws + (size_t)b * lsize(wtype),
                          PF_HINT);
             unpack_lpair(w + (size_t)r * m->ws, b, &lp[r], wtype);
         }
@@ -423,7 +427,7 @@ INL void ftile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
             xv[t] = _mm512_maskz_loadu_ps(k, (const float *)(x + (size_t)t * m->xs) + i);
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            _mm_prefetch((const char *)w + (size_t)(r + R) * m->ws + (size_t)i * (wtype == APR_TYPE_F32 ? 4 : 2), PF_HINT);
+            _mm_prefetch((const char *)w + m->pf + (size_t)r * m->ws + (size_t)i * (wtype == APR_TYPE_F32 ? 4 : 2), PF_HINT);
             __m512 wv = load_wf(w + (size_t)r * m->ws, i, k, wtype);
 #pragma GCC unroll 4
             for (int t = 0; t < T; t++) acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
@@ -584,7 +588,10 @@ int apr_matmul_avx512(uint32_t wtype, int n, const void *w, size_t w_stride, int
     case APR_TYPE_BF16: set = bf16_set; break;
     default: return 0;
     }
-    mm_args m = {w, w_stride, xq, x_stride, out, out_stride, n};
+    /* Decode is latency-bound without software prefetch: fetch the rows
+     * about PF_BYTES ahead (measured best here), at least a tile ahead. */
+    size_t ahead = (PF_BYTES + w_stride - 1) / w_stride;
+    mm_args m = {w, w_stride, xq, x_stride, out, out_stride, n, (ahead < 4 ? 4 : ahead) * w_stride};
     run_tiles(set, &m, nrows, ntok);
     return 1;
 }
