@@ -396,11 +396,11 @@ START_TEST(scalar_vs_float)
 {
     uint32_t type = all_types[_i];
     int bs = (int)apr_type_get(type)->block_size;
-    const int sizes[] = {256, 512, 4864, 96, 896};
+    const int sizes[] = {256, 512, 4864, 96, 896, 172};
     rng r = {0x9e3779b97f4a7c15ull + (uint64_t)_i};
     for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
         int n = sizes[si];
-        if (n % (bs > 32 ? bs : 32) || (is_k_quant(type) && n % 256)) continue;
+        if (n % bs || (bs > 1 && n % 32) || (is_k_quant(type) && n % 256)) continue;
         size_t wb = apr_row_bytes(type, (uint64_t)n), xb = apr_act_row_bytes(type, n);
         uint8_t *w = malloc(wb), *xq = malloc(xb);
         float *x = malloc(n * sizeof(float)), *wd = malloc(n * sizeof(float)),
@@ -507,7 +507,10 @@ START_TEST(simd_vs_scalar)
     uint32_t type = all_types[_i];
     const int rows[] = {1, 3, 7, 33}, toks[] = {1, 2, 3, 5, 17};
     const int sizes_k[] = {256, 512, 4864}, sizes_l[] = {32, 96, 256, 896, 4864};
-    const int *sizes = is_k_quant(type) ? sizes_k : sizes_l;
+    /* Float rows may have any length (stories260K's hidden size is 172). */
+    const int sizes_f[] = {1, 17, 172, 288, 4864};
+    int is_float = type == APR_TYPE_F32 || type == APR_TYPE_F16 || type == APR_TYPE_BF16;
+    const int *sizes = is_k_quant(type) ? sizes_k : is_float ? sizes_f : sizes_l;
     int nsizes = is_k_quant(type) ? 3 : 5;
     rng r = {0xabcdef12345ull + (uint64_t)_i * 77};
     apr_isa top = max_isa();
@@ -534,7 +537,8 @@ END_TEST
 START_TEST(row_ranges)
 {
     uint32_t type = all_types[_i];
-    int n = is_k_quant(type) ? 512 : 96;
+    int is_float = type == APR_TYPE_F32 || type == APR_TYPE_F16 || type == APR_TYPE_BF16;
+    int n = is_k_quant(type) ? 512 : is_float ? 172 : 96;
     rng r = {0x5151 + (uint64_t)_i};
     mm_case c;
     mm_case_init(&c, &r, type, n, 37, 9);
