@@ -222,9 +222,9 @@ INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
     for (int b = 0; b < nb; b++)
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            if (b % 2 == 0)
-                _mm_prefetch((const char *)w + m->pf + (size_t)r * m->ws + (size_t)b * lsize(wtype),
-                             _MM_HINT_T1);
+            /* Every block's first byte: no line is skipped (blocks < 64 bytes). */
+            _mm_prefetch((const char *)w + m->pf + (size_t)r * m->ws + (size_t)b * lsize(wtype),
+                         _MM_HINT_T1);
             float d;
             __m256i v = lweights(w + (size_t)r * m->ws, b, &d, wtype);
             __m256i av = _mm256_abs_epi8(v);

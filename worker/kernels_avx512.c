@@ -354,9 +354,10 @@ INL void ltile(const mm_args *m, const uint8_t *w, const uint8_t *x, float *out,
         lpair lp[4];
 #pragma GCC unroll 4
         for (int r = 0; r < R; r++) {
-            /* The row R rows ahead: one line covers about two blocks. */
-            _mm_prefetch((const char *)w + m->pf + (size_t)r * m->ws + (size_t)b * lsize(wtype),
-                         PF_HINT);
+            /* First and last byte of the pair (44 to 68 bytes): every line. */
+            const char *pf = (const char *)w + m->pf + (size_t)r * m->ws + (size_t)b * lsize(wtype);
+            _mm_prefetch(pf, PF_HINT);
+            _mm_prefetch(pf + 2 * lsize(wtype) - 1, PF_HINT);
             unpack_lpair(w + (size_t)r * m->ws, b, &lp[r], wtype);
         }
 #pragma GCC unroll 4
