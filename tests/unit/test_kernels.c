@@ -505,7 +505,7 @@ static void mm_check(const mm_case *c, apr_isa isa)
 START_TEST(simd_vs_scalar)
 {
     uint32_t type = all_types[_i];
-    const int rows[] = {1, 3, 7, 33}, toks[] = {1, 2, 3, 5, 17};
+    const int rows[] = {1, 3, 7, 33}, toks[] = {1, 2, 3, 5, 17, 37};
     const int sizes_k[] = {256, 512, 4864}, sizes_l[] = {32, 96, 256, 896, 4864};
     /* Float rows may have any length (stories260K's hidden size is 172). */
     const int sizes_f[] = {1, 17, 172, 288, 4864};
@@ -520,10 +520,10 @@ START_TEST(simd_vs_scalar)
     }
     for (int si = 0; si < nsizes; si++)
         for (int ri = 0; ri < 4; ri++)
-            for (int ti = 0; ti < 5; ti++) {
+            for (int ti = 0; ti < 6; ti++) {
                 int n = sizes[si], nr = rows[ri], nt = toks[ti];
                 /* Keep the big rows to a few shapes: the run stays short. */
-                if (n == 4864 && (nr > 7 || nt > 5)) continue;
+                if ((n == 4864 && (nr > 7 || nt > 5)) || (nt > 17 && nr > 7)) continue;
                 mm_case c;
                 mm_case_init(&c, &r, type, n, nr, nt);
                 for (int isa = APR_ISA_AVX2; isa <= (int)top; isa++) mm_check(&c, (apr_isa)isa);
@@ -532,34 +532,37 @@ START_TEST(simd_vs_scalar)
 }
 END_TEST
 
-/* Rows [r0, r0+k) computed alone equal the same rows of the whole product,
- * bit for bit: the caller splits rows across threads in any way. */
+/* Rows [r0, r0+k) and tokens [t0, t0+j) computed alone equal the same rows
+ * and tokens of the whole product, bit for bit: the caller splits rows across
+ * threads in any way, and prompts come in any length. 37 tokens take every
+ * tile shape (16, 4 and 1 tokens). */
 START_TEST(row_ranges)
 {
     uint32_t type = all_types[_i];
     int is_float = type == APR_TYPE_F32 || type == APR_TYPE_F16 || type == APR_TYPE_BF16;
     int n = is_k_quant(type) ? 512 : is_float ? 172 : 96;
+    enum { NR = 37, NT = 37 };
     rng r = {0x5151 + (uint64_t)_i};
     mm_case c;
-    mm_case_init(&c, &r, type, n, 37, 9);
+    mm_case_init(&c, &r, type, n, NR, NT);
+    float *all = malloc(sizeof(float) * NR * NT), *part = malloc(sizeof(float) * NR * NT);
     for (int isa = 0; isa <= (int)max_isa(); isa++) {
-        float *all = malloc(sizeof(float) * 37 * 9), *part = malloc(sizeof(float) * 37 * 9);
-        apr_matmul((apr_isa)isa, type, n, c.w, c.wb, 37, c.xq, c.xb, 9, all, 37);
-        const int cuts[][2] = {{0, 1}, {1, 5}, {6, 13}, {19, 18}, {36, 1}, {3, 34}};
+        apr_matmul((apr_isa)isa, type, n, c.w, c.wb, NR, c.xq, c.xb, NT, all, NR);
+        const int cuts[][4] = {{0, 1, 0, 37}, {1, 5, 2, 17}, {6, 13, 5, 3}, {19, 18, 1, 36},
+                               {36, 1, 20, 16}, {3, 34, 0, 5}, {16, 16, 30, 7}};
         for (size_t k = 0; k < sizeof cuts / sizeof cuts[0]; k++) {
-            int r0 = cuts[k][0], nr = cuts[k][1];
-            /* And a token range too: tokens [2, 9) only. */
+            int r0 = cuts[k][0], nr = cuts[k][1], t0 = cuts[k][2], nt = cuts[k][3];
             apr_matmul((apr_isa)isa, type, n, c.w + c.wb * (size_t)r0, c.wb, nr,
-                       c.xq + c.xb * 2, c.xb, 7, part, 37);
-            for (int t = 0; t < 7; t++)
+                       c.xq + c.xb * (size_t)t0, c.xb, nt, part, NR);
+            for (int t = 0; t < nt; t++)
                 for (int i = 0; i < nr; i++)
-                    ck_assert_msg(part[t * 37 + i] == all[(t + 2) * 37 + r0 + i],
-                                  "%s %s rows %d+%d tok %d row %d: %.9g vs %.9g",
+                    ck_assert_msg(part[t * NR + i] == all[(t + t0) * NR + r0 + i],
+                                  "%s %s rows %d+%d tokens %d+%d [%d,%d]: %.9g vs %.9g",
                                   apr_isa_name((apr_isa)isa), apr_type_get(type)->name, r0, nr,
-                                  t, i, part[t * 37 + i], all[(t + 2) * 37 + r0 + i]);
+                                  t0, nt, t, i, part[t * NR + i], all[(t + t0) * NR + r0 + i]);
         }
-        free(all), free(part);
     }
+    free(all), free(part);
     mm_case_free(&c);
 }
 END_TEST
