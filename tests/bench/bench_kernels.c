@@ -129,12 +129,13 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
-/* Seconds for iters products on nthreads threads (rows split evenly). */
+/* Seconds for iters products on nthreads (1 or 2) threads, rows split evenly. */
 static double timed_run(const bench_mat *m, apr_isa isa, int ntok, int nthreads, int iters)
 {
     pthread_barrier_t bar;
     job jobs[2];
     pthread_t th;
+    nthreads = nthreads > 1 ? 2 : 1;
     if (nthreads > 1) pthread_barrier_init(&bar, NULL, (unsigned)nthreads);
     int per = (m->nrows + nthreads - 1) / nthreads;
     for (int i = 0; i < nthreads; i++) {
