@@ -26,14 +26,19 @@ LDFLAGS += -fsanitize=address,undefined
 endif
 
 # CUDA: compiled whenever nvcc is found; cudart linked statically.
-NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+# CUDA_HOME is where nvcc really lives: /usr/local/bin/nvcc may be a wrapper script,
+# so the toolkit is looked for in the usual places before nvcc's own directory.
+ifeq ($(origin NVCC),undefined)
+NVCC    := $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+endif
+CUDA_HOME := $(firstword $(patsubst %/lib64/libcudart_static.a,%,$(wildcard /usr/local/cuda/lib64/libcudart_static.a)) \
+                         $(abspath $(dir $(NVCC))/..))
 ifneq ($(NVCC),)
 ifneq ($(SAN),1)
 HAVE_CUDA  := 1
-CUDA_HOME  := $(abspath $(dir $(NVCC))/..)
 NVFLAGS    := -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -I. -Xcompiler -Wall,-Wextra,-Werror,-fPIC
 CFLAGS     += -DAPR_HAVE_CUDA=1
-LDLIBS     += -L$(CUDA_HOME)/lib64 -lcudart_static -ldl -lrt -lstdc++
+LDLIBS     += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/lib -lcudart_static -ldl -lrt -lstdc++
 endif
 endif
 

@@ -9,6 +9,7 @@
  * layer attention and SwiGLU FFN with residuals, then the final norm and the
  * output projection for the entries that want logits.
  */
+#include <immintrin.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -390,6 +391,49 @@ static void rope(float *v, int pos, int rope_dim, float freq_base, bool neox)
     }
 }
 
+/* F16 cache rows against f32 vectors: the attention's inner loops. */
+static float dot_f16_scalar(const float *q, const uint16_t *k, int n)
+{
+    float s = 0.0f;
+    for (int i = 0; i < n; i++) s += q[i] * apr_fp16_to_f32(k[i]);
+    return s;
+}
+
+static void axpy_f16_scalar(float *acc, float a, const uint16_t *v, int n)
+{
+    for (int i = 0; i < n; i++) acc[i] += a * apr_fp16_to_f32(v[i]);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const float *q, const uint16_t *k, int n)
+{
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 k0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i)));
+        __m256 k1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i + 8)));
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), k0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), k1, acc1);
+    }
+    acc0 = _mm256_add_ps(acc0, acc1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+    h = _mm_hadd_ps(h, h);
+    h = _mm_hadd_ps(h, h);
+    float s = _mm_cvtss_f32(h);
+    for (; i < n; i++) s += q[i] * apr_fp16_to_f32(k[i]);
+    return s;
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void axpy_f16_avx2(float *acc, float a, const uint16_t *v, int n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
+        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, x, _mm256_loadu_ps(acc + i)));
+    }
+    for (; i < n; i++) acc[i] += a * apr_fp16_to_f32(v[i]);
+}
+
 typedef struct {
     cpu_model *m;
     const apr_batch *b;
@@ -407,6 +451,7 @@ static void attn_worker(void *ctx, int ith, int nth)
     const int group = (int)(hp->n_head / hp->n_head_kv);
     const float scale = 1.0f / sqrtf((float)hd);
     const int pairs = j->b->n * (int)hp->n_head;
+    const bool simd = m->isa != APR_ISA_SCALAR;
     float acc[512], qh[512];
     for (int p = pairs * ith / nth; p < pairs * (ith + 1) / nth; p++) {
         int t = p / (int)hp->n_head, h = p % (int)hp->n_head;
@@ -422,9 +467,7 @@ static void attn_worker(void *ctx, int ith, int nth)
         for (int i = 0; i < hd; i++) acc[i] = 0.0f;
         for (int k = 0; k <= pos; k++) {
             const uint16_t *kr = kc + (size_t)k * m->kv_dim;
-            float s = 0.0f;
-            for (int i = 0; i < hd; i++) s += qh[i] * apr_fp16_to_f32(kr[i]);
-            s *= scale;
+            float s = (simd ? dot_f16_avx2(qh, kr, hd) : dot_f16_scalar(qh, kr, hd)) * scale;
             float ms = 1.0f, vs = 1.0f;
             if (s > mx) {
                 ms = expf(mx - s);
@@ -434,7 +477,8 @@ static void attn_worker(void *ctx, int ith, int nth)
                 vs = expf(s - mx);
             }
             const uint16_t *vr = vc + (size_t)k * m->kv_dim;
-            for (int i = 0; i < hd; i++) acc[i] += vs * apr_fp16_to_f32(vr[i]);
+            if (simd) axpy_f16_avx2(acc, vs, vr, hd);
+            else axpy_f16_scalar(acc, vs, vr, hd);
             sum = sum * ms + vs;
         }
         float *out = m->s.att + (size_t)t * m->q_dim + (size_t)h * hd;
