@@ -98,7 +98,7 @@ typedef struct {
     char *role; /* "system" | "user" | "assistant" | "tool" */
     char *content;
     size_t content_len;
-} apr_chat_msg;
+} apr_wire_msg;
 
 typedef struct {
     float temperature;       /* [0, 100]; 0 = greedy (default 0.8) */
@@ -124,7 +124,7 @@ typedef struct {
     int32_t *prompt_tokens;
     size_t n_prompt_tokens;
     /* chat */
-    apr_chat_msg *messages;
+    apr_wire_msg *messages;
     size_t n_messages;
     /* tokenize */
     char *text;

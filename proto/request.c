@@ -249,7 +249,7 @@ static int read_messages(const msgpack_object *v, const apr_proto_limits *lim, a
     char field[64];
     for (size_t i = 0; i < cnt; i++) {
         const msgpack_object *m = &v->via.array.ptr[i];
-        apr_chat_msg *out = &r->messages[i];
+        apr_wire_msg *out = &r->messages[i];
         r->n_messages = i + 1; /* so apr_request_free sees what was taken */
         if (m->type != MSGPACK_OBJECT_MAP)
             return fail(e, APR_PERR_INVALID_PARAM, "messages[%zu]: must be a map {role, content}", i);

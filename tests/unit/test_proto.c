@@ -292,7 +292,7 @@ START_TEST(request_round_trips)
     int32_t toks[] = {0, 1, 151643, INT32_MAX};
     char *stops[] = {"\n\n", "END", "\xe2\x80\x94"};
     char role0[] = "system", role1[] = "user", c0[] = "Be brief.", c1[] = "Hi \xf0\x9f\x98\x80";
-    apr_chat_msg msgs[2] = {{role0, c0, strlen(c0)}, {role1, c1, strlen(c1)}};
+    apr_wire_msg msgs[2] = {{role0, c0, strlen(c0)}, {role1, c1, strlen(c1)}};
 
     apr_request_init(&r, APR_OP_GENERATE);
     apr_id_set_str(&r.id, "req-1");
