@@ -399,9 +399,13 @@ static float dot_f16_scalar(const float *q, const uint16_t *k, int n)
     return s;
 }
 
+/* acc is an F16 accumulator kept in f32 registers: every update is rounded
+ * to F16, as llama.cpp's CPU flash attention accumulates V (VKQ16). */
+static float round_f16(float x) { return apr_fp16_to_f32(apr_f32_to_fp16(x)); }
+
 static void axpy_f16_scalar(float *acc, float a, const uint16_t *v, int n)
 {
-    for (int i = 0; i < n; i++) acc[i] += a * apr_fp16_to_f32(v[i]);
+    for (int i = 0; i < n; i++) acc[i] = round_f16(acc[i] + a * apr_fp16_to_f32(v[i]));
 }
 
 __attribute__((target("avx2,fma,f16c"))) static float dot_f16_avx2(const float *q, const uint16_t *k, int n)
@@ -429,9 +433,11 @@ __attribute__((target("avx2,fma,f16c"))) static void axpy_f16_avx2(float *acc, f
     int i = 0;
     for (; i + 8 <= n; i += 8) {
         __m256 x = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(v + i)));
-        _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, x, _mm256_loadu_ps(acc + i)));
+        __m256 y = _mm256_fmadd_ps(va, x, _mm256_loadu_ps(acc + i));
+        y = _mm256_cvtph_ps(_mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT));
+        _mm256_storeu_ps(acc + i, y);
     }
-    for (; i < n; i++) acc[i] += a * apr_fp16_to_f32(v[i]);
+    for (; i < n; i++) acc[i] = round_f16(acc[i] + a * apr_fp16_to_f32(v[i]));
 }
 
 typedef struct {
@@ -472,7 +478,7 @@ static void attn_worker(void *ctx, int ith, int nth)
             if (s > mx) {
                 ms = expf(mx - s);
                 mx = s;
-                for (int i = 0; i < hd; i++) acc[i] *= ms;
+                for (int i = 0; i < hd; i++) acc[i] = round_f16(acc[i] * ms);
             } else {
                 vs = expf(s - mx);
             }
@@ -482,7 +488,8 @@ static void attn_worker(void *ctx, int ith, int nth)
             sum = sum * ms + vs;
         }
         float *out = m->s.att + (size_t)t * m->q_dim + (size_t)h * hd;
-        for (int i = 0; i < hd; i++) out[i] = acc[i] / sum;
+        const float inv = sum == 0.0f ? 0.0f : 1.0f / sum;
+        for (int i = 0; i < hd; i++) out[i] = acc[i] * inv;
     }
 }
 
