@@ -103,6 +103,12 @@ static const char *printable(gguf_str s, char out[72])
     return out;
 }
 
+static const char *printable_c(const char *name, char out[72])
+{
+    gguf_str s = {.s = name, .len = strlen(name)};
+    return printable(s, out);
+}
+
 static uint64_t le(const uint8_t *p, int n)
 {
     uint64_t v = 0;
@@ -392,13 +398,16 @@ static int parse_tensors(reader *r, gguf_file *f)
     if (f->n_tensors == 0) return 0;
     if (f->data_offset > f->size) return fail(r, "truncated: data section starts past end of file");
     uint64_t data_len = f->size - f->data_offset;
+    char pa[72], pb[72];
     for (uint64_t i = 0; i < f->n_tensors; i++) {
         gguf_tensor *t = &f->tensors[i];
         if (t->offset % f->alignment)
-            return fail(r, "tensor '%s': data offset %llu is not aligned to %llu", t->name,
+            return fail(r, "tensor '%s': data offset %llu is not aligned to %llu", printable_c(t->name, pa),
                         (unsigned long long)t->offset, (unsigned long long)f->alignment);
-        if (t->offset >= data_len) return fail(r, "tensor '%s': data offset past end of file", t->name);
-        if (t->nbytes > data_len - t->offset) return fail(r, "tensor '%s': data extends past end of file", t->name);
+        if (t->offset >= data_len)
+            return fail(r, "tensor '%s': data offset past end of file", printable_c(t->name, pa));
+        if (t->nbytes > data_len - t->offset)
+            return fail(r, "tensor '%s': data extends past end of file", printable_c(t->name, pa));
         t->offset += f->data_offset;
     }
     /* overlapping data means a corrupt or malicious index */
@@ -410,7 +419,7 @@ static int parse_tensors(reader *r, gguf_file *f)
     for (uint64_t i = 1; i < f->n_tensors && !rc; i++) {
         const gguf_tensor *a = &f->tensors[ord[i - 1]], *b = &f->tensors[ord[i]];
         if (a->offset + a->nbytes > b->offset)
-            rc = fail(r, "tensor '%s': data overlaps tensor '%s'", b->name, a->name);
+            rc = fail(r, "tensor '%s': data overlaps tensor '%s'", printable_c(b->name, pa), printable_c(a->name, pb));
     }
     free(ord);
     return rc;

@@ -51,6 +51,18 @@ int32_t tok_lookup(const apr_tokenizer *t, const char *s, size_t n)
     return tok_lookup_h(t, s, n, tok_hash(s, n));
 }
 
+/* A metadata string as one printable line for an error message (at most 40 bytes). */
+static const char *show(gguf_str v, char out[48])
+{
+    size_t n = v.s ? (v.len > 40 ? 40 : (size_t)v.len) : 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v.s[i];
+        out[i] = c < 0x20 || c == 0x7f || c == '\'' ? '?' : (char)c;
+    }
+    out[n] = 0;
+    return out;
+}
+
 static uint32_t table_size(uint64_t n)
 {
     uint32_t cap = 16;
@@ -289,8 +301,8 @@ apr_tokenizer *apr_tok_load(const gguf_file *f, char err[APR_ERRLEN])
         snprintf(err, APR_ERRLEN, "tokenizer: missing tokenizer.ggml.model");
         return NULL;
     } else {
-        snprintf(err, APR_ERRLEN, "tokenizer: model '%.*s' is not supported (gpt2 or llama)",
-                 (int)(model.len > 40 ? 40 : model.len), model.s);
+        char shown[48];
+        snprintf(err, APR_ERRLEN, "tokenizer: model '%s' is not supported (gpt2 or llama)", show(model, shown));
         return NULL;
     }
 
@@ -409,8 +421,9 @@ apr_tokenizer *apr_tok_load(const gguf_file *f, char err[APR_ERRLEN])
             t->max_digits = 3;
             t->nfc = false;
         } else {
-            snprintf(err, APR_ERRLEN, "tokenizer: BPE pre-tokenizer '%.*s' is not supported (qwen2, llama-bpe)",
-                     (int)(pre.len > 40 ? 40 : pre.len), pre.s ? pre.s : "");
+            char shown[48];
+            snprintf(err, APR_ERRLEN, "tokenizer: BPE pre-tokenizer '%s' is not supported (qwen2, llama-bpe)",
+                     show(pre, shown));
             apr_tok_free(t);
             return NULL;
         }
