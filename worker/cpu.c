@@ -52,7 +52,7 @@ struct cpu_model {
     apr_isa isa;
     int n_ctx, n_seq;
     int q_dim, kv_dim;
-    apr_shm weights; /* the file's data section */
+    apr_seg weights; /* the file's data section */
     weight tok_embd, output;
     const float *output_norm;
     layer *layers;
@@ -198,7 +198,7 @@ void cpu_model_close(cpu_model *m)
     free(m->k_cache);
     free(m->v_cache);
     free(m->seq_len);
-    apr_shm_close(&m->weights);
+    apr_seg_close(&m->weights);
     free(m);
 }
 
@@ -239,7 +239,7 @@ cpu_model *cpu_model_open(const char *path, const apr_backend_opts *opts, char e
     /* The data section goes into a shared-memory segment: a restarted worker
      * can map it again instead of reading the file. */
     uint64_t data_len = f->size - f->data_offset;
-    if (apr_shm_create(&m->weights, "apr-weights", data_len ? data_len : 1, err)) goto fail;
+    if (apr_seg_create(&m->weights, "apr-weights", data_len ? data_len : 1, err)) goto fail;
     apr_load_stats st;
     int flags = opts && opts->progress ? APR_LOAD_PROGRESS : 0;
     if (apr_load_read(path, f->data_offset, data_len, m->weights.addr, flags, &st, err)) goto fail;

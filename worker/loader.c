@@ -279,9 +279,9 @@ int apr_load_read(const char *path, uint64_t off, uint64_t len, void *dst, int f
 
 /* ---------------------------------------------------------------- shm */
 
-int apr_shm_create(apr_shm *s, const char *name, size_t len, char err[APR_ERRLEN])
+int apr_seg_create(apr_seg *s, const char *name, size_t len, char err[APR_ERRLEN])
 {
-    *s = (apr_shm){.fd = -1, .addr = NULL, .len = 0};
+    *s = (apr_seg){.fd = -1, .addr = NULL, .len = 0};
     if (len == 0 || len > (size_t)INT64_MAX) {
         snprintf(err, APR_ERRLEN, "shm: invalid segment size %zu", len);
         return -1;
@@ -314,13 +314,13 @@ int apr_shm_create(apr_shm *s, const char *name, size_t len, char err[APR_ERRLEN
     /* Where shmem THP is enabled ("advise"), 2 MB pages cut the faults taken
      * while loading by 512x; elsewhere this is a no-op. */
     madvise(a, len, MADV_HUGEPAGE);
-    *s = (apr_shm){.fd = fd, .addr = a, .len = len};
+    *s = (apr_seg){.fd = fd, .addr = a, .len = len};
     return 0;
 }
 
-int apr_shm_map(apr_shm *s, int fd, char err[APR_ERRLEN])
+int apr_seg_map(apr_seg *s, int fd, char err[APR_ERRLEN])
 {
-    *s = (apr_shm){.fd = -1, .addr = NULL, .len = 0};
+    *s = (apr_seg){.fd = -1, .addr = NULL, .len = 0};
     struct stat sb;
     if (fd < 0 || fstat(fd, &sb) != 0) {
         snprintf(err, APR_ERRLEN, "shm: bad fd %d: %s", fd, fd < 0 ? "negative" : strerror(errno));
@@ -341,15 +341,15 @@ int apr_shm_map(apr_shm *s, int fd, char err[APR_ERRLEN])
         snprintf(err, APR_ERRLEN, "shm: cannot map fd %d (%zu bytes): %s", fd, len, strerror(errno));
         return -1;
     }
-    *s = (apr_shm){.fd = fd, .addr = a, .len = len};
+    *s = (apr_seg){.fd = fd, .addr = a, .len = len};
     return 0;
 }
 
-void apr_shm_close(apr_shm *s)
+void apr_seg_close(apr_seg *s)
 {
     if (s->addr)
         munmap(s->addr, s->len);
     if (s->fd >= 0)
         close(s->fd);
-    *s = (apr_shm){.fd = -1, .addr = NULL, .len = 0};
+    *s = (apr_seg){.fd = -1, .addr = NULL, .len = 0};
 }

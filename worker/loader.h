@@ -35,20 +35,22 @@ int apr_load_read(const char *path, uint64_t off, uint64_t len, void *dst, int f
                   apr_load_stats *st, char err[APR_ERRLEN]);
 
 /* A shared-memory segment (memfd), mapped read/write. The fd can be passed to
- * (or inherited by) another process, which maps it with apr_shm_map. The fd
+ * (or inherited by) another process, which maps it with apr_seg_map. The fd
  * is close-on-exec (pass it with SCM_RIGHTS, or clear FD_CLOEXEC before an
- * exec) and sealed against resizing, so a mapper can trust its size. */
+ * exec) and sealed against resizing, so a mapper can trust its size.
+ * (proto.h's apr_shm is the inheritable kind, for the logits the coordinator
+ * hands to its workers; weights must never leak into children.) */
 typedef struct {
     int fd;
     void *addr;
     size_t len;
-} apr_shm;
+} apr_seg;
 
-int apr_shm_create(apr_shm *s, const char *name, size_t len, char err[APR_ERRLEN]);
+int apr_seg_create(apr_seg *s, const char *name, size_t len, char err[APR_ERRLEN]);
 /* len from fstat; refuses an fd that is not a sealed segment. On success s
- * owns fd (apr_shm_close closes it); on failure the caller still does. */
-int apr_shm_map(apr_shm *s, int fd, char err[APR_ERRLEN]);
+ * owns fd (apr_seg_close closes it); on failure the caller still does. */
+int apr_seg_map(apr_seg *s, int fd, char err[APR_ERRLEN]);
 /* Unmaps and closes; safe after a failed create/map and when called twice. */
-void apr_shm_close(apr_shm *s);
+void apr_seg_close(apr_seg *s);
 
 #endif

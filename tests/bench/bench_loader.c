@@ -147,9 +147,9 @@ static double run_method(int m, const char *path, void *dst, size_t size)
 static double shm_load(const char *path, size_t size, int populate)
 {
     char err[APR_ERRLEN];
-    apr_shm s;
+    apr_seg s;
     double t0 = now_sec();
-    if (apr_shm_create(&s, "apr-bench", size, err) != 0) {
+    if (apr_seg_create(&s, "apr-bench", size, err) != 0) {
         fprintf(stderr, "bench_loader: %s\n", err);
         return -1;
     }
@@ -161,7 +161,7 @@ static double shm_load(const char *path, size_t size, int populate)
 #endif
     int rc = apr_load_read(path, 0, size, s.addr, 0, NULL, err);
     double t = now_sec() - t0;
-    apr_shm_close(&s);
+    apr_seg_close(&s);
     if (rc != 0) {
         fprintf(stderr, "bench_loader: %s\n", err);
         return -1;

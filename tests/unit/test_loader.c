@@ -149,8 +149,8 @@ START_TEST(test_into_shm_and_child)
 {
     int flags = modes[_i];
     char err[APR_ERRLEN] = "";
-    apr_shm s;
-    ck_assert_msg(apr_shm_create(&s, "apr-test", FILE_SIZE, err) == 0, "%s", err);
+    apr_seg s;
+    ck_assert_msg(apr_seg_create(&s, "apr-test", FILE_SIZE, err) == 0, "%s", err);
     ck_assert_uint_eq(s.len, FILE_SIZE);
     ck_assert_ptr_nonnull(s.addr);
     ck_assert_int_ge(s.fd, 0);
@@ -165,10 +165,10 @@ START_TEST(test_into_shm_and_child)
     pid_t pid = fork();
     ck_assert_int_ge(pid, 0);
     if (pid == 0) {
-        apr_shm c;
+        apr_seg c;
         char cerr[APR_ERRLEN];
         int fd = dup(s.fd);
-        if (fd < 0 || apr_shm_map(&c, fd, cerr) != 0)
+        if (fd < 0 || apr_seg_map(&c, fd, cerr) != 0)
             _exit(2);
         if (c.len != FILE_SIZE || c.addr == s.addr)
             _exit(3);
@@ -176,7 +176,7 @@ START_TEST(test_into_shm_and_child)
             _exit(4);
         ((uint8_t *)c.addr)[FILE_SIZE - 1] ^= 0xFF;
         ((uint8_t *)c.addr)[0] ^= 0xFF;
-        apr_shm_close(&c);
+        apr_seg_close(&c);
         _exit(0);
     }
     int status;
@@ -195,30 +195,30 @@ START_TEST(test_into_shm_and_child)
     ck_assert_uint_eq(p[4098], 0);
     ck_assert_uint_eq(p[4099 + 5000003], 0);
 
-    apr_shm_close(&s);
+    apr_seg_close(&s);
     ck_assert_int_eq(s.fd, -1);
     ck_assert_ptr_null(s.addr);
-    apr_shm_close(&s); /* closing twice is harmless */
+    apr_seg_close(&s); /* closing twice is harmless */
 }
 END_TEST
 
 START_TEST(test_shm_refuses)
 {
     char err[APR_ERRLEN] = "";
-    apr_shm s;
-    ck_assert_int_eq(apr_shm_create(&s, "apr-test", 0, err), -1);
+    apr_seg s;
+    ck_assert_int_eq(apr_seg_create(&s, "apr-test", 0, err), -1);
     ck_assert_msg(strstr(err, "size"), "message: %s", err);
     ck_assert_int_eq(s.fd, -1);
-    apr_shm_close(&s); /* a failed create leaves something safe to close */
+    apr_seg_close(&s); /* a failed create leaves something safe to close */
 
     err[0] = 0;
-    ck_assert_int_eq(apr_shm_map(&s, -1, err), -1);
+    ck_assert_int_eq(apr_seg_map(&s, -1, err), -1);
     ck_assert_msg(err[0] != 0, "no message");
 
     int pfd[2];
     ck_assert_int_eq(pipe(pfd), 0);
     err[0] = 0;
-    ck_assert_int_eq(apr_shm_map(&s, pfd[0], err), -1); /* not a memory segment */
+    ck_assert_int_eq(apr_seg_map(&s, pfd[0], err), -1); /* not a memory segment */
     ck_assert_msg(err[0] != 0, "no message");
     close(pfd[0]);
     close(pfd[1]);
@@ -227,7 +227,7 @@ START_TEST(test_shm_refuses)
     int fd = open(fx.path, O_RDWR);
     ck_assert_int_ge(fd, 0);
     err[0] = 0;
-    ck_assert_int_eq(apr_shm_map(&s, fd, err), -1);
+    ck_assert_int_eq(apr_seg_map(&s, fd, err), -1);
     ck_assert_msg(strstr(err, "sealed"), "message: %s", err);
     close(fd);
 
@@ -235,15 +235,15 @@ START_TEST(test_shm_refuses)
     fd = memfd_create("apr-empty", MFD_CLOEXEC);
     ck_assert_int_ge(fd, 0);
     err[0] = 0;
-    ck_assert_int_eq(apr_shm_map(&s, fd, err), -1);
+    ck_assert_int_eq(apr_seg_map(&s, fd, err), -1);
     ck_assert_msg(err[0] != 0, "no message");
     close(fd);
 
     /* A created segment cannot be resized by anyone holding the fd. */
-    ck_assert_msg(apr_shm_create(&s, "apr-test", 12345, err) == 0, "%s", err);
+    ck_assert_msg(apr_seg_create(&s, "apr-test", 12345, err) == 0, "%s", err);
     ck_assert_int_eq(ftruncate(s.fd, 100), -1);
     ck_assert_int_eq(ftruncate(s.fd, 1 << 20), -1);
-    apr_shm_close(&s);
+    apr_seg_close(&s);
 }
 END_TEST
 
