@@ -290,4 +290,83 @@ void apr_zframe_close(apr_zframe *f);
 int apr_zmq_router_send(void *router, const void *ident, size_t ident_len, const void *data,
                         size_t len, char err[APR_ERRLEN]);
 
+/* ------------------------------------------------ coordinator <-> worker */
+/* The coordinator binds a ROUTER on ipc://RUNDIR/workers (RUNDIR private,
+ * mode 0700). Each worker connects two DEALER sockets: routing id NAME
+ * ("cpu0") for control, and NAME + ".hb" for heartbeats, sent every
+ * APR_HEARTBEAT_MS by a thread of their own from process start (loading
+ * included), so a long step never looks like a hang. One msgpack map per
+ * frame, key "t" gives the type. Logits never travel through ZeroMQ: the
+ * worker inherits a shared-memory fd (--logits-fd) of max_logits * n_vocab
+ * floats and writes row r of a step's logits at r * n_vocab before it sends
+ * "done". The coordinator validates worker messages as strictly as client
+ * ones (a confused worker is restarted, never trusted).
+ *
+ *   worker -> coordinator
+ *     hello     {t:"hello", ok, error?, backend, pid, n_vocab, n_ctx, n_seq, max_batch, max_logits}
+ *               sent once, after the model is loaded (ok=true) or refused (ok=false, error)
+ *     hb        {t:"hb", pid}                                     (on the NAME.hb socket)
+ *     done      {t:"done", step, ok, error?, n_logits, ms}        one per step, in order
+ *   coordinator -> worker
+ *     step      {t:"step", step, token:[n], pos:[n], seq:[n], want:[n] (bools)}
+ *     trim      {t:"trim", seq, from}   forget positions >= from of seq (0 clears it)
+ *     shutdown  {t:"shutdown"}          exit 0 at once
+ */
+#define APR_HEARTBEAT_MS 250
+#define APR_WORKER_MAX_BATCH 4096 /* entries of one step, an upper bound for parsing */
+
+typedef enum {
+    APR_W_NONE = 0,
+    APR_W_HELLO,
+    APR_W_HB,
+    APR_W_DONE,
+    APR_W_STEP,
+    APR_W_TRIM,
+    APR_W_SHUTDOWN,
+    APR_W_COUNT_
+} apr_wtype;
+
+typedef struct {
+    apr_wtype type;
+    bool ok;                 /* hello, done */
+    char error[APR_ERRLEN];  /* hello, done when !ok */
+    char backend[16];        /* hello: "cpu" | "cuda" */
+    int64_t pid;             /* hello, hb */
+    int32_t n_vocab, n_ctx, n_seq; /* hello */
+    int32_t max_batch;       /* hello: entries per step the worker accepts */
+    int32_t max_logits;      /* hello: logit rows per step (shm capacity) */
+    uint64_t step;           /* step, done */
+    int32_t n_logits;        /* done: rows written */
+    double ms;               /* done: time in the backend */
+    int32_t n;               /* step: entries */
+    int32_t *token, *pos, *seq; /* step: [n] each, owned (apr_wmsg_free) */
+    uint8_t *want;           /* step: [n] 0/1, owned */
+    int32_t trim_seq, trim_from; /* trim */
+} apr_wmsg;
+
+const char *apr_wtype_str(apr_wtype t);
+/* 0, or -1 when out of memory. */
+int apr_wmsg_encode(msgpack_sbuffer *b, const apr_wmsg *m);
+/* Strict: right types, n <= APR_WORKER_MAX_BATCH, arrays of equal length,
+ * every int in int32 range and >= 0 where it is a count, id or position.
+ * 0 and *out owns its arrays, or -1 with a message (out left freeable). */
+int apr_wmsg_parse(const void *frame, size_t len, apr_wmsg *out, char err[APR_ERRLEN]);
+void apr_wmsg_free(apr_wmsg *m);
+
+/* -------------------------------------------------------- shared memory */
+/* An anonymous shared segment (memfd) that a child inherits by fd number. */
+typedef struct {
+    int fd;
+    void *base;
+    size_t size;
+} apr_shm;
+
+/* Creates (fd without CLOEXEC, so an exec'd child keeps it) and maps it. */
+int apr_shm_create(apr_shm *s, const char *name, size_t size, char err[APR_ERRLEN]);
+/* Maps an inherited fd (sealed against shrinking, as apr_shm_create makes
+ * it); its size comes from fstat and must be >= min_size. On success s owns
+ * the fd; apr_shm_close is safe after a failed create/attach. */
+int apr_shm_attach(apr_shm *s, int fd, size_t min_size, char err[APR_ERRLEN]);
+void apr_shm_close(apr_shm *s);
+
 #endif
