@@ -1,0 +1,332 @@
+#!/usr/bin/python3
+"""The pipeline end to end: real apr-coord and apr-worker processes on random
+ports, driven over ZeroMQ with msgpack the way any client would.
+
+  golden       stories260K greedy text through the pipeline == llama.cpp's pieces
+  concurrent   16 greedy requests at once, each == its single-request text
+  kill -9      the worker killed while 8 long requests stream: all 8 complete,
+               identical to a fault-free run, the restart is counted
+  sigstop      a hung worker (SIGSTOP) misses heartbeats and is replaced
+  bad input    random bytes, truncated msgpack, wrong types, unknown ops,
+               out-of-range values, a 3 MB prompt, 300 of them in a burst: each
+               answered with an error; a valid request afterwards is served
+  cancel       cancel mid-stream ends the stream with finish_reason cancelled
+  busy         a full queue answers busy
+  cli          apr generate / apr status against the same server
+"""
+import json, os, random, signal, socket, subprocess, sys, tempfile, time
+
+import msgpack, zmq
+
+BIN = os.environ.get("APR_BIN", "build")
+SHARED = os.environ.get("SHARED", "../shared")
+MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+failures = 0
+
+
+def fail(msg):
+    global failures
+    failures += 1
+    print("  FAIL:", msg)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+    return cond
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Server:
+    def __init__(self, *extra):
+        self.endpoint = f"tcp://127.0.0.1:{free_port()}"
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [os.path.join(BIN, "apr-coord"), "-m", MODEL, "--listen", self.endpoint, "--threads", "1",
+             "--ctx", "256", *extra], stdout=self.log, stderr=subprocess.STDOUT)
+        self.ctx = zmq.Context.instance()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            st = self.status(timeout=1000)
+            if st and any(w["state"] == "ready" for w in st["workers"]):
+                return
+            if self.proc.poll() is not None:
+                break
+        self.stop()
+        raise SystemExit("apr-coord did not become ready:\n" + self.logtext())
+
+    def sock(self):
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(self.endpoint)
+        return s
+
+    def status(self, timeout=5000):
+        s = self.sock()
+        s.send(msgpack.packb({"op": "status"}))
+        ev = None
+        if s.poll(timeout):
+            ev = msgpack.unpackb(s.recv(), raw=False)
+        s.close()
+        return ev
+
+    def worker_pid(self):
+        return self.status()["workers"][0]["pid"]
+
+    def logtext(self):
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                fail("apr-coord did not stop on SIGTERM")
+        return self.proc.returncode
+
+
+def collect(sock, ids, timeout_s=60, on_token=None):
+    """Reads replies until every id has its done or error event."""
+    out = {i: {"text": "", "tokens": [], "done": None, "error": None, "events": []} for i in ids}
+    left = set(ids)
+    deadline = time.time() + timeout_s
+    while left and time.time() < deadline:
+        if not sock.poll(1000):
+            continue
+        ev = msgpack.unpackb(sock.recv(), raw=False)
+        r = out.get(ev.get("id"))
+        if r is None:
+            continue
+        r["events"].append(ev)
+        if ev["event"] == "token":
+            r["text"] += ev["text"]
+            r["tokens"].append(ev["token"])
+            if on_token:
+                on_token(ev)
+        elif ev["event"] == "done":
+            r["done"] = ev
+            left.discard(ev["id"])
+        elif ev["event"] == "error":
+            r["error"] = ev
+            left.discard(ev["id"])
+    for i in left:
+        fail(f"request {i}: no done or error within {timeout_s} s")
+    return out
+
+
+def generate(sock, rid, prompt, n, **kw):
+    req = {"op": "generate", "id": rid, "prompt": prompt, "max_tokens": n, "temperature": 0}
+    req.update(kw)
+    sock.send(msgpack.packb(req))
+
+
+def test_golden(srv):
+    print("golden: stories260K through the pipeline vs llama.cpp")
+    s = srv.sock()
+    recs = [json.loads(l) for l in open(os.path.join(SHARED, "golden", "stories260K.jsonl"))]
+    for i, rec in enumerate(recs):
+        generate(s, i, rec["prompt"], len(rec["steps"]), add_special=rec["add_bos"])
+    res = collect(s, range(len(recs)))
+    for i, rec in enumerate(recs):
+        want = "".join(st["piece"] for st in rec["steps"])
+        r = res[i]
+        if check(r["done"] is not None, f"golden {i}: {r['error']}"):
+            check(r["text"] == want, f"golden {i}: text differs\n    got  {r['text']!r}\n    want {want!r}")
+            check(r["tokens"] == [st["token"] for st in rec["steps"]], f"golden {i}: token ids differ")
+            check(r["done"]["finish_reason"] == "length", f"golden {i}: finish {r['done']['finish_reason']}")
+            check(r["done"]["usage"]["completion_tokens"] == len(rec["steps"]), f"golden {i}: usage")
+    s.close()
+
+
+PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the", "One day, a big bird",
+           "Tom had a red ball", "The sun was", "A cat sat", "Mom said", "The boy ran", "She found a",
+           "In the park", "The big tree", "Ben and Mia", "It was a rainy day", "The fish", "They played"]
+
+
+def test_concurrent(srv):
+    print("concurrent: 16 greedy requests at once vs one at a time")
+    s = srv.sock()
+    single = {}
+    for i, p in enumerate(PROMPTS):
+        generate(s, i, p, 48)
+        single[i] = collect(s, [i])[i]["text"]
+    socks = [srv.sock() for _ in PROMPTS]
+    for i, (p, so) in enumerate(zip(PROMPTS, socks)):
+        generate(so, i, p, 48)
+    for i, so in enumerate(socks):
+        r = collect(so, [i])[i]
+        check(r["done"] is not None and r["text"] == single[i],
+              f"concurrent {i}: {r['text']!r} != single {single[i]!r} ({r['error']})")
+        so.close()
+    s.close()
+
+
+def test_kill(srv, sig, label):
+    print(f"{label}: 8 long streams while the worker gets {signal.Signals(sig).name}")
+    s = srv.sock()
+    ids = list(range(100, 108))
+    for i in ids:
+        generate(s, i, PROMPTS[i % 16], 200)
+    ref = collect(s, ids)
+    before = srv.status()["restarts"]
+    pid = srv.worker_pid()
+    fired = []
+
+    def on_token(ev):
+        if not fired and ev["index"] >= 20:
+            fired.append(time.time())
+            os.kill(pid, sig)
+
+    for i in ids:
+        generate(s, i, PROMPTS[i % 16], 200)
+    got = collect(s, ids, on_token=on_token)
+    check(fired, f"{label}: the worker was never signalled")
+    for i in ids:
+        r = got[i]
+        if check(r["done"] is not None, f"{label} {i}: {r['error']}"):
+            check(r["text"] == ref[i]["text"], f"{label} {i}: text differs from the fault-free run")
+            idx = [e["index"] for e in r["events"] if e["event"] == "token"]
+            check(idx == list(range(len(idx))), f"{label} {i}: token indices lost or repeated")
+    st = srv.status()
+    check(st["restarts"] >= before + 1, f"{label}: restarts {st['restarts']} (was {before})")
+    check(st["workers"][0]["pid"] != pid, f"{label}: worker pid unchanged")
+    if sig == signal.SIGSTOP:
+        try:
+            os.kill(pid, signal.SIGKILL)  # it should be gone already
+        except ProcessLookupError:
+            pass
+    s.close()
+
+
+def test_bad_input(srv):
+    print("bad input: each frame gets an error, the server keeps serving")
+    s = srv.sock()
+    rnd = random.Random(7)
+    frames = []
+    for _ in range(100):
+        frames.append(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(1, 64))))
+    good = msgpack.packb({"op": "generate", "prompt": "x", "max_tokens": 3})
+    for k in range(1, len(good)):
+        frames.append(good[:k])
+    frames += [msgpack.packb(x) for x in [
+        [], 5, "generate", {"op": 5}, {"op": "fly"}, {"op": "generate", "prompt": 7},
+        {"op": "generate", "prompt": "a", "temperature": -1}, {"op": "generate", "prompt": "a", "top_p": 2},
+        {"op": "generate", "prompt": "a", "max_tokens": 0}, {"op": "generate", "prompt": "a", "bogus": 1},
+        {"op": "generate", "prompt_tokens": [1, 99999]}, {"op": "generate", "prompt_tokens": [-1]},
+        {"op": "generate", "prompt": "a" * 3_000_000}, 
+        {"op": "detokenize", "tokens": [123456789]}, {"op": "cancel"}, {"op": "generate", "prompt": "a", "v": 9},
+        {"op": "generate", "prompt": "a b " * 300},  # longer than the 256-token context
+    ]]
+    frames.append(b"\x82\xa2op\xa8tokenize\xa4text\xa2\xff\xfe")  # a str that is not UTF-8
+    while len(frames) < 300:
+        frames.append(msgpack.packb({"op": "generate", "prompt": "a" * 3_000_000}))
+    for f in frames:
+        s.send(f)
+    errors = 0
+    codes = {}
+    deadline = time.time() + 60
+    while errors < len(frames) and time.time() < deadline:
+        if not s.poll(1000):
+            continue
+        ev = msgpack.unpackb(s.recv(), raw=False)
+        if ev["event"] == "error":
+            errors += 1
+            codes[ev["code"]] = codes.get(ev["code"], 0) + 1
+            check(isinstance(ev.get("message"), str) and ev["message"], "error without a message")
+        else:
+            fail(f"bad input answered with {ev['event']}")
+    check(errors == len(frames), f"bad input: {errors} error replies for {len(frames)} frames")
+    print(f"  {errors} errors: {codes}")
+    check(srv.proc.poll() is None, "apr-coord died on bad input")
+    generate(s, "after", "Once upon a time", 8)
+    r = collect(s, ["after"])["after"]
+    check(r["done"] is not None and r["text"].startswith(", there was"), f"after bad input: {r}")
+    s.close()
+
+
+def test_cancel(srv):
+    print("cancel: mid-stream")
+    s = srv.sock()
+    sent = []
+
+    def on_token(ev):
+        if ev["index"] == 3 and not sent:
+            s.send(msgpack.packb({"op": "cancel", "id": "c1"}))
+            sent.append(1)
+
+    generate(s, "c1", "Once upon a time", 200)
+    r = collect(s, ["c1"], on_token=on_token)["c1"]
+    check(r["done"] is not None and r["done"]["finish_reason"] == "cancelled", f"cancel: {r['done']} {r['error']}")
+    check(len(r["tokens"]) < 200, "cancel: the stream ran to the end")
+    # the cancel reply itself
+    s.send(msgpack.packb({"op": "cancel", "id": "nope"}))
+    ev = msgpack.unpackb(s.recv(), raw=False) if s.poll(5000) else None
+    check(ev and ev["event"] == "cancel" and ev["found"] is False, f"cancel of an unknown id: {ev}")
+    s.close()
+
+
+def test_busy():
+    print("busy: --max-batch 1 --queue 2, 8 requests at once")
+    srv = Server("--max-batch", "1", "--queue", "2")
+    try:
+        s = srv.sock()
+        for i in range(8):
+            generate(s, i, "Once upon a time", 100)
+        res = collect(s, range(8))
+        busy = sum(1 for r in res.values() if r["error"] and r["error"]["code"] == "busy")
+        done = sum(1 for r in res.values() if r["done"])
+        check(busy == 5 and done == 3, f"busy: {busy} busy and {done} done (want 5 and 3)")
+        s.close()
+    finally:
+        srv.stop()
+
+
+def test_cli(srv):
+    print("cli: apr generate and apr status")
+    s = srv.sock()
+    generate(s, "ref", "Once upon a time", 16)
+    want = collect(s, ["ref"])["ref"]["text"]
+    s.close()
+    p = subprocess.run([os.path.join(BIN, "apr"), "generate", "--endpoint", srv.endpoint, "-p", "Once upon a time",
+                        "-n", "16", "--temperature", "0"], capture_output=True, timeout=60)
+    check(p.returncode == 0, f"apr generate exit {p.returncode}: {p.stderr.decode()}")
+    check(p.stdout.decode() == want, f"apr generate printed {p.stdout.decode()!r}, want {want!r}")
+    p = subprocess.run([os.path.join(BIN, "apr"), "status", "--endpoint", srv.endpoint], capture_output=True, timeout=30)
+    check(p.returncode == 0 and b"cpu0" in p.stdout, f"apr status: {p.returncode} {p.stdout!r} {p.stderr!r}")
+
+
+def main():
+    if not os.path.exists(MODEL):
+        print(f"pipeline: {MODEL} absent, skipped")
+        return 0
+    srv = Server("--heartbeat-timeout", "1000")
+    try:
+        test_golden(srv)
+        test_concurrent(srv)
+        test_kill(srv, signal.SIGKILL, "kill -9")
+        test_kill(srv, signal.SIGSTOP, "sigstop")
+        test_bad_input(srv)
+        test_cancel(srv)
+        test_cli(srv)
+    finally:
+        rc = srv.stop()
+        check(rc == 0, f"apr-coord exit status {rc} after SIGTERM")
+        if failures:
+            print("---- apr-coord log ----\n" + srv.logtext()[-6000:])
+    test_busy()
+    print("pipeline:", "FAILED" if failures else "ok", f"({failures} failures)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
