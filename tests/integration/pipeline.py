@@ -13,6 +13,11 @@ ports, driven over ZeroMQ with msgpack the way any client would.
   cancel       cancel mid-stream ends the stream with finish_reason cancelled
   busy         a full queue answers busy
   cli          apr generate / apr status against the same server
+  sampling     stop strings are not sent; a seeded sampled request gives the
+               same text alone and in a crowd
+  chat         (tiny-qwen2-a, ChatML) chat == generate on the rendered prompt
+  fallback     --workers cuda,cpu serves on the CPU where there is no GPU;
+               --workers cuda alone exits 1 with the worker's reason
 """
 import json, os, random, signal, socket, subprocess, sys, tempfile, time
 
@@ -45,11 +50,11 @@ def free_port():
 
 
 class Server:
-    def __init__(self, *extra):
+    def __init__(self, *extra, model=MODEL):
         self.endpoint = f"tcp://127.0.0.1:{free_port()}"
         self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [os.path.join(BIN, "apr-coord"), "-m", MODEL, "--listen", self.endpoint, "--threads", "1",
+            [os.path.join(BIN, "apr-coord"), "-m", model, "--listen", self.endpoint, "--threads", "1",
              "--ctx", "256", *extra], stdout=self.log, stderr=subprocess.STDOUT)
         self.ctx = zmq.Context.instance()
         deadline = time.time() + 30
@@ -305,6 +310,81 @@ def test_cli(srv):
     check(p.returncode == 0 and b"cpu0" in p.stdout, f"apr status: {p.returncode} {p.stdout!r} {p.stderr!r}")
 
 
+def test_sampling(srv):
+    print("sampling: stop strings; seeded sampling alone and in a crowd")
+    s = srv.sock()
+    generate(s, "full", "Once upon a time", 30)
+    full = collect(s, ["full"])["full"]["text"]
+    generate(s, "stop", "Once upon a time", 30, stop=[" girl", "zzz"])
+    r = collect(s, ["stop"])["stop"]
+    cut = full[:full.index(" girl")]
+    check(r["done"] and r["done"]["finish_reason"] == "stop" and r["text"] == cut,
+          f"stop: {r['text']!r} ({r['done'] and r['done']['finish_reason']}), want {cut!r}")
+    params = dict(temperature=0.9, top_k=40, top_p=0.95, min_p=0.05, seed=1234, repeat_penalty=1.1)
+    generate(s, "alone", "The little dog", 40, **params)
+    alone = collect(s, ["alone"])["alone"]["text"]
+    crowd = [srv.sock() for _ in range(8)]
+    for i, so in enumerate(crowd):
+        generate(so, i, PROMPTS[i], 40, temperature=1.0, seed=i)
+    generate(s, "crowd", "The little dog", 40, **params)
+    r = collect(s, ["crowd"])["crowd"]
+    check(r["text"] == alone, f"seeded: {r['text']!r} in a crowd, {alone!r} alone")
+    for i, so in enumerate(crowd):
+        collect(so, [i])
+        so.close()
+    generate(s, "other", "The little dog", 40, **dict(params, seed=99))
+    other = collect(s, ["other"])["other"]["text"]
+    check(other != alone, "seeded: another seed gave the same text")
+    s.close()
+
+
+def test_chat():
+    model = os.path.join(SHARED, "models", "tiny-qwen2-a.gguf")
+    print("chat: tiny-qwen2-a, chat op vs generate on the ChatML text")
+    srv = Server(model=model)
+    try:
+        s = srv.sock()
+        msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+        s.send(msgpack.packb({"op": "chat", "id": "chat", "messages": msgs, "max_tokens": 12, "temperature": 0}))
+        a = collect(s, ["chat"])["chat"]
+        text = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
+        generate(s, "gen", text, 12)
+        b = collect(s, ["gen"])["gen"]
+        if check(a["done"] and b["done"], f"chat: {a['error']} {b['error']}"):
+            check(a["tokens"] == b["tokens"] and a["text"] == b["text"], f"chat: {a['tokens']} != {b['tokens']}")
+            check(a["done"]["usage"] == b["done"]["usage"], f"chat usage {a['done']['usage']} != {b['done']['usage']}")
+        s.send(msgpack.packb({"op": "chat", "id": "bad", "messages": [{"role": "wizard", "content": "x"}]}))
+        r = collect(s, ["bad"])["bad"]
+        check(r["error"] is not None, f"chat with role wizard: {r}")
+        s.close()
+    finally:
+        srv.stop()
+
+
+def test_fallback():
+    print("fallback: --workers cuda,cpu and --workers cuda without a GPU")
+    if subprocess.run([os.path.join(BIN, "apr-worker"), "--devices"], capture_output=True).returncode == 0:
+        print("  a CUDA device is present: skipped here (tests/gpu/run.sh covers it)")
+        return
+    srv = Server("--workers", "cuda,cpu")
+    try:
+        s = srv.sock()
+        generate(s, 1, "Once upon a time", 8)
+        r = collect(s, [1])[1]
+        check(r["done"] is not None and r["text"].startswith(", there was"), f"fallback: {r}")
+        st = srv.status()
+        names = {w["name"]: w["state"] for w in st["workers"]}
+        check(names.get("cpu0") == "ready" and names.get("cuda0") != "ready", f"fallback status: {names}")
+        s.close()
+    finally:
+        srv.stop()
+    p = subprocess.run([os.path.join(BIN, "apr-coord"), "-m", MODEL, "--listen", f"tcp://127.0.0.1:{free_port()}",
+                        "--workers", "cuda"], capture_output=True, timeout=30)
+    err = p.stderr.decode()
+    check(p.returncode == 1 and "no worker could start" in err and "CUDA" in err,
+          f"--workers cuda without a GPU: exit {p.returncode}, {err[-300:]!r}")
+
+
 def main():
     if not os.path.exists(MODEL):
         print(f"pipeline: {MODEL} absent, skipped")
@@ -318,12 +398,15 @@ def main():
         test_bad_input(srv)
         test_cancel(srv)
         test_cli(srv)
+        test_sampling(srv)
     finally:
         rc = srv.stop()
         check(rc == 0, f"apr-coord exit status {rc} after SIGTERM")
         if failures:
             print("---- apr-coord log ----\n" + srv.logtext()[-6000:])
     test_busy()
+    test_chat()
+    test_fallback()
     print("pipeline:", "FAILED" if failures else "ok", f"({failures} failures)")
     return 1 if failures else 0
 
