@@ -47,4 +47,26 @@ int apr_backend_step(apr_backend *b, const apr_batch *batch, float *logits,
 /* Forget positions >= from_pos of a sequence (0 clears it). */
 void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos);
 
+/* ------------------------------------------------------- the worker loop */
+/* apr-worker's protocol side (proto.h, "coordinator <-> worker"): connect to
+ * the coordinator, heartbeat from the start, open the backend, say hello,
+ * then run steps until told to shut down. */
+typedef struct {
+    const char *backend;  /* "cpu" | "cuda" */
+    const char *model;    /* GGUF path */
+    const char *endpoint; /* the coordinator's ROUTER, e.g. ipc://RUNDIR/workers */
+    const char *name;     /* routing id; heartbeats come from NAME.hb */
+    int logits_fd;        /* inherited shared memory, max_logits * n_vocab floats */
+    int n_threads;        /* 0: all online cores */
+    int n_ctx;            /* 0: the backend's default */
+    int n_seq;            /* sequences in the KV cache (>= 1) */
+    int max_batch;        /* entries per step, 1..APR_WORKER_MAX_BATCH */
+    int max_logits;       /* logit rows per step, 1..APR_WORKER_MAX_BATCH */
+} apr_worker_opts;
+
+/* Returns the process exit status: 0 after "shutdown", 1 when the backend
+ * or the shared memory could not be set up (hello ok=false went out) or the
+ * connection failed. */
+int apr_worker_serve(const apr_worker_opts *o);
+
 #endif
