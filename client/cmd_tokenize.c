@@ -8,7 +8,7 @@
 #include "client/client.h"
 #include "tokenizer/tokenizer.h"
 
-#define MAX_INPUT ((size_t)1 << 30) /* refuse to slurp more than 1 GiB */
+#define MAX_TEXT ((size_t)1 << 30) /* refuse to slurp more than 1 GiB */
 
 static void usage(FILE *out)
 {
@@ -36,8 +36,8 @@ static char *read_input(const char *path, size_t *len, char err[APR_ERRLEN])
         n += r;
         if (r == 0) break;
         if (n == cap) {
-            if (cap >= MAX_INPUT) {
-                snprintf(err, APR_ERRLEN, "%s: input larger than %zu bytes", path, MAX_INPUT);
+            if (cap >= MAX_TEXT) {
+                snprintf(err, APR_ERRLEN, "%s: input larger than %zu bytes", path, MAX_TEXT);
                 free(buf);
                 buf = NULL;
                 break;
