@@ -15,6 +15,9 @@ static const command commands[] = {
     {"tokenize", apr_cmd_tokenize, "print the token ids of a text as JSON"},
     {"eval", apr_cmd_eval, "run a model in-process, greedy, with top-5 logits per position"},
     {"mkmodel", apr_cmd_mkmodel, "write a synthetic Qwen2.5 model (real shapes, Q4_K_M mix)"},
+    {"generate", apr_cmd_generate, "stream a completion of a prompt from apr-coord"},
+    {"chat", apr_cmd_chat, "chat with the model behind apr-coord, one line per message"},
+    {"status", apr_cmd_status, "show apr-coord's model, queue and workers; exit 0 if one is ready"},
 };
 
 static void usage(FILE *out)
