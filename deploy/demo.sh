@@ -1,8 +1,8 @@
 #!/bin/sh
 # The main job, on one host: a model (MODEL=path, or a synthetic Qwen2.5-0.5B
-# made by `apr mkmodel` with the vocabulary of the shared fixture), inspected,
-# a prompt tokenized, and a greedy completion streamed from the CPU engine.
-# (The apr-coord/apr-worker pipeline replaces the last step when it lands.)
+# made by `apr mkmodel` with the vocabulary of the shared fixture) served by
+# apr-coord with a CPU worker (WORKERS=cuda,cpu where there is a GPU), and a
+# chat prompt's completion streamed back by `apr generate`.
 set -e
 BUILD=${BUILD:-build}
 SHARED=${SHARED:-../shared}
@@ -17,12 +17,30 @@ if [ -z "$MODEL" ]; then
     fi
 fi
 echo "== apr inspect $MODEL (summary)"
-"$apr" inspect "$MODEL" | head -n 24
+"$apr" inspect "$MODEL" | head -n 12
+
+dir=$(mktemp -d /tmp/apr-demo.XXXXXX)
+endpoint="ipc://$dir/apr.sock"
+echo "== apr-coord -m $MODEL --listen $endpoint --workers ${WORKERS:-cpu} --ctx 1024"
+"$BUILD/apr-coord" -m "$MODEL" --listen "$endpoint" --workers "${WORKERS:-cpu}" --ctx 1024 --max-batch 4 \
+    2>"$dir/coord.log" &
+coord=$!
+trap 'kill $coord 2>/dev/null; wait $coord 2>/dev/null; rm -rf "$dir"' EXIT INT TERM
+tries=0
+until "$apr" status --endpoint "$endpoint" --timeout 1 >/dev/null 2>&1; do
+    tries=$((tries + 1))
+    if [ $tries -ge 120 ] || ! kill -0 $coord 2>/dev/null; then
+        echo "demo: apr-coord did not become ready:" >&2
+        cat "$dir/coord.log" >&2
+        exit 1
+    fi
+    sleep 0.5
+done
+"$apr" status --endpoint "$endpoint"
 PROMPT=${PROMPT:-"<|im_start|>user
 Write a haiku about GPUs.<|im_end|>
 <|im_start|>assistant
 "}
-echo "== apr tokenize"
-"$apr" tokenize -m "$MODEL" "$PROMPT"
-echo "== apr eval (streamed greedy completion; synthetic weights print gibberish)"
-"$apr" eval -m "$MODEL" -p "$PROMPT" -n "${N:-32}"
+echo "== apr generate (streamed; synthetic weights print gibberish)"
+"$apr" generate --endpoint "$endpoint" -p "$PROMPT" -n "${N:-32}" --temperature 0.7 --seed 42
+echo
