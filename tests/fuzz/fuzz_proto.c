@@ -1,6 +1,7 @@
-/* libFuzzer target: the request parser and the reply decoder on arbitrary
- * bytes. A request that parses must survive encode -> parse unchanged in
- * op, id and sizes (so the parser and the encoder agree on the format). */
+/* libFuzzer target: the request parser, the reply decoder and the
+ * coordinator <-> worker parser on arbitrary bytes. A request or worker
+ * message that parses must survive encode -> parse unchanged in its kind and
+ * sizes (so the parser and the encoder agree on the format). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,5 +37,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (apr_reply_parse(data, size, &rep, err) == 0 && rep.event == APR_EV_NONE)
         abort();
     apr_reply_free(&rep);
+
+    apr_wmsg w;
+    if (apr_wmsg_parse(data, size, &w, err) == 0) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        if (apr_wmsg_encode(&sb, &w) != 0)
+            abort();
+        apr_wmsg back;
+        if (apr_wmsg_parse(sb.data, sb.size, &back, err) != 0)
+            abort();
+        if (back.type != w.type || back.n != w.n || back.step != w.step || back.ok != w.ok ||
+            (w.n && memcmp(back.pos, w.pos, (size_t)w.n * sizeof *w.pos) != 0))
+            abort();
+        apr_wmsg_free(&back);
+        msgpack_sbuffer_destroy(&sb);
+    } else if (err[0] == 0) {
+        abort();
+    }
+    apr_wmsg_free(&w);
     return 0;
 }
