@@ -100,7 +100,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--ctx")) bad = int_arg(a, v, 2, 1 << 20, &o.n_ctx);
         else if (!strcmp(a, "--max-batch")) bad = int_arg(a, v, 1, 256, &o.max_batch);
         else if (!strcmp(a, "--queue")) bad = int_arg(a, v, 0, 100000, &o.queue_limit);
-        else if (!strcmp(a, "--chunk")) bad = int_arg(a, v, 1, 4096, &o.chunk);
+        else if (!strcmp(a, "--chunk")) bad = int_arg(a, v, 1, 3840, &o.chunk); /* + max-batch <= 4096 */
         else if (!strcmp(a, "--heartbeat-timeout")) bad = int_arg(a, v, 100, 600000, &o.hb_timeout_ms);
         else {
             fprintf(stderr, "apr-coord: unknown option '%s'\n", a);

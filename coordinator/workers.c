@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -63,6 +64,7 @@ static void spawn(coord *c, worker *w)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0); /* a Ctrl-C for the coordinator is its business, not the worker's */
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* survives exec: no orphan if we die right now */
         fcntl(w->logits.fd, F_SETFD, 0);
         execv(c->o.worker_bin, argv);
         static const char msg[] = "apr-coord: cannot exec the worker binary\n";
