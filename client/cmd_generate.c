@@ -106,7 +106,8 @@ static int on_reply(const apr_reply *r, void *arg, char err[APR_ERRLEN])
 
 int apr_cmd_generate(int argc, char **argv)
 {
-    const char *endpoint_flag = NULL, *prompt = NULL, *file = NULL, *tokens = NULL;
+    const char *endpoint_flag = NULL, *file = NULL, *tokens = NULL;
+    char *prompt = NULL;
     bool json = false, special = true;
     int timeout_ms = 60000;
     apr_gen_flags g;
@@ -162,8 +163,10 @@ int apr_cmd_generate(int argc, char **argv)
     apr_proto_limits lim;
     apr_proto_limits_default(&lim);
 
+    /* req points into argv, file_buf and g; it owns nothing but the ids */
     apr_request req;
     apr_request_init(&req, APR_OP_GENERATE);
+    char *file_buf = NULL;
     req.parse_special = special;
     apr_gen_flags_apply(&g, &req);
     if (tokens) {
@@ -173,28 +176,28 @@ int apr_cmd_generate(int argc, char **argv)
             return 2;
         }
     } else if (file) {
-        req.prompt = read_prompt(file, lim.max_prompt_bytes, &req.prompt_len, err);
-        if (!req.prompt) {
+        file_buf = read_prompt(file, lim.max_prompt_bytes, &req.prompt_len, err);
+        if (!file_buf) {
             fprintf(stderr, "apr generate: %s\n", err);
             return 1;
         }
+        req.prompt = file_buf;
     } else {
+        req.prompt = prompt;
         req.prompt_len = strlen(prompt);
         if (req.prompt_len > lim.max_prompt_bytes) {
             fprintf(stderr, "apr generate: -p: a prompt is at most %zu bytes\n", lim.max_prompt_bytes);
             return 1;
         }
     }
-    /* Until here a prompt from argv is not ours to free. */
-    char *owned_prompt = req.prompt;
-    if (prompt)
-        req.prompt = (char *)prompt;
     if (req.prompt && !apr_utf8_valid(req.prompt, req.prompt_len)) {
         fprintf(stderr, "apr generate: the prompt is not valid UTF-8\n");
-        free(owned_prompt);
+        free(file_buf);
         return 1;
     }
 
+    /* From here err holds a message only when something failed. */
+    err[0] = '\0';
     int status = 1, signo = 0;
     sigset_t sigs, old;
     apr_conn *c = NULL;
@@ -222,14 +225,14 @@ int apr_cmd_generate(int argc, char **argv)
         end_text_line(&o);
 
 out:
-    if (status == 1 && err[0])
+    if (err[0])
         fprintf(stderr, "apr generate: %s\n", err);
     apr_conn_close(c);
     if (sig_fd >= 0) {
         close(sig_fd);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
-    free(owned_prompt);
+    free(file_buf);
     free(req.prompt_tokens);
     return status;
 }
