@@ -2,7 +2,7 @@
 """The pipeline end to end: real apr-coord and apr-worker processes on random
 ports, driven over ZeroMQ with msgpack the way any client would.
 
-  golden       stories260K greedy text through the pipeline == llama.cpp's pieces
+  golden       stories260K greedy text (also with --chunk 3) through the pipeline == llama.cpp's pieces
   concurrent   16 greedy requests at once, each == its single-request text
   kill -9      the worker killed while 8 long requests stream: all 8 complete,
                identical to a fault-free run, the restart is counted
@@ -405,6 +405,13 @@ def main():
         if failures:
             print("---- apr-coord log ----\n" + srv.logtext()[-6000:])
     test_busy()
+    print("chunked prefill: --chunk 3 (prompts split over steps, decode interleaved)")
+    srv = Server("--chunk", "3")
+    try:
+        test_golden(srv)
+        test_concurrent(srv)
+    finally:
+        srv.stop()
     test_chat()
     test_fallback()
     print("pipeline:", "FAILED" if failures else "ok", f"({failures} failures)")
