@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "coordinator/sampler.h"
@@ -44,6 +45,26 @@ typedef struct {
     int hb_timeout_ms;       /* a worker silent this long is killed and restarted */
     bool verbose;
 } coord_opts;
+
+/* config.c: the options as `key = value` settings (keys are the long flags
+ * with '_' for '-'), shared by the flags and the --config file. */
+#define COORD_CONF_KEYS 12
+typedef struct {
+    char *val[COORD_CONF_KEYS]; /* the file's values; coord_opts points into them */
+} coord_conf;
+
+bool coord_opt_known(const char *key);
+bool coord_opt_is_switch(const char *key); /* verbose: a flag without a value */
+/* Checks val as the flag does and stores it (a pointer, for strings: val
+ * must outlive o); err says why not, without the key. */
+int coord_opt_set(coord_opts *o, const char *key, const char *val, char err[APR_ERRLEN]);
+/* Applies the file's settings to o; err names file:line. cf owns the strings
+ * o then points to: free it after o is no longer used, failure or not. */
+#define COORD_CONF_ERRLEN 512 /* room for a path, a line number and the reason */
+int coord_conf_load(coord_conf *cf, coord_opts *o, const char *path, char err[COORD_CONF_ERRLEN]);
+void coord_conf_free(coord_conf *cf);
+/* Writes o in the file format, so that loading it gives o back. */
+int coord_conf_print(FILE *out, const coord_opts *o, char err[APR_ERRLEN]);
 
 typedef enum { W_DOWN = 0, W_STARTING, W_READY } wstate;
 

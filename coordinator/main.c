@@ -1,5 +1,5 @@
-/* apr-coord: serves a GGUF model to ZeroMQ clients. Reads the flags, then
- * hands over to the event loop in server.c. */
+/* apr-coord: serves a GGUF model to ZeroMQ clients. Reads the flags and the
+ * --config file (config.c), then hands over to the event loop in server.c. */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -13,9 +13,10 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "usage: apr-coord -m MODEL [options]\n"
+            "       apr-coord --config FILE [options]\n"
             "Serves MODEL to ZeroMQ clients (protocol: proto/PROTOCOL.md); runs the forward\n"
             "passes in apr-worker processes that it starts, watches and restarts.\n"
-            "  -m MODEL                GGUF model to serve (required)\n"
+            "  -m, --model MODEL       GGUF model to serve (required)\n"
             "  --listen ENDPOINT       client endpoint, tcp:// or ipc:// (default tcp://127.0.0.1:5555)\n"
             "  --workers LIST          worker backends in order of preference: cpu, cuda or\n"
             "                          cuda,cpu (traffic goes to the first ready one; default cpu)\n"
@@ -32,22 +33,27 @@ static void usage(FILE *out)
             "                          sockets (default: a fresh one under $TMPDIR or /tmp)\n"
             "  --worker-bin PATH       apr-worker to run (default: next to apr-coord)\n"
             "  -v, --verbose           log more\n"
+            "  --config FILE           read settings from FILE: one 'key = value' a line, keys\n"
+            "                          are the long flags with '_' for '-' (max_batch = 8,\n"
+            "                          verbose = true), '#' starts a comment line; flags given\n"
+            "                          on the command line win over the file, wherever they are\n"
+            "  --print-config          print the effective settings in that format and exit\n"
             "  -h, --help              this text\n"
             "SIGINT or SIGTERM stops it: the workers are shut down, pending requests get an\n"
-            "'unavailable' error.\n");
+            "'unavailable' error. Exit status 2: bad flags or configuration.\n");
 }
 
-static int int_arg(const char *flag, const char *s, int lo, int hi, int *out)
+/* The key a flag sets (its long name with '_' for '-'), or NULL when it is
+ * not one of the settings. */
+static const char *flag_key(const char *flag, char *buf, size_t cap)
 {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "apr-coord: %s: '%s' is not an integer in [%d, %d]\n", flag, s, lo, hi);
-        return -1;
-    }
-    *out = (int)v;
-    return 0;
+    if (!strcmp(flag, "-m")) return "model";
+    if (!strcmp(flag, "-v")) return "verbose";
+    if (strncmp(flag, "--", 2) || strchr(flag, '_') || strlen(flag + 2) >= cap) return NULL;
+    snprintf(buf, cap, "%s", flag + 2);
+    for (char *p = buf; *p; p++)
+        if (*p == '-') *p = '_';
+    return coord_opt_known(buf) ? buf : NULL;
 }
 
 /* apr-worker beside our own executable, unless told otherwise. */
@@ -64,6 +70,9 @@ static int default_worker_bin(char *buf, size_t cap)
     return 0;
 }
 
+/* Flags in two passes, so that they win over --config wherever it stands:
+ * the first finds --config and checks that every flag is known and has its
+ * value, the file is loaded, then the second applies the flags. */
 int main(int argc, char **argv)
 {
     coord_opts o = {
@@ -74,66 +83,86 @@ int main(int argc, char **argv)
         .chunk = 256,
         .hb_timeout_ms = 2000,
     };
-    char worker_bin[PATH_MAX];
+    const char *config = NULL;
+    bool print_config = false;
+    char keybuf[32];
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int bad = 0;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             return 0;
-        } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
-            o.verbose = true;
+        }
+        if (!strcmp(a, "--print-config")) {
+            print_config = true;
             continue;
         }
-        if (!v) {
-            fprintf(stderr, "apr-coord: unknown option or missing value: '%s'\n", a);
-            usage(stderr);
+        const char *key = strcmp(a, "--config") ? flag_key(a, keybuf, sizeof keybuf) : "config";
+        if (!key) {
+            fprintf(stderr, "apr-coord: unknown option '%s' (see --help)\n", a);
             return 2;
         }
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) o.model_path = v;
-        else if (!strcmp(a, "--listen")) o.listen = v;
-        else if (!strcmp(a, "--workers")) o.workers = v;
-        else if (!strcmp(a, "--run-dir")) o.run_dir = v;
-        else if (!strcmp(a, "--worker-bin")) o.worker_bin = v;
-        else if (!strcmp(a, "--threads")) bad = int_arg(a, v, 1, 1024, &o.n_threads);
-        else if (!strcmp(a, "--ctx")) bad = int_arg(a, v, 2, 1 << 20, &o.n_ctx);
-        else if (!strcmp(a, "--max-batch")) bad = int_arg(a, v, 1, 256, &o.max_batch);
-        else if (!strcmp(a, "--queue")) bad = int_arg(a, v, 0, 100000, &o.queue_limit);
-        else if (!strcmp(a, "--chunk")) bad = int_arg(a, v, 1, 3840, &o.chunk); /* + max-batch <= 4096 */
-        else if (!strcmp(a, "--heartbeat-timeout")) bad = int_arg(a, v, 100, 600000, &o.hb_timeout_ms);
-        else {
-            fprintf(stderr, "apr-coord: unknown option '%s'\n", a);
-            usage(stderr);
+        if (coord_opt_is_switch(key)) continue;
+        if (i + 1 == argc) {
+            fprintf(stderr, "apr-coord: %s needs a value (see --help)\n", a);
             return 2;
         }
-        if (bad) return 2;
+        if (!strcmp(key, "config")) {
+            if (config) {
+                fprintf(stderr, "apr-coord: --config given twice\n");
+                return 2;
+            }
+            config = argv[i + 1];
+        }
         i++;
     }
-    if (!o.model_path) {
-        fprintf(stderr, "apr-coord: -m MODEL is required\n");
-        usage(stderr);
-        return 2;
+
+    coord_conf conf = {0}; /* owns the file's strings that o points to */
+    char err[COORD_CONF_ERRLEN];
+    char worker_bin[PATH_MAX];
+    int rc = 2;
+    if (config && coord_conf_load(&conf, &o, config, err) < 0) {
+        fprintf(stderr, "apr-coord: %s\n", err);
+        goto out;
     }
-    if (strncmp(o.listen, "tcp://", 6) && strncmp(o.listen, "ipc://", 6)) {
-        fprintf(stderr, "apr-coord: --listen: '%s' is not a tcp:// or ipc:// endpoint\n", o.listen);
-        return 2;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--print-config")) continue;
+        if (!strcmp(a, "--config")) {
+            i++;
+            continue;
+        }
+        const char *key = flag_key(a, keybuf, sizeof keybuf);
+        const char *v = coord_opt_is_switch(key) ? "true" : argv[++i];
+        if (coord_opt_set(&o, key, v, err) < 0) {
+            fprintf(stderr, "apr-coord: %s: %s\n", a, err);
+            goto out;
+        }
+    }
+    if (!o.model_path) {
+        fprintf(stderr, "apr-coord: no model: pass -m MODEL or set model = in the --config file\n");
+        goto out;
     }
     if (!o.worker_bin) {
         if (default_worker_bin(worker_bin, sizeof worker_bin) < 0) {
             fprintf(stderr, "apr-coord: cannot find apr-worker; pass --worker-bin\n");
-            return 2;
+            goto out;
         }
         o.worker_bin = worker_bin;
     }
     if (access(o.worker_bin, X_OK) < 0) {
         fprintf(stderr, "apr-coord: %s: %s (pass --worker-bin)\n", o.worker_bin, strerror(errno));
-        return 2;
+        goto out;
+    }
+    if (print_config) {
+        rc = 0;
+        if (coord_conf_print(stdout, &o, err) < 0) {
+            fprintf(stderr, "apr-coord: --print-config: %s\n", err);
+            rc = 2;
+        }
+        goto out;
     }
 
     coord c;
-    char err[APR_ERRLEN];
-    int rc;
     if (coord_init(&c, &o, err) < 0) {
         fprintf(stderr, "apr-coord: %s\n", err);
         rc = 1;
@@ -141,5 +170,7 @@ int main(int argc, char **argv)
         rc = coord_run(&c);
     }
     coord_free(&c);
+out:
+    coord_conf_free(&conf);
     return rc;
 }
