@@ -150,11 +150,11 @@ int coord_init(coord *c, const coord_opts *o, char err[APR_ERRLEN])
     zmq_setsockopt(c->wsock, ZMQ_ROUTER_MANDATORY, &one, sizeof one);
     zmq_setsockopt(c->wsock, ZMQ_LINGER, &zero, sizeof zero);
     if (zmq_bind(c->clients, o->listen) < 0) {
-        snprintf(err, APR_ERRLEN, "cannot listen on %s: %s", o->listen, zmq_strerror(errno));
+        snprintf(err, APR_ERRLEN, "cannot listen on %.200s: %s", o->listen, zmq_strerror(errno));
         return -1;
     }
     if (zmq_bind(c->wsock, c->wendpoint) < 0) {
-        snprintf(err, APR_ERRLEN, "cannot bind %s: %s", c->wendpoint, zmq_strerror(errno));
+        snprintf(err, APR_ERRLEN, "cannot bind %.200s: %s", c->wendpoint, zmq_strerror(errno));
         return -1;
     }
     if (workers_start(c, err) < 0) return -1;
