@@ -1,0 +1,1007 @@
+/* CUDA kernels of the forward pass: weight repacking, RMSNorm fused with the
+ * activation quantizers, quantized GEMV (decode and token-tiled prefill),
+ * embedding lookup, bias + RoPE + KV append, and attention.
+ *
+ * Decode is memory-bound: the GEMV streams each weight byte once with 16-byte
+ * loads, one warp per output row, lanes spread over the row's 16-byte chunks,
+ * and dp4a against activations that were quantized once per product (see
+ * kernels.h for why they are quantized exactly as the CPU does).
+ */
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdint.h>
+
+extern "C" {
+#include "model/model.h"
+}
+#include "cuda/kernels.h"
+
+/* ------------------------------------------------------------ helpers */
+
+static __device__ __forceinline__ float h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+static __device__ __forceinline__ uint16_t f2h(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+static __device__ __forceinline__ float warp_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float warp_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+static __device__ __forceinline__ int dp4a(int a, int b, int c) { return __dp4a(a, b, c); }
+
+/* Programmatic dependent launch (sm_90): wait until the previous kernel in
+ * the stream has finished and its writes are visible, then let the next one
+ * be scheduled (it waits the same way, so triggering at once is safe). Both
+ * are no-ops for a kernel launched without the attribute. */
+static __device__ __forceinline__ void griddep(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+template <typename... KArgs, typename... Args>
+static void launch(const apr_cu_ctx *c, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = c->pdl ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kernel, args...); /* errors surface in cudaGetLastError() */
+}
+
+/* Two halves packed in a word, as floats. */
+static __device__ __forceinline__ float2 half2_bits(uint32_t u)
+{
+    __half2 h;
+    memcpy(&h, &u, sizeof h);
+    return __half22float2(h);
+}
+
+/* Byte i (0..11) of a Q4_K block's packed scales: bytes 4..15 of its 16-byte header. */
+static __device__ __forceinline__ int q4k_scale_byte(const uint4 &h, int i)
+{
+    uint32_t w = i < 4 ? h.y : (i < 8 ? h.z : h.w);
+    return (int)((w >> (8 * (i & 3))) & 0xFF);
+}
+
+/* ggml's get_scale_min_k4 on the header: 6-bit scale and min of sub-block j. */
+static __device__ __forceinline__ void q4k_scale_min(const uint4 &h, int j, int &sc, int &m)
+{
+    if (j < 4) {
+        sc = q4k_scale_byte(h, j) & 63;
+        m = q4k_scale_byte(h, j + 4) & 63;
+    } else {
+        sc = (q4k_scale_byte(h, j + 4) & 0xF) | ((q4k_scale_byte(h, j - 4) >> 6) << 4);
+        m = (q4k_scale_byte(h, j + 4) >> 4) | ((q4k_scale_byte(h, j) >> 6) << 4);
+    }
+}
+
+/* Bits 0..3 of x to bit 4 of each byte (Q5_0's fifth bits for 4 weights). */
+static __device__ __forceinline__ uint32_t spread4(uint32_t x)
+{
+    return ((x & 1u) << 4) | ((x & 2u) << 11) | ((x & 4u) << 18) | ((x & 8u) << 25);
+}
+
+static __device__ __forceinline__ uint32_t u4get(const uint4 &v, int i)
+{
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+static __device__ __forceinline__ int i4get(const int4 &v, int i)
+{
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+/* --------------------------------------------------------- layouts */
+
+extern "C" int apr_cu_supports(uint32_t type)
+{
+    switch (type) {
+    case APR_TYPE_F32: case APR_TYPE_F16: case APR_TYPE_Q4_0: case APR_TYPE_Q5_0:
+    case APR_TYPE_Q8_0: case APR_TYPE_Q4_K: case APR_TYPE_Q6_K:
+        return 1;
+    }
+    return 0;
+}
+
+extern "C" size_t apr_cu_weight_bytes(uint32_t type, int n_in, int n_out)
+{
+    if (!apr_cu_supports(type) || n_in <= 0 || n_out <= 0) return 0;
+    return (size_t)apr_row_bytes(type, (uint64_t)n_in) * (size_t)n_out;
+}
+
+extern "C" int apr_cu_needs_repack(uint32_t type)
+{
+    return type == APR_TYPE_Q6_K || type == APR_TYPE_Q5_0 || type == APR_TYPE_Q4_0 || type == APR_TYPE_Q8_0;
+}
+
+/* One thread per block of the file's layout; byte copies, since the file's
+ * blocks (210, 22, 18, 34 bytes) have no useful alignment. Runs once at load. */
+static __global__ void repack_kernel(uint32_t type, const uint8_t *raw, uint8_t *dst, size_t nb)
+{
+    size_t b = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= nb) return;
+    switch (type) {
+    case APR_TYPE_Q6_K: {
+        const uint8_t *s = raw + b * 210;
+        uint8_t *ql = dst + b * 128, *qh = dst + nb * 128 + b * 64, *sc = dst + nb * 192 + b * 16;
+        uint8_t *d = dst + nb * 208 + b * 2;
+        for (int i = 0; i < 128; i++) ql[i] = s[i];
+        for (int i = 0; i < 64; i++) qh[i] = s[128 + i];
+        for (int i = 0; i < 16; i++) sc[i] = s[192 + i];
+        d[0] = s[208];
+        d[1] = s[209];
+        break;
+    }
+    case APR_TYPE_Q5_0: {
+        const uint8_t *s = raw + b * 22;
+        uint8_t *qs = dst + b * 16, *qh = dst + nb * 16 + b * 4, *d = dst + nb * 20 + b * 2;
+        d[0] = s[0];
+        d[1] = s[1];
+        for (int i = 0; i < 4; i++) qh[i] = s[2 + i];
+        for (int i = 0; i < 16; i++) qs[i] = s[6 + i];
+        break;
+    }
+    case APR_TYPE_Q4_0: {
+        const uint8_t *s = raw + b * 18;
+        uint8_t *qs = dst + b * 16, *d = dst + nb * 16 + b * 2;
+        d[0] = s[0];
+        d[1] = s[1];
+        for (int i = 0; i < 16; i++) qs[i] = s[2 + i];
+        break;
+    }
+    case APR_TYPE_Q8_0: {
+        const uint8_t *s = raw + b * 34;
+        uint8_t *qs = dst + b * 32, *d = dst + nb * 32 + b * 2;
+        d[0] = s[0];
+        d[1] = s[1];
+        for (int i = 0; i < 32; i++) qs[i] = s[2 + i];
+        break;
+    }
+    }
+}
+
+extern "C" int apr_cu_repack(uint32_t type, int n_in, int n_out, const void *raw, void *dst, cudaStream_t s)
+{
+    size_t bytes = apr_cu_weight_bytes(type, n_in, n_out);
+    if (!bytes) return -1;
+    if (!apr_cu_needs_repack(type)) {
+        return cudaMemcpyAsync(dst, raw, bytes, cudaMemcpyDeviceToDevice, s) == cudaSuccess ? 0 : -1;
+    }
+    size_t nb = bytes / apr_type_get(type)->type_size;
+    unsigned grid = (unsigned)((nb + 255) / 256);
+    repack_kernel<<<grid, 256, 0, s>>>(type, (const uint8_t *)raw, (uint8_t *)dst, nb);
+    return 0;
+}
+
+/* Element (row, col) of a weight in the GPU layout: the embedding lookup's
+ * reading, and a second reading of each layout for the tests. */
+static __device__ float dequant_elem(const uint8_t *w, uint32_t type, int n_in, int n_out, int row, int col)
+{
+    switch (type) {
+    case APR_TYPE_F32: return ((const float *)w)[(size_t)row * n_in + col];
+    case APR_TYPE_F16: return h2f(((const uint16_t *)w)[(size_t)row * n_in + col]);
+    case APR_TYPE_Q4_K: {
+        const uint8_t *blk = w + ((size_t)row * (n_in / 256) + col / 256) * 144;
+        const uint4 h = *(const uint4 *)blk;
+        int e = col % 256, g = e / 64, hi = (e % 64) >= 32, l = e % 32, sc, m;
+        q4k_scale_min(h, 2 * g + hi, sc, m);
+        int q = blk[16 + 32 * g + l];
+        q = hi ? q >> 4 : q & 0xF;
+        float d = h2f((uint16_t)(h.x & 0xFFFF)), dmin = h2f((uint16_t)(h.x >> 16));
+        return d * (float)sc * (float)q - dmin * (float)m;
+    }
+    case APR_TYPE_Q6_K: {
+        size_t nbt = (size_t)n_out * (n_in / 256), gb = (size_t)row * (n_in / 256) + col / 256;
+        const uint8_t *ql = w + gb * 128, *qh = w + nbt * 128 + gb * 64;
+        const int8_t *sc = (const int8_t *)(w + nbt * 192 + gb * 16);
+        float d = h2f(((const uint16_t *)(w + nbt * 208))[gb]);
+        int e = col % 256, h = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
+        int lo = quarter & 1 ? ql[64 * h + l + 32] : ql[64 * h + l];
+        lo = quarter & 2 ? lo >> 4 : lo & 0xF;
+        int hi2 = (qh[32 * h + l] >> (2 * quarter)) & 3;
+        return d * (float)sc[e / 16] * (float)((lo | hi2 << 4) - 32);
+    }
+    case APR_TYPE_Q5_0: case APR_TYPE_Q4_0: case APR_TYPE_Q8_0: {
+        size_t nbt = (size_t)n_out * (n_in / 32), gb = (size_t)row * (n_in / 32) + col / 32;
+        int j = col % 32;
+        if (type == APR_TYPE_Q8_0) {
+            float d = h2f(((const uint16_t *)(w + nbt * 32))[gb]);
+            return d * (float)((const int8_t *)w)[gb * 32 + j];
+        }
+        int byte = w[gb * 16 + j % 16], q = j < 16 ? byte & 0xF : byte >> 4;
+        if (type == APR_TYPE_Q4_0) return h2f(((const uint16_t *)(w + nbt * 16))[gb]) * (float)(q - 8);
+        uint32_t qh = ((const uint32_t *)(w + nbt * 16))[gb];
+        q |= (int)((qh >> j) & 1) << 4;
+        return h2f(((const uint16_t *)(w + nbt * 20))[gb]) * (float)(q - 16);
+    }
+    }
+    return 0.0f;
+}
+
+static __global__ void get_rows_kernel(const uint8_t *w, uint32_t type, int n_in, int n_out, const int32_t *ids,
+                                       float *out, int ldo)
+{
+    griddep();
+    const int t = blockIdx.x, row = ids[t];
+    for (int c = threadIdx.x; c < n_in; c += blockDim.x)
+        out[(size_t)t * ldo + c] = dequant_elem(w, type, n_in, n_out, row, c);
+}
+
+extern "C" void apr_cu_get_rows(const apr_cu_weight *w, const int32_t *ids, int ntok, float *out, int ldo,
+                                const apr_cu_ctx *c)
+{
+    if (ntok <= 0) return;
+    launch(c, get_rows_kernel, dim3(ntok), dim3(256), (const uint8_t *)w->data, w->type, w->n_in, w->n_out, ids, out,
+           ldo);
+}
+
+/* ------------------------------------------------ norm + quantize */
+/* Block (t, g) of 256 threads owns elements 256g .. 256g+255 of token row t,
+ * one per thread, so a decode row of 8960 is quantized by 35 blocks at once
+ * rather than by one block in 35 rounds. Each block of a normalized row
+ * computes the whole row's sum of squares itself (a few KB from L2), in
+ * double as the CPU's rmsnorm does, so the scales agree to the last bit
+ * nearly always. Warp w of the block is the 32-group of the Q8_0-style
+ * quantization and of the Q8_K-style group sums. */
+
+#define NQ_THREADS 256
+
+static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const float *x, int ldx, const int32_t *rows,
+                                                                       const float *w, float eps, int n,
+                                                                       apr_cu_act a)
+{
+    griddep();
+    const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int e = blockIdx.y * 256 + tid;
+    const bool valid = e < n;
+    const float *src = x + (size_t)(rows ? rows[t] : t) * ldx;
+    float *dst = a.f + (size_t)t * a.ld;
+    __shared__ double red[NQ_THREADS / 32];
+    __shared__ float wa[NQ_THREADS / 32], wm[NQ_THREADS / 32];
+    __shared__ int wi[NQ_THREADS / 32];
+    float v = valid ? src[e] : 0.f;
+    if (w) {
+        double ss = 0.0;
+#pragma unroll 4
+        for (int i = tid; i < n; i += NQ_THREADS) ss += (double)src[i] * src[i];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (lane == 0) red[warp] = ss;
+        __syncthreads();
+        double tot = 0.0;
+#pragma unroll
+        for (int i = 0; i < NQ_THREADS / 32; i++) tot += red[i];
+        const float scale = 1.0f / sqrtf((float)(tot / n) + eps);
+        v = valid ? src[e] * scale * w[e] : 0.f;
+    }
+    if (valid && dst != src) dst[e] = v;
+
+    const size_t qoff = (size_t)t * a.ld, doff = (size_t)t * (a.ld / 32);
+    /* Q8_0-style: n % 32 == 0, so a warp is all valid or all not */
+    if (n % 32 == 0 && blockIdx.y * 256 + warp * 32 < n) {
+        const float amax = warp_max(fabsf(v));
+        const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
+        const int q = __float2int_rn(v * id);
+        a.q0[qoff + e] = (int8_t)q;
+        const float sum = warp_sum((float)q);
+        if (lane == 0) {
+            a.ds0[2 * (doff + e / 32)] = __half2float(__float2half_rn(d));
+            a.ds0[2 * (doff + e / 32) + 1] = sum;
+        }
+    }
+    /* Q8_K-style: the scale comes from the element of largest magnitude with
+     * its sign, the first such element winning ties (quantize_row_q8_K_ref) */
+    if (n % 256 == 0) {
+        float amax = fabsf(v), mx = v;
+        int idx = tid;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float oa = __shfl_xor_sync(0xffffffffu, amax, o), om = __shfl_xor_sync(0xffffffffu, mx, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+            if (oa > amax || (oa == amax && oi < idx)) {
+                amax = oa;
+                mx = om;
+                idx = oi;
+            }
+        }
+        if (lane == 0) {
+            wa[warp] = amax;
+            wm[warp] = mx;
+            wi[warp] = idx;
+        }
+        __syncthreads();
+        amax = wa[0];
+        mx = wm[0];
+        idx = wi[0];
+#pragma unroll
+        for (int i = 1; i < NQ_THREADS / 32; i++)
+            if (wa[i] > amax || (wa[i] == amax && wi[i] < idx)) {
+                amax = wa[i];
+                mx = wm[i];
+                idx = wi[i];
+            }
+        int q = 0;
+        float d = 0.f;
+        if (amax != 0.f) {
+            const float iscale = -127.f / mx;
+            d = 1.f / iscale;
+            q = min(127, __float2int_rn(iscale * v));
+        }
+        a.qk[qoff + e] = (int8_t)q;
+        const float sum = warp_sum((float)q);
+        if (lane == 0) {
+            a.dsk[2 * (doff + e / 32)] = d;
+            a.dsk[2 * (doff + e / 32) + 1] = sum;
+        }
+    }
+}
+
+extern "C" void apr_cu_norm_quant(const float *x, int ldx, const int32_t *rows, const float *w, float eps, int n,
+                                  int ntok, const apr_cu_act *out, const apr_cu_ctx *c)
+{
+    if (ntok <= 0 || n <= 0) return;
+    const dim3 grid((unsigned)ntok, (unsigned)((n + 255) / 256));
+    launch(c, norm_quant_kernel, grid, dim3(NQ_THREADS), x, ldx, rows, w, eps, n, *out);
+}
+
+/* ------------------------------------------------------------- GEMV */
+/* A row is cut into "chunks", the unit one lane handles per step: 16 bytes of
+ * quants of one block (Q4_K, Q6_K: 32 weights; 8 chunks per 256-block), or a
+ * whole 32-block (Q4_0, Q5_0, Q8_0), or 4 f32 / 8 f16 weights. Lanes stride
+ * over a row's chunks; each lane keeps one partial sum per token of its tile;
+ * a warp reduction finishes the row. */
+
+struct act_dev {
+    const float *f;
+    const int8_t *qk;
+    const float2 *dsk;
+    const int8_t *q0;
+    const float2 *ds0;
+    int ld;
+};
+
+struct seg_dev {
+    const uint8_t *w, *w2;
+    uint32_t type;
+    int n_in, n_out, row0; /* row0: the segment's first warp group */
+    float *out;
+    int ldo, mode;
+};
+
+struct gemv_params {
+    seg_dev seg[APR_CU_MAX_SEG];
+    int n_seg, rows, ntok; /* rows: warp groups in all */
+    act_dev a;
+};
+
+#define GEMV_WARPS 8
+
+/* Each type is a pair of steps: load() fetches a chunk's weight bytes (the
+ * DRAM traffic), dot() multiplies them with the tile's activations (L1/L2
+ * hits). The row loop loads U chunks before it multiplies any, so every lane
+ * keeps U 16-byte weight loads in flight instead of one. Token slots past the
+ * batch (tt clamped to the last token) compute throwaway sums rather than
+ * branch, so the activation loads of a tile can be issued together too. */
+
+struct K_Q4_K {
+    struct W { uint4 h, q; };
+    static __device__ __forceinline__ int chunks(int n_in) { return n_in / 256 * 8; }
+    static __device__ __forceinline__ size_t blocks(int n_in, int n_out) { return (size_t)n_out * (n_in / 256); }
+    static __device__ __forceinline__ W load(const uint8_t *w, size_t nbt, int r, int n_in, int c)
+    {
+        (void)nbt;
+        const uint8_t *blk = w + ((size_t)r * (n_in / 256) + (c >> 3)) * 144;
+        return W{*(const uint4 *)blk, *(const uint4 *)(blk + 16 + 16 * (c & 7))};
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
+        const int j = c & 7, g = j >> 1, half = j & 1;
+        int sc0, m0, sc1, m1;
+        q4k_scale_min(x.h, 2 * g, sc0, m0);
+        q4k_scale_min(x.h, 2 * g + 1, sc1, m1);
+        const float d = h2f((uint16_t)(x.h.x & 0xFFFF)), dmin = h2f((uint16_t)(x.h.x >> 16));
+        const int e = (c >> 3) * 256 + 64 * g + 16 * half;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
+            const int4 lo = *(const int4 *)q, hi = *(const int4 *)(q + 32);
+            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld / 32) + e / 32;
+            const float2 ds0 = ds[0], ds1 = ds[1];
+            int s0 = 0, s1 = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t v = u4get(x.q, i);
+                s0 = dp4a((int)(v & 0x0F0F0F0Fu), i4get(lo, i), s0);
+                s1 = dp4a((int)((v >> 4) & 0x0F0F0F0Fu), i4get(hi, i), s1);
+            }
+            float v = ds0.x * d * (float)(sc0 * s0 + sc1 * s1);
+            /* the mins term needs whole 32-group sums: the half-0 chunk adds it */
+            if (!half) v -= dmin * ds0.x * (float)(m0 * (int)ds0.y + m1 * (int)ds1.y);
+            acc[t] += v;
+        }
+    }
+};
+
+struct K_Q6_K {
+    struct W { uint4 ql, qh; int sclo, schi; float d; };
+    static __device__ __forceinline__ int chunks(int n_in) { return n_in / 256 * 8; }
+    static __device__ __forceinline__ size_t blocks(int n_in, int n_out) { return (size_t)n_out * (n_in / 256); }
+    static __device__ __forceinline__ W load(const uint8_t *w, size_t nbt, int r, int n_in, int c)
+    {
+        const int j = c & 7, h = j >> 2, k = j & 3, qa = k >> 1, l0 = 16 * (k & 1);
+        const size_t gb = (size_t)r * (n_in / 256) + (c >> 3);
+        const int8_t *scp = (const int8_t *)(w + nbt * 192 + gb * 16);
+        const int si = 8 * h + 2 * qa + (k & 1);
+        return W{*(const uint4 *)(w + gb * 128 + 64 * h + 16 * k), *(const uint4 *)(w + nbt * 128 + gb * 64 + 32 * h + l0),
+                 scp[si], scp[si + 4], h2f(((const uint16_t *)(w + nbt * 208))[gb])};
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
+        const int j = c & 7, h = j >> 2, k = j & 3, qa = k >> 1, l0 = 16 * (k & 1);
+        uint32_t vlo[4], vhi[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t l = u4get(x.ql, i), hb = u4get(x.qh, i);
+            vlo[i] = __vsub4((l & 0x0F0F0F0Fu) | (((hb >> (2 * qa)) & 0x03030303u) << 4), 0x20202020u);
+            vhi[i] = __vsub4(((l >> 4) & 0x0F0F0F0Fu) | (((hb >> (2 * qa + 4)) & 0x03030303u) << 4), 0x20202020u);
+        }
+        const int e = (c >> 3) * 256 + 128 * h + 32 * qa + l0;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
+            const int4 lo = *(const int4 *)q, hi = *(const int4 *)(q + 64);
+            const float dx = a.dsk[(size_t)tt[t] * (a.ld / 32) + e / 32].x;
+            int s0 = 0, s1 = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                s0 = dp4a((int)vlo[i], i4get(lo, i), s0);
+                s1 = dp4a((int)vhi[i], i4get(hi, i), s1);
+            }
+            acc[t] += dx * x.d * (float)(x.sclo * s0 + x.schi * s1);
+        }
+    }
+};
+
+/* Q4_0, Q5_0, Q8_0: one chunk is one 32-block. */
+template <int TYPE>
+struct K_Q_0 {
+    struct W { uint4 q0, q1; uint32_t qh; float d; };
+    static __device__ __forceinline__ int chunks(int n_in) { return n_in / 32; }
+    static __device__ __forceinline__ size_t blocks(int n_in, int n_out) { return (size_t)n_out * (n_in / 32); }
+    static __device__ __forceinline__ W load(const uint8_t *w, size_t nbt, int r, int n_in, int c)
+    {
+        const size_t gb = (size_t)r * (n_in / 32) + c;
+        W x;
+        if (TYPE == APR_TYPE_Q8_0) {
+            x.q0 = *(const uint4 *)(w + gb * 32);
+            x.q1 = *(const uint4 *)(w + gb * 32 + 16);
+            x.qh = 0;
+            x.d = h2f(((const uint16_t *)(w + nbt * 32))[gb]);
+        } else {
+            x.q0 = *(const uint4 *)(w + gb * 16);
+            x.q1 = make_uint4(0, 0, 0, 0);
+            x.qh = TYPE == APR_TYPE_Q5_0 ? ((const uint32_t *)(w + nbt * 16))[gb] : 0;
+            x.d = h2f(((const uint16_t *)(w + nbt * (TYPE == APR_TYPE_Q5_0 ? 20 : 16)))[gb]);
+        }
+        return x;
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
+        uint32_t v[8];
+        if (TYPE == APR_TYPE_Q8_0) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                v[i] = u4get(x.q0, i);
+                v[i + 4] = u4get(x.q1, i);
+            }
+        } else {
+            const uint32_t off = TYPE == APR_TYPE_Q5_0 ? 0x10101010u : 0x08080808u;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t q = u4get(x.q0, i);
+                uint32_t lo = q & 0x0F0F0F0Fu, hi = (q >> 4) & 0x0F0F0F0Fu;
+                if (TYPE == APR_TYPE_Q5_0) {
+                    lo |= spread4(x.qh >> (4 * i));
+                    hi |= spread4(x.qh >> (16 + 4 * i));
+                }
+                v[i] = __vsub4(lo, off);
+                v[i + 4] = __vsub4(hi, off);
+            }
+        }
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const int8_t *q = a.q0 + (size_t)tt[t] * a.ld + c * 32;
+            const int4 x0 = *(const int4 *)q, x1 = *(const int4 *)(q + 16);
+            const float dx = a.ds0[(size_t)tt[t] * (a.ld / 32) + c].x;
+            int s = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                s = dp4a((int)v[i], i4get(x0, i), s);
+                s = dp4a((int)v[i + 4], i4get(x1, i), s);
+            }
+            acc[t] += (float)s * (x.d * dx);
+        }
+    }
+};
+
+/* F32 (4 weights a chunk) and F16 (8): f32 activations, as the CPU. */
+template <int TYPE>
+struct K_F {
+    struct W { uint4 v; };
+    static __device__ __forceinline__ int chunks(int n_in) { return TYPE == APR_TYPE_F32 ? n_in / 4 : n_in / 8; }
+    static __device__ __forceinline__ size_t blocks(int n_in, int n_out) { return (size_t)n_out * chunks(n_in); }
+    static __device__ __forceinline__ W load(const uint8_t *w, size_t nbt, int r, int n_in, int c)
+    {
+        (void)nbt;
+        return W{((const uint4 *)(w + (size_t)r * n_in * (TYPE == APR_TYPE_F32 ? 4 : 2)))[c]};
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (TYPE == APR_TYPE_F32) {
+                const float4 xv = ((const float4 *)(a.f + (size_t)tt[t] * a.ld))[c];
+                acc[t] += __uint_as_float(x.v.x) * xv.x + __uint_as_float(x.v.y) * xv.y +
+                          __uint_as_float(x.v.z) * xv.z + __uint_as_float(x.v.w) * xv.w;
+            } else {
+                const float4 *xp = (const float4 *)(a.f + (size_t)tt[t] * a.ld + 8 * c);
+                const float4 x0 = xp[0], x1 = xp[1];
+                const float2 w0 = half2_bits(x.v.x), w1 = half2_bits(x.v.y), w2 = half2_bits(x.v.z),
+                             w3 = half2_bits(x.v.w);
+                acc[t] += w0.x * x0.x + w0.y * x0.y + w1.x * x0.z + w1.y * x0.w + w2.x * x1.x + w2.y * x1.y +
+                          w3.x * x1.z + w3.y * x1.w;
+            }
+        }
+    }
+};
+
+/* NR weight rows at once (wp[i], row rr[i]): U chunks of each loaded before
+ * any is multiplied, so a lane has NR * U 16-byte loads in flight. */
+template <class K, int NT, int U, int NR>
+static __device__ __forceinline__ void rows_dot(const uint8_t *const (&wp)[NR], const int (&rr)[NR], int n_in,
+                                                int n_out, const act_dev &a, const int (&tt)[NT], int lane,
+                                                float (&acc)[NR][NT])
+{
+    const int nch = K::chunks(n_in);
+    const size_t nbt = K::blocks(n_in, n_out);
+    for (int c0 = lane; c0 < nch; c0 += 32 * U) {
+        typename K::W x[NR][U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int i = 0; i < NR; i++) x[i][u] = K::load(wp[i], nbt, rr[i], n_in, min(c0 + 32 * u, nch - 1));
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (c0 + 32 * u < nch)
+#pragma unroll
+                for (int i = 0; i < NR; i++) K::template dot<NT>(x[i][u], c0 + 32 * u, a, tt, acc[i]);
+    }
+}
+
+/* F32/F16 rows whose length is not a multiple of the chunk: one weight a step. */
+template <int NT, int NR>
+static __device__ void rows_dot_scalar(const uint8_t *const (&wp)[NR], const int (&rr)[NR], uint32_t type, int n_in,
+                                       const act_dev &a, const int (&tt)[NT], int lane, float (&acc)[NR][NT])
+{
+    for (int c = lane; c < n_in; c += 32)
+#pragma unroll
+        for (int i = 0; i < NR; i++) {
+            const size_t e = (size_t)rr[i] * n_in + c;
+            const float wv = type == APR_TYPE_F32 ? ((const float *)wp[i])[e] : h2f(((const uint16_t *)wp[i])[e]);
+#pragma unroll
+            for (int t = 0; t < NT; t++) acc[i][t] += wv * a.f[(size_t)tt[t] * a.ld + c];
+        }
+}
+
+/* The type switch is uniform across the warp (a warp's rows are of one matrix type). */
+template <int NT, int U, int NR>
+static __device__ __forceinline__ void rows_dot_any(uint32_t type, const uint8_t *const (&wp)[NR], const int (&rr)[NR],
+                                                    int n_in, int n_out, const act_dev &a, const int (&tt)[NT],
+                                                    int lane, float (&acc)[NR][NT])
+{
+    switch (type) {
+    case APR_TYPE_Q4_K: rows_dot<K_Q4_K, NT, U, NR>(wp, rr, n_in, n_out, a, tt, lane, acc); break;
+    case APR_TYPE_Q6_K: rows_dot<K_Q6_K, NT, U, NR>(wp, rr, n_in, n_out, a, tt, lane, acc); break;
+    case APR_TYPE_Q5_0: rows_dot<K_Q_0<APR_TYPE_Q5_0>, NT, U, NR>(wp, rr, n_in, n_out, a, tt, lane, acc); break;
+    case APR_TYPE_Q4_0: rows_dot<K_Q_0<APR_TYPE_Q4_0>, NT, U, NR>(wp, rr, n_in, n_out, a, tt, lane, acc); break;
+    case APR_TYPE_Q8_0: rows_dot<K_Q_0<APR_TYPE_Q8_0>, NT, U, NR>(wp, rr, n_in, n_out, a, tt, lane, acc); break;
+    case APR_TYPE_F32:
+        if (n_in % 4 == 0) rows_dot<K_F<APR_TYPE_F32>, NT, 1, NR>(wp, rr, n_in, n_out, a, tt, lane, acc);
+        else rows_dot_scalar<NT, NR>(wp, rr, type, n_in, a, tt, lane, acc);
+        break;
+    case APR_TYPE_F16:
+        if (n_in % 8 == 0) rows_dot<K_F<APR_TYPE_F16>, NT, 1, NR>(wp, rr, n_in, n_out, a, tt, lane, acc);
+        else rows_dot_scalar<NT, NR>(wp, rr, type, n_in, a, tt, lane, acc);
+        break;
+    }
+}
+
+/* A warp owns a group of NR rows of one segment (SWIGLU: one row of gate and
+ * the same row of up). grid.x: token tiles of NT (fastest, so the tiles of one
+ * row block run together and the weights come from DRAM once); grid.y: blocks
+ * of GEMV_WARPS groups over all segments, each segment's groups numbered from
+ * its g0. */
+template <int NT, int U, int NR, bool SWIGLU>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, NT >= 4 ? 2 : 1)
+    gemv_kernel(const __grid_constant__ gemv_params p)
+{
+    griddep();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int group = blockIdx.y * GEMV_WARPS + warp;
+    if (group >= p.rows) return;
+    int si = 0;
+    if (p.n_seg > 1 && group >= p.seg[1].row0) si = 1;
+    if (p.n_seg > 2 && group >= p.seg[2].row0) si = 2;
+    const seg_dev &s = p.seg[si];
+    const int rows_per_group = SWIGLU ? 1 : NR;
+    const int rb = (group - s.row0) * rows_per_group;
+    const int t0 = blockIdx.x * NT, nt = min(NT, p.ntok - t0);
+    int tt[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) tt[t] = min(t0 + t, p.ntok - 1);
+    const uint8_t *wp[NR];
+    int rr[NR];
+#pragma unroll
+    for (int i = 0; i < NR; i++) {
+        wp[i] = SWIGLU && i == 1 ? s.w2 : s.w;
+        rr[i] = SWIGLU ? rb : min(rb + i, s.n_out - 1); /* past the end: throwaway sums */
+    }
+    float acc[NR][NT];
+#pragma unroll
+    for (int i = 0; i < NR; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
+    rows_dot_any<NT, U, NR>(s.type, wp, rr, s.n_in, s.n_out, p.a, tt, lane, acc);
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (SWIGLU) {
+            const float g = warp_sum(acc[0][t]), u = warp_sum(acc[NR - 1][t]);
+            if (lane == t && t < nt) s.out[(size_t)(t0 + t) * s.ldo + rb] = g / (1.0f + expf(-g)) * u;
+        } else {
+#pragma unroll
+            for (int i = 0; i < NR; i++) {
+                const float v = warp_sum(acc[i][t]);
+                if (lane == t && t < nt && rb + i < s.n_out) {
+                    float *o = s.out + (size_t)(t0 + t) * s.ldo + rb + i;
+                    if (s.mode == APR_CU_ADD) *o += v;
+                    else *o = v;
+                }
+            }
+        }
+    }
+}
+
+extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
+{
+    if (n_seg < 1 || n_seg > APR_CU_MAX_SEG || ntok < 1) return -1;
+    const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
+    /* decode: 2 rows a warp, 2 chunks of each in flight, 4 when rows are long
+     * (over 2048 weights: more than 64 chunks of 32) */
+    int max_in = 0;
+    for (int i = 0; i < n_seg; i++)
+        if (seg[i].w.n_in > max_in) max_in = seg[i].w.n_in;
+    const int per_group = swiglu ? 1 : ntok == 1 ? 2 : 1; /* rows a warp writes */
+    gemv_params p;
+    p.n_seg = n_seg;
+    p.ntok = ntok;
+    p.a.f = a->f;
+    p.a.qk = a->qk;
+    p.a.dsk = (const float2 *)a->dsk;
+    p.a.q0 = a->q0;
+    p.a.ds0 = (const float2 *)a->ds0;
+    p.a.ld = a->ld;
+    int groups = 0;
+    for (int i = 0; i < n_seg; i++) {
+        const apr_cu_gemv_seg *g = &seg[i];
+        if (!apr_cu_weight_bytes(g->w.type, g->w.n_in, g->w.n_out) || g->w.n_in > a->ld) return -1;
+        if ((g->mode == APR_CU_SWIGLU) != swiglu) return -1; /* one kind of epilogue per launch */
+        if (swiglu && (g->w2.type != g->w.type || g->w2.n_in != g->w.n_in || g->w2.n_out != g->w.n_out)) return -1;
+        if ((g->w.type == APR_TYPE_Q4_K || g->w.type == APR_TYPE_Q6_K) && !a->qk) return -1;
+        p.seg[i] = seg_dev{(const uint8_t *)g->w.data, (const uint8_t *)g->w2.data, g->w.type, g->w.n_in,
+                           g->w.n_out, groups, g->out, g->ldo, g->mode};
+        groups += (g->w.n_out + per_group - 1) / per_group;
+    }
+    p.rows = groups; /* in groups */
+    const unsigned gy = (unsigned)((groups + GEMV_WARPS - 1) / GEMV_WARPS);
+    if (gy > 65535u) return -1;
+    const dim3 block(GEMV_WARPS * 32);
+    const bool long_rows = max_in > 2048;
+#define GEMV(NT, U, NR, GX)                                                                 \
+    do {                                                                                    \
+        if (swiglu) launch(c, gemv_kernel<NT, U, 2, true>, dim3(GX, gy), block, p);          \
+        else launch(c, gemv_kernel<NT, U, NR, false>, dim3(GX, gy), block, p);               \
+    } while (0)
+    if (ntok == 1) {
+        if (long_rows) GEMV(1, 4, 2, 1);
+        else GEMV(1, 2, 2, 1);
+    } else if (ntok == 2) GEMV(2, 2, 1, 1);
+    else if (ntok <= 4) GEMV(4, 1, 1, 1);
+    else GEMV(8, 1, 1, (unsigned)((ntok + 7) / 8));
+#undef GEMV
+    return 0;
+}
+
+/* ------------------------------------------- bias + RoPE + KV append */
+
+static __global__ void qkv_post_kernel(float *qkv, int ld, const float *bq, const float *bk, const float *bv,
+                                       const int32_t *pos, const int32_t *seq, apr_cu_attn_shape sh,
+                                       uint16_t *kc, uint16_t *vc)
+{
+    griddep();
+    const int t = blockIdx.x, sq = seq[t];
+    if (sq < 0) return;
+    const int p = pos[t], hd = sh.head_dim;
+    const int q_dim = sh.n_head * hd, kv_dim = sh.n_head_kv * hd;
+    float *row = qkv + (size_t)t * ld;
+    if (bq) {
+        for (int i = threadIdx.x; i < q_dim + 2 * kv_dim; i += blockDim.x)
+            row[i] += i < q_dim ? bq[i] : i < q_dim + kv_dim ? bk[i - q_dim] : bv[i - q_dim - kv_dim];
+        __syncthreads();
+    }
+    const int half = sh.rope_dim / 2, pairs = (sh.n_head + sh.n_head_kv) * half;
+    for (int pi = threadIdx.x; pi < pairs; pi += blockDim.x) {
+        const int h = pi / half, i = pi % half;
+        float *v = row + (size_t)h * hd; /* k heads follow the q heads */
+        float theta = (float)p;
+        for (int k = 0; k < i; k++) theta *= sh.theta_scale;
+        const float c = cosf(theta), s = sinf(theta);
+        const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
+        const float x0 = v[ia], x1 = v[ib];
+        v[ia] = x0 * c - x1 * s;
+        v[ib] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    const size_t off = (size_t)sq * sh.seq_stride + (size_t)p * kv_dim;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        kc[off + i] = f2h(row[q_dim + i]);
+        vc[off + i] = f2h(row[q_dim + kv_dim + i]);
+    }
+}
+
+extern "C" void apr_cu_qkv_post(float *qkv, int ldqkv, const float *bq, const float *bk, const float *bv,
+                                const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
+                                uint16_t *k_cache, uint16_t *v_cache, const apr_cu_ctx *c)
+{
+    if (ntok <= 0) return;
+    launch(c, qkv_post_kernel, dim3(ntok), dim3(512), qkv, ldqkv, bq, bk, bv, pos, seq, *sh, k_cache, v_cache);
+}
+
+/* --------------------------------------------------------- attention */
+/* One block per (token, q head); its ATT_WARPS warps take turns over tiles
+ * of 32 keys (warp w: tiles w, w+ATT_WARPS, ...), each with its own online
+ * softmax; the warps' states are merged at the end. In a tile, lane j scores
+ * key j (its whole K row loaded before the dot product); then every lane
+ * accumulates the tile's V rows for its DPL dimensions, 16 rows loaded at a
+ * time. Key indices past the query's position are clamped to it and their
+ * weights are zero, so no lane branches around a load. Enough blocks for
+ * prefill; for decode at long contexts a split over the context across blocks
+ * comes later (flash-decoding). */
+
+#define ATT_WARPS 16
+
+/* DPL consecutive halves of a V row as floats. */
+template <int DPL>
+static __device__ __forceinline__ void load_v(const uint16_t *p, float (&out)[DPL])
+{
+    if (DPL == 1) {
+        out[0] = h2f(p[0]);
+    } else if (DPL == 2) {
+        const float2 f = half2_bits(*(const uint32_t *)p);
+        out[0] = f.x;
+        out[DPL - 1] = f.y;
+    } else if (DPL == 4) {
+        const uint2 u = *(const uint2 *)p;
+        const float2 f0 = half2_bits(u.x), f1 = half2_bits(u.y);
+        out[0] = f0.x, out[1 % DPL] = f0.y, out[2 % DPL] = f1.x, out[3 % DPL] = f1.y;
+    } else {
+        const uint4 u = *(const uint4 *)p;
+#pragma unroll
+        for (int i = 0; i < DPL / 2; i++) {
+            const float2 f = half2_bits(u4get(u, i % 4));
+            out[(2 * i) % DPL] = f.x;
+            out[(2 * i + 1) % DPL] = f.y;
+        }
+    }
+}
+
+/* HD: the head dimension when known at compile time (loops unroll fully), 0 otherwise. */
+template <int DPL, int HD>
+static __global__ void __launch_bounds__(ATT_WARPS * 32)
+    attention_kernel(const float *q, int ldq, const uint16_t *kc, const uint16_t *vc, const int32_t *pos,
+                     const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo)
+{
+    griddep();
+    const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int hd = HD ? HD : sh.head_dim, kv_dim = sh.n_head_kv * hd;
+    float *o = out + (size_t)t * ldo + (size_t)h * hd;
+    const int sq = seq[t];
+    if (sq < 0) {
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) o[i] = 0.f;
+        return;
+    }
+    const int p = pos[t], kvh = h / (sh.n_head / sh.n_head_kv);
+    __shared__ float qs[256];
+    __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
+    __shared__ float wacc[ATT_WARPS][256];
+    for (int i = threadIdx.x; i < hd; i += blockDim.x)
+        qs[i] = __half2float(__float2half_rn(q[(size_t)t * ldq + (size_t)h * hd + i]));
+    __syncthreads();
+
+    const size_t base = (size_t)sq * sh.seq_stride + (size_t)kvh * hd;
+    const uint16_t *kb = kc + base, *vb = vc + base;
+    const int dim0 = min(lane * DPL, hd - DPL); /* lanes past the head read a valid column, unused */
+    float m = -INFINITY, l = 0.f, acc[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) acc[i] = 0.f;
+
+    for (int kt = warp * 32; kt <= p; kt += ATT_WARPS * 32) {
+        const uint4 *kr = (const uint4 *)(kb + (size_t)min(kt + lane, p) * kv_dim);
+        float dot = 0.f;
+        if (HD) {
+            uint4 kv[HD / 8 > 0 ? HD / 8 : 1];
+#pragma unroll
+            for (int d8 = 0; d8 < HD / 8; d8++) kv[d8] = kr[d8];
+#pragma unroll
+            for (int d8 = 0; d8 < HD / 8; d8++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float2 kf = half2_bits(u4get(kv[d8], i));
+                    dot += qs[8 * d8 + 2 * i] * kf.x + qs[8 * d8 + 2 * i + 1] * kf.y;
+                }
+        } else {
+#pragma unroll 4
+            for (int d8 = 0; d8 < hd / 8; d8++) {
+                const uint4 kv = kr[d8];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float2 kf = half2_bits(u4get(kv, i));
+                    dot += qs[8 * d8 + 2 * i] * kf.x + qs[8 * d8 + 2 * i + 1] * kf.y;
+                }
+            }
+        }
+        const bool live = kt + lane <= p;
+        const float sc = live ? dot * scale : -INFINITY;
+        const float mn = fmaxf(m, warp_max(sc));
+        const float corr = expf(m - mn); /* 0 while m is -inf */
+        const float pj = live ? expf(sc - mn) : 0.f;
+        l = l * corr + warp_sum(pj);
+#pragma unroll
+        for (int i = 0; i < DPL; i++) acc[i] *= corr;
+        m = mn;
+#pragma unroll
+        for (int jb = 0; jb < 32; jb += 16) {
+            if (kt + jb > p) break; /* uniform: the warp's whole tile */
+            float vv[16][DPL];
+#pragma unroll
+            for (int j = 0; j < 16; j++) load_v<DPL>(vb + (size_t)min(kt + jb + j, p) * kv_dim + dim0, vv[j]);
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const float pv = __shfl_sync(0xffffffffu, pj, jb + j);
+#pragma unroll
+                for (int i = 0; i < DPL; i++) acc[i] += pv * vv[j][i];
+            }
+        }
+    }
+    if (lane == 0) {
+        wm[warp] = m;
+        wl[warp] = l;
+    }
+    if (lane * DPL < hd)
+#pragma unroll
+        for (int i = 0; i < DPL; i++) wacc[warp][lane * DPL + i] = acc[i];
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, wm[w]);
+    float L = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++)
+        if (wm[w] != -INFINITY) L += wl[w] * expf(wm[w] - M);
+    const float inv = L == 0.f ? 0.f : 1.f / L;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float v = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (wm[w] != -INFINITY) v += wacc[w][i] * expf(wm[w] - M);
+        o[i] = v * inv;
+    }
+}
+
+/* The CPU engine's attention step for step (worker/cpu.c): keys in order, one
+ * online-softmax update each, the V accumulator rounded to F16 after every
+ * update as llama.cpp's CPU flash attention keeps it. One warp per (token,
+ * head), lanes own DPL dimensions. Only for parity checks: it tells the GPU's
+ * f32 accumulation apart from everything else. */
+template <int DPL>
+static __global__ void attention_f16acc_kernel(const float *q, int ldq, const uint16_t *kc, const uint16_t *vc,
+                                               const int32_t *pos, const int32_t *seq, apr_cu_attn_shape sh,
+                                               float scale, float *out, int ldo)
+{
+    griddep();
+    const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x;
+    const int hd = sh.head_dim, kv_dim = sh.n_head_kv * hd;
+    const bool owns = lane * DPL < hd;
+    float *o = out + (size_t)t * ldo + (size_t)h * hd;
+    const int sq = seq[t];
+    if (sq < 0) {
+        if (owns)
+            for (int i = 0; i < DPL; i++) o[lane * DPL + i] = 0.f;
+        return;
+    }
+    const int p = pos[t], kvh = h / (sh.n_head / sh.n_head_kv);
+    const size_t base = (size_t)sq * sh.seq_stride + (size_t)kvh * hd + (owns ? lane * DPL : 0);
+    float qv[DPL], acc[DPL];
+    for (int i = 0; i < DPL; i++) {
+        qv[i] = owns ? __half2float(__float2half_rn(q[(size_t)t * ldq + (size_t)h * hd + lane * DPL + i])) : 0.f;
+        acc[i] = 0.f;
+    }
+    float mx = -INFINITY, sum = 0.f;
+    for (int k = 0; k <= p; k++) {
+        float part = 0.f;
+        if (owns)
+            for (int i = 0; i < DPL; i++) part += qv[i] * h2f(kc[base + (size_t)k * kv_dim + i]);
+        const float s = warp_sum(part) * scale;
+        float ms = 1.f, vs = 1.f;
+        if (s > mx) {
+            ms = expf(mx - s);
+            mx = s;
+            for (int i = 0; i < DPL; i++) acc[i] = __half2float(__float2half_rn(acc[i] * ms));
+        } else {
+            vs = expf(s - mx);
+        }
+        if (owns)
+            for (int i = 0; i < DPL; i++)
+                acc[i] = __half2float(__float2half_rn(fmaf(vs, h2f(vc[base + (size_t)k * kv_dim + i]), acc[i])));
+        sum = sum * ms + vs;
+    }
+    const float inv = sum == 0.f ? 0.f : 1.f / sum;
+    if (owns)
+        for (int i = 0; i < DPL; i++) o[lane * DPL + i] = acc[i] * inv;
+}
+
+extern "C" int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
+                                const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
+                                float *out, int ldo, const apr_cu_ctx *c)
+{
+    const int hd = sh->head_dim;
+    if (hd % 8 || hd > 256 || hd < 8 || sh->n_head_kv < 1 || sh->n_head % sh->n_head_kv) return -1;
+    if (ntok <= 0) return 0;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const dim3 grid((unsigned)ntok, (unsigned)sh->n_head), block(ATT_WARPS * 32);
+    if (sh->f16_acc) {
+        const int dpl = hd <= 32 ? 1 : hd <= 64 ? 2 : hd <= 128 ? 4 : 8;
+#define ATT16(DPL) launch(c, attention_f16acc_kernel<DPL>, grid, dim3(32), q, ldq, k_cache, v_cache, pos, seq, *sh, scale, out, ldo)
+        if (dpl == 1) ATT16(1);
+        else if (dpl == 2) ATT16(2);
+        else if (dpl == 4) ATT16(4);
+        else ATT16(8);
+#undef ATT16
+        return 0;
+    }
+#define ATT(DPL, HD) launch(c, attention_kernel<DPL, HD>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, scale, out, ldo)
+    if (hd == 128) ATT(4, 128);
+    else if (hd == 64) ATT(2, 64);
+    else if (hd <= 32) ATT(1, 0);
+    else if (hd <= 64) ATT(2, 0);
+    else if (hd <= 128) ATT(4, 0);
+    else ATT(8, 0);
+#undef ATT
+    return 0;
+}

@@ -1,0 +1,129 @@
+/* The CUDA backend's kernels behind C launchers (private to cuda/ and the GPU
+ * tests in tests/gpu). Every pointer here is device memory unless it says
+ * otherwise; launchers only enqueue on the given stream and never synchronize,
+ * so callers check cudaGetLastError() after them.
+ *
+ * Numerics follow the CPU engine (worker/kernels.c, worker/cpu.c) on purpose:
+ * activations are quantized to 8 bits exactly as the CPU does (Q8_K-style per
+ * 256 for the K-quants, Q8_0-style per 32 for the legacy quants), so the
+ * integer dot products are identical and only the float summation order
+ * differs. That is what makes cuda-vs-cpu parity checks tight.
+ */
+#ifndef APR_CUDA_KERNELS_H
+#define APR_CUDA_KERNELS_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Where a launcher enqueues: the stream, and whether kernels may start while
+ * the previous one finishes (programmatic dependent launch: each kernel waits
+ * for its predecessor's results with griddepcontrol.wait before it reads
+ * anything, so the overlap hides only the launch latency). */
+typedef struct {
+    cudaStream_t stream;
+    int pdl;
+} apr_cu_ctx;
+
+/* ------------------------------------------------------------ weights */
+/* GPU layout of a weight matrix of n_out rows of n_in elements. Same bytes as
+ * the file, rearranged so that every 16-byte load is aligned:
+ *   F32, F16, Q4_K: unchanged (Q4_K's 144-byte blocks are 16-byte multiples)
+ *   Q6_K: planes ql[nb][128] qh[nb][64] scales[nb][16] d[nb]  (blocks of 210 bytes are not)
+ *   Q5_0: planes qs[nb][16] qh[nb][4] d[nb];  Q4_0: qs[nb][16] d[nb];  Q8_0: qs[nb][32] d[nb]
+ * where nb counts the tensor's blocks row after row. */
+typedef struct {
+    const void *data; /* 256-byte aligned */
+    uint32_t type;
+    int n_in, n_out;
+} apr_cu_weight;
+
+/* Whether the GPU kernels take weights of this type. */
+int apr_cu_supports(uint32_t type);
+/* Bytes of the GPU layout (equal to the file's); 0 when unsupported or when
+ * n_in is not a whole number of blocks. */
+size_t apr_cu_weight_bytes(uint32_t type, int n_in, int n_out);
+/* Whether apr_cu_repack moves bytes (else the file's bytes are the layout). */
+int apr_cu_needs_repack(uint32_t type);
+/* File layout (raw, any alignment) -> GPU layout (dst, 256-byte aligned). */
+int apr_cu_repack(uint32_t type, int n_in, int n_out, const void *raw, void *dst, cudaStream_t s);
+
+/* --------------------------------------------------------- activations */
+/* ntok rows of activations as every GEMV consumer wants them. Row stride ld
+ * elements (a multiple of 256) for f, qk and q0; ld/32 pairs for dsk/ds0. */
+typedef struct {
+    float *f;    /* f32 (F32/F16 weights read these) */
+    int8_t *qk;  /* Q8_K-style: one d per 256 = max/-127, the CPU's quantize_q8_K */
+    float *dsk;  /* [ld/32][2]: d of the 32-group (same for its 256) and the sum of its quants */
+    int8_t *q0;  /* Q8_0-style: per 32, d = amax/127 rounded to f16 */
+    float *ds0;  /* [ld/32][2]: d and the sum of the quants */
+    int ld;
+} apr_cu_act;
+
+/* Row t of out <- row rows[t] (rows NULL: t) of x, RMS-normalized with
+ * weight w (w NULL: copied as is), then quantized both ways (Q8_K-style only
+ * when n % 256 == 0, Q8_0-style when n % 32 == 0). x may be out->f when w is
+ * NULL and rows is NULL (quantize in place). */
+void apr_cu_norm_quant(const float *x, int ldx, const int32_t *rows, const float *w, float eps, int n,
+                       int ntok, const apr_cu_act *out, const apr_cu_ctx *c);
+
+/* ------------------------------------------------------------- GEMV */
+enum {
+    APR_CU_STORE = 0,  /* out[t][r] = w_r . a_t */
+    APR_CU_ADD = 1,    /* out[t][r] += w_r . a_t   (residual connections) */
+    APR_CU_SWIGLU = 2, /* out[t][r] = silu(w_r . a_t) * (w2_r . a_t)   (w2 has w's type and shape) */
+};
+
+typedef struct {
+    apr_cu_weight w, w2; /* w2: SWIGLU only */
+    float *out;
+    int ldo;
+    int mode;
+} apr_cu_gemv_seg;
+
+/* Up to 3 products over the same activations in one launch (q/k/v): rows of
+ * all segments are spread over warps together. ntok tokens; the weights are
+ * read once per tile of up to 8 tokens. Returns -1 on a bad argument. */
+#define APR_CU_MAX_SEG 3
+int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
+
+/* ---------------------------------------------------------- the rest */
+/* out[t][0..n_in) = dequantized row ids[t] of w (embedding lookup). */
+void apr_cu_get_rows(const apr_cu_weight *w, const int32_t *ids, int ntok, float *out, int ldo,
+                     const apr_cu_ctx *c);
+
+/* Per token row of qkv = [q (n_head*hd) | k (n_kv*hd) | v (n_kv*hd)]: add the
+ * biases (NULL: none), rotate q and k (RoPE at pos[t], neox or adjacent pairs;
+ * theta of pair i is pos * theta_scale^i multiplied step by step as the CPU
+ * does), and store k and v as F16 into the layer's cache at [seq][pos].
+ * Entries with seq[t] < 0 are padding and are skipped. Cache layout of one
+ * layer: [n_seq][n_ctx][n_kv*hd]; seq_stride = n_ctx * n_kv * hd. */
+typedef struct {
+    int n_head, n_head_kv, head_dim, rope_dim, neox;
+    float theta_scale; /* powf(freq_base, -2 / rope_dim), computed once on the host */
+    size_t seq_stride;
+    int f16_acc; /* attention as the CPU engine does it, for parity checks: keys one
+                    after another, V summed in an F16 accumulator; slow */
+} apr_cu_attn_shape;
+
+void apr_cu_qkv_post(float *qkv, int ldqkv, const float *bq, const float *bk, const float *bv,
+                     const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
+                     uint16_t *k_cache, uint16_t *v_cache, const apr_cu_ctx *c);
+
+/* Causal attention of each token's q heads over its sequence's cached keys
+ * 0..pos[t] (GQA: q head h reads kv head h / (n_head / n_head_kv)). q is
+ * rounded to F16 first, as the CPU does against its F16 cache; softmax and
+ * the V accumulation are f32. out[t][h*hd + i]; padding entries get zeros.
+ * Returns -1 if head_dim is not a multiple of 8 or exceeds 256. */
+int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
+                     const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
+                     float *out, int ldo, const apr_cu_ctx *c);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
