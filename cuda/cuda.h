@@ -1,5 +1,6 @@
 /* cuda/ — the CUDA backend. Everything here is compiled only when nvcc is found
- * (APR_HAVE_CUDA); callers go through worker/backend.h and these few queries. */
+ * (APR_HAVE_CUDA); callers go through worker/backend.h, which dispatches to the
+ * engine below for kind "cuda", and these few queries. */
 #ifndef APR_CUDA_H
 #define APR_CUDA_H
 
@@ -9,11 +10,24 @@
 extern "C" {
 #endif
 
+#include "worker/backend.h"
+
 /* Number of usable CUDA devices; 0 with a reason in err when there are none
  * (no driver, no device). */
 int apr_cuda_device_count(char *err, size_t errlen);
 /* One line describing device i (name, compute capability, memory). */
 int apr_cuda_device_describe(int i, char *buf, size_t len);
+
+/* The engine on device 0: the backend interface's calls, same contracts. */
+typedef struct apr_cuda_model apr_cuda_model;
+
+apr_cuda_model *apr_cuda_open(const char *path, const apr_backend_opts *opts, char err[APR_ERRLEN]);
+void apr_cuda_close(apr_cuda_model *m);
+const apr_hparams *apr_cuda_hparams(const apr_cuda_model *m);
+int apr_cuda_n_ctx(const apr_cuda_model *m);
+int apr_cuda_n_seq(const apr_cuda_model *m);
+int apr_cuda_step(apr_cuda_model *m, const apr_batch *b, float *logits, char err[APR_ERRLEN]);
+void apr_cuda_seq_trim(apr_cuda_model *m, int seq, int from_pos);
 
 #ifdef __cplusplus
 }

@@ -10,35 +10,49 @@
 #include "cuda/cuda.h"
 #endif
 
+/* Exactly one engine is set. */
 struct apr_backend {
     cpu_model *cpu;
+#ifdef APR_HAVE_CUDA
+    apr_cuda_model *cuda;
+#endif
 };
 
 apr_backend *apr_backend_open(const char *kind, const char *model_path,
                               const apr_backend_opts *opts, char err[APR_ERRLEN])
 {
-    if (!strcmp(kind, "cuda")) {
-#ifdef APR_HAVE_CUDA
-        char why[APR_ERRLEN] = "";
-        if (apr_cuda_device_count(why, sizeof why) <= 0) {
-            snprintf(err, APR_ERRLEN, "%s", why);
-            return NULL;
-        }
-        snprintf(err, APR_ERRLEN, "the CUDA backend is not implemented yet");
-#else
-        snprintf(err, APR_ERRLEN, "no CUDA device: this build has no CUDA support");
-#endif
-        return NULL;
-    }
-    if (strcmp(kind, "cpu")) {
+    bool cuda = !strcmp(kind, "cuda");
+    if (!cuda && strcmp(kind, "cpu")) {
         snprintf(err, APR_ERRLEN, "unknown backend '%s' (cpu or cuda)", kind);
         return NULL;
     }
+#ifndef APR_HAVE_CUDA
+    if (cuda) {
+        snprintf(err, APR_ERRLEN, "no CUDA device: this build has no CUDA support");
+        return NULL;
+    }
+#endif
     apr_backend *b = calloc(1, sizeof *b);
     if (!b) {
         snprintf(err, APR_ERRLEN, "out of memory");
         return NULL;
     }
+#ifdef APR_HAVE_CUDA
+    if (cuda) {
+        char why[APR_ERRLEN] = "";
+        if (apr_cuda_device_count(why, sizeof why) <= 0) {
+            snprintf(err, APR_ERRLEN, "%s", why);
+            free(b);
+            return NULL;
+        }
+        b->cuda = apr_cuda_open(model_path, opts, err);
+        if (!b->cuda) {
+            free(b);
+            return NULL;
+        }
+        return b;
+    }
+#endif
     b->cpu = cpu_model_open(model_path, opts, err);
     if (!b->cpu) {
         free(b);
@@ -50,20 +64,38 @@ apr_backend *apr_backend_open(const char *kind, const char *model_path,
 void apr_backend_close(apr_backend *b)
 {
     if (!b) return;
-    cpu_model_close(b->cpu);
+#ifdef APR_HAVE_CUDA
+    if (b->cuda) apr_cuda_close(b->cuda);
+#endif
+    if (b->cpu) cpu_model_close(b->cpu);
     free(b);
 }
 
-const apr_hparams *apr_backend_hparams(const apr_backend *b) { return cpu_model_hparams(b->cpu); }
-int apr_backend_n_ctx(const apr_backend *b) { return cpu_model_n_ctx(b->cpu); }
-int apr_backend_n_seq(const apr_backend *b) { return cpu_model_n_seq(b->cpu); }
+#ifdef APR_HAVE_CUDA
+#define DISPATCH(cuda_call, cpu_call) return b->cuda ? cuda_call : cpu_call
+#else
+#define DISPATCH(cuda_call, cpu_call) return cpu_call
+#endif
+
+const apr_hparams *apr_backend_hparams(const apr_backend *b)
+{
+    DISPATCH(apr_cuda_hparams(b->cuda), cpu_model_hparams(b->cpu));
+}
+int apr_backend_n_ctx(const apr_backend *b) { DISPATCH(apr_cuda_n_ctx(b->cuda), cpu_model_n_ctx(b->cpu)); }
+int apr_backend_n_seq(const apr_backend *b) { DISPATCH(apr_cuda_n_seq(b->cuda), cpu_model_n_seq(b->cpu)); }
 
 int apr_backend_step(apr_backend *b, const apr_batch *batch, float *logits, char err[APR_ERRLEN])
 {
-    return cpu_model_step(b->cpu, batch, logits, err);
+    DISPATCH(apr_cuda_step(b->cuda, batch, logits, err), cpu_model_step(b->cpu, batch, logits, err));
 }
 
 void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos)
 {
+#ifdef APR_HAVE_CUDA
+    if (b->cuda) {
+        apr_cuda_seq_trim(b->cuda, seq, from_pos);
+        return;
+    }
+#endif
     cpu_model_seq_trim(b->cpu, seq, from_pos);
 }

@@ -1,0 +1,724 @@
+/* The CUDA engine: a Llama / Qwen2 forward pass on one GPU, behind the same
+ * backend interface as the CPU engine (worker/backend.h).
+ *
+ * Memory is three big cudaMalloc regions, so that a later holder process can
+ * export each with one cudaIpcGetMemHandle: the weights (in the GPU layout of
+ * cuda/kernels.h, never dequantized), the F16 KV cache, and the scratch of
+ * one forward chunk. Weights stream from the file through two pinned buffers
+ * (io_uring reads of one overlapping the copy of the other).
+ *
+ * forward() reads like the CPU's: embed; per layer norm, q/k/v in one GEMV
+ * launch, bias + RoPE + KV append, attention, output projection added to the
+ * residual, norm, gate/up with SwiGLU in one launch, down added to the
+ * residual; final norm of the rows that want logits and the output GEMV.
+ * Steps of up to 64 entries replay a CUDA graph captured once per
+ * batch-size bucket, so a decode token costs one graph launch.
+ */
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda.h"
+#include "cuda/kernels.h"
+extern "C" {
+#include "worker/loader.h"
+}
+
+#define CHUNK_CAP 512   /* entries per forward pass (a longer batch runs in chunks) */
+#define MAX_BATCH 4096  /* entries per step, as the CPU engine allows */
+#define N_BUCKETS 7     /* graphs for 1, 2, 4, ... 64 entries */
+#define LOGIT_ROWS 64   /* pinned logits rows (the largest bucket) */
+#define STAGE_BYTES (64u << 20)
+#define HEADROOM (512ull << 20) /* context, graphs, and what the estimate misses */
+
+static const int bucket_size[N_BUCKETS] = {1, 2, 4, 8, 16, 32, 64};
+
+typedef struct {
+    const float *attn_norm, *ffn_norm, *bq, *bk, *bv;
+    apr_cu_weight wq, wk, wv, wo, gate, up, down;
+} cu_layer;
+
+/* A tensor to upload: where it goes and what points at it. */
+typedef struct {
+    const gguf_tensor *t;
+    size_t off; /* in the weights region */
+    int n_in, n_out;
+    apr_cu_weight *w; /* matrices */
+    const float **vec; /* vectors */
+} upload;
+
+struct apr_cuda_model {
+    apr_hparams hp;
+    int n_ctx, n_seq, q_dim, kv_dim, ldqkv;
+    cudaStream_t stream;
+    apr_cu_ctx cu;      /* the stream, and programmatic dependent launch on or off */
+    uint8_t *d_weights; /* region 1 */
+    uint16_t *d_kv;     /* region 2: K [n_layer][n_seq][n_ctx][kv_dim], then V alike */
+    uint8_t *d_scratch; /* region 3 */
+    size_t weights_bytes, kv_bytes, scratch_bytes, layer_elems;
+    apr_cu_weight tok_embd, output;
+    const float *output_norm;
+    cu_layer *layers;
+    apr_cu_attn_shape ash;
+    /* views of the scratch region */
+    float *x, *qkv, *att, *hb, *logits;
+    apr_cu_act act;
+    int32_t *d_batch; /* [4][CHUNK_CAP]: token, pos, seq, logits row source */
+    int32_t *h_batch; /* pinned mirror */
+    float *h_logits;  /* pinned [LOGIT_ROWS][n_vocab] */
+    int *seq_len;
+    cudaGraphExec_t graph[N_BUCKETS];
+    bool use_graphs;
+    /* APR_CUDA_PROFILE=1: events between the launches of plain (graph-less)
+     * steps, summed per kernel class, printed at close */
+    bool profile;
+    cudaEvent_t *pev;
+    uint8_t *pcls;
+    int pn, pcap, psteps[2];
+    double pus[2][16];
+};
+
+enum { P_EMBED, P_NORM, P_QKV, P_POST, P_ATTN, P_QUANT, P_WO, P_GATEUP, P_DOWN, P_OUTPUT, N_PCLS };
+static const char *const pcls_name[N_PCLS] = {"embed",     "rmsnorm+quant", "gemv qkv",  "bias+rope+kv",
+                                              "attention", "quant",         "gemv o+res", "gemv gate/up+swiglu",
+                                              "gemv down+res", "gemv output"};
+
+/* Marks the end of the launch just enqueued (class cls; -1: the start). */
+static void mark(apr_cuda_model *m, int cls)
+{
+    if (!m->profile || m->pn >= m->pcap) return;
+    if (cudaEventRecord(m->pev[m->pn], m->stream) != cudaSuccess) return;
+    m->pcls[m->pn++] = (uint8_t)(cls < 0 ? N_PCLS : cls);
+}
+
+/* After a profiled step has finished: the time between marks, per class. */
+static void profile_collect(apr_cuda_model *m, int n)
+{
+    const int slot = n == 1 ? 0 : 1;
+    for (int i = 1; i < m->pn; i++) {
+        float ms = 0.f;
+        if (cudaEventElapsedTime(&ms, m->pev[i - 1], m->pev[i]) == cudaSuccess && m->pcls[i] < N_PCLS)
+            m->pus[slot][m->pcls[i]] += ms * 1e3;
+    }
+    if (m->pn > 1) m->psteps[slot]++;
+    m->pn = 0;
+}
+
+static void profile_print(const apr_cuda_model *m)
+{
+    for (int slot = 0; slot < 2; slot++) {
+        if (!m->psteps[slot]) continue;
+        double tot = 0;
+        for (int c = 0; c < N_PCLS; c++) tot += m->pus[slot][c];
+        fprintf(stderr, "cuda profile, %s: %d steps, %.1f us per step\n", slot ? "steps of several entries" : "decode steps (1 entry)",
+                m->psteps[slot], tot / m->psteps[slot]);
+        for (int c = 0; c < N_PCLS; c++)
+            if (m->pus[slot][c] > 0)
+                fprintf(stderr, "  %-22s %9.1f us/step %5.1f%%\n", pcls_name[c], m->pus[slot][c] / m->psteps[slot],
+                        100 * m->pus[slot][c] / tot);
+    }
+}
+
+static size_t align256(size_t x) { return (x + 255) & ~(size_t)255; }
+
+static int cuda_fail(cudaError_t e, const char *what, char err[APR_ERRLEN])
+{
+    if (e == cudaSuccess) return 0;
+    snprintf(err, APR_ERRLEN, "CUDA error in %s: %s", what, cudaGetErrorString(e));
+    return -1;
+}
+
+/* ------------------------------------------------------------ loading */
+
+typedef struct {
+    const gguf_file *f;
+    upload *list;
+    int n, cap;
+    size_t bytes;
+} upload_list;
+
+static const gguf_tensor *need_tensor(const gguf_file *f, const char *name, int n_dims, uint64_t ne0,
+                                      uint64_t ne1, char err[APR_ERRLEN])
+{
+    const gguf_tensor *t = gguf_find_tensor(f, name);
+    if (!t) {
+        snprintf(err, APR_ERRLEN, "tensor '%s' is missing", name);
+        return NULL;
+    }
+    bool ok = t->ne[0] == ne0 && (n_dims == 1 ? t->n_dims == 1 : t->ne[1] == ne1);
+    for (uint32_t d = (uint32_t)n_dims; d < 4; d++) ok = ok && t->ne[d] == 1;
+    if (!ok) {
+        snprintf(err, APR_ERRLEN, "tensor '%s' has shape [%llu, %llu], expected [%llu, %llu]", name,
+                 (unsigned long long)t->ne[0], (unsigned long long)t->ne[1], (unsigned long long)ne0,
+                 (unsigned long long)(n_dims == 1 ? 1 : ne1));
+        return NULL;
+    }
+    return t;
+}
+
+static int add_tensor(upload_list *l, const gguf_tensor *t, int n_in, int n_out, apr_cu_weight *w,
+                      const float **vec, char err[APR_ERRLEN])
+{
+    if (l->n == l->cap) {
+        snprintf(err, APR_ERRLEN, "internal error: upload list overflow");
+        return -1;
+    }
+    size_t bytes = apr_cu_weight_bytes(t->type, n_in, n_out);
+    if (!bytes || bytes != t->nbytes) {
+        const apr_type_info *ti = apr_type_get(t->type);
+        snprintf(err, APR_ERRLEN, "tensor '%s': type %s is not supported by the CUDA backend", t->name,
+                 ti ? ti->name : "?");
+        return -1;
+    }
+    upload *u = &l->list[l->n++];
+    *u = upload{t, l->bytes, n_in, n_out, w, vec};
+    l->bytes = align256(l->bytes + bytes);
+    return 0;
+}
+
+static int add_matrix(upload_list *l, const char *name, int n_in, int n_out, apr_cu_weight *w,
+                      char err[APR_ERRLEN])
+{
+    const gguf_tensor *t = need_tensor(l->f, name, 2, (uint64_t)n_in, (uint64_t)n_out, err);
+    if (!t) return -1;
+    w->type = t->type;
+    w->n_in = n_in;
+    w->n_out = n_out;
+    return add_tensor(l, t, n_in, n_out, w, NULL, err);
+}
+
+static int add_vector(upload_list *l, const char *name, int n, const float **v, char err[APR_ERRLEN])
+{
+    const gguf_tensor *t = need_tensor(l->f, name, 1, (uint64_t)n, 1, err);
+    if (!t) return -1;
+    if (t->type != APR_TYPE_F32) {
+        snprintf(err, APR_ERRLEN, "tensor '%s': type %s is not supported for a vector (F32 only)", name,
+                 apr_type_get(t->type)->name);
+        return -1;
+    }
+    return add_tensor(l, t, n, 1, NULL, v, err);
+}
+
+static int plan_layer(apr_cuda_model *m, upload_list *l, int il, char err[APR_ERRLEN])
+{
+    const apr_hparams *hp = &m->hp;
+    cu_layer *L = &m->layers[il];
+    const int E = (int)hp->n_embd, F = (int)hp->n_ff;
+    char name[96];
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%d." suffix, il), name)
+    if (add_vector(l, NAME("attn_norm.weight"), E, &L->attn_norm, err) ||
+        add_vector(l, NAME("ffn_norm.weight"), E, &L->ffn_norm, err) ||
+        add_matrix(l, NAME("attn_q.weight"), E, m->q_dim, &L->wq, err) ||
+        add_matrix(l, NAME("attn_k.weight"), E, m->kv_dim, &L->wk, err) ||
+        add_matrix(l, NAME("attn_v.weight"), E, m->kv_dim, &L->wv, err) ||
+        add_matrix(l, NAME("attn_output.weight"), m->q_dim, E, &L->wo, err) ||
+        add_matrix(l, NAME("ffn_gate.weight"), E, F, &L->gate, err) ||
+        add_matrix(l, NAME("ffn_up.weight"), E, F, &L->up, err) ||
+        add_matrix(l, NAME("ffn_down.weight"), F, E, &L->down, err))
+        return -1;
+    if (hp->arch == APR_ARCH_QWEN2 &&
+        (add_vector(l, NAME("attn_q.bias"), m->q_dim, &L->bq, err) ||
+         add_vector(l, NAME("attn_k.bias"), m->kv_dim, &L->bk, err) ||
+         add_vector(l, NAME("attn_v.bias"), m->kv_dim, &L->bv, err)))
+        return -1;
+    if (L->gate.type != L->up.type) {
+        /* the fused SwiGLU GEMV reads both with one kernel path */
+        snprintf(err, APR_ERRLEN, "layer %d: ffn_gate and ffn_up of different types are not supported", il);
+        return -1;
+    }
+#undef NAME
+    return 0;
+}
+
+static int cmp_upload(const void *a, const void *b)
+{
+    uint64_t x = ((const upload *)a)->t->offset, y = ((const upload *)b)->t->offset;
+    return x < y ? -1 : x > y;
+}
+
+/* Streams the planned tensors from the file into the weights region in file
+ * order: reads of STAGE_BYTES into one pinned buffer while the other is being
+ * copied; tensors whose GPU layout differs go through a device staging buffer
+ * and are repacked there. */
+static int upload_weights(apr_cuda_model *m, const char *path, const gguf_file *f, upload *list, int n,
+                          char err[APR_ERRLEN])
+{
+    qsort(list, (size_t)n, sizeof *list, cmp_upload);
+    size_t stage_dev = 0;
+    for (int i = 0; i < n; i++)
+        if (apr_cu_needs_repack(list[i].t->type) && list[i].t->nbytes > stage_dev) stage_dev = list[i].t->nbytes;
+
+    uint8_t *pin[2] = {NULL, NULL}, *staging = NULL;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    int rc = -1, flags = 0, k = 1;
+    uint64_t cs = 0, ce = 0; /* file range now in pin[k] */
+    cudaStream_t s = m->stream;
+    if (cuda_fail(cudaHostAlloc((void **)&pin[0], STAGE_BYTES, cudaHostAllocDefault), "cudaHostAlloc", err) ||
+        cuda_fail(cudaHostAlloc((void **)&pin[1], STAGE_BYTES, cudaHostAllocDefault), "cudaHostAlloc", err) ||
+        cuda_fail(cudaEventCreateWithFlags(&ev[0], cudaEventDisableTiming), "cudaEventCreate", err) ||
+        cuda_fail(cudaEventCreateWithFlags(&ev[1], cudaEventDisableTiming), "cudaEventCreate", err) ||
+        (stage_dev && cuda_fail(cudaMalloc((void **)&staging, stage_dev), "cudaMalloc (staging)", err)))
+        goto out;
+    for (int i = 0; i < n; i++) {
+        const upload *u = &list[i];
+        const bool repack = apr_cu_needs_repack(u->t->type);
+        uint8_t *dst = repack ? staging : m->d_weights + u->off;
+        for (uint64_t done = 0; done < u->t->nbytes;) {
+            const uint64_t fo = u->t->offset + done;
+            if (fo < cs || fo >= ce) {
+                k ^= 1;
+                if (cuda_fail(cudaEventSynchronize(ev[k]), "cudaEventSynchronize", err)) goto out;
+                uint64_t len = f->size - fo < STAGE_BYTES ? f->size - fo : STAGE_BYTES;
+                apr_load_stats st;
+                if (apr_load_read(path, fo, len, pin[k], flags, &st, err)) goto out;
+                if (!st.used_uring) flags |= APR_LOAD_NO_URING; /* one notice is enough */
+                cs = fo;
+                ce = fo + len;
+            }
+            uint64_t piece = u->t->nbytes - done < ce - fo ? u->t->nbytes - done : ce - fo;
+            if (cuda_fail(cudaMemcpyAsync(dst + done, pin[k] + (fo - cs), piece, cudaMemcpyHostToDevice, s),
+                          "cudaMemcpyAsync (weights)", err) ||
+                cuda_fail(cudaEventRecord(ev[k], s), "cudaEventRecord", err))
+                goto out;
+            done += piece;
+        }
+        if (repack && apr_cu_repack(u->t->type, u->n_in, u->n_out, staging, m->d_weights + u->off, s)) {
+            snprintf(err, APR_ERRLEN, "tensor '%s': repack failed", u->t->name);
+            goto out;
+        }
+        if (u->w) u->w->data = m->d_weights + u->off;
+        if (u->vec) *u->vec = (const float *)(m->d_weights + u->off);
+    }
+    if (cuda_fail(cudaStreamSynchronize(s), "loading the weights", err)) goto out;
+    rc = 0;
+out:
+    if (rc) cudaStreamSynchronize(s); /* nothing may still read the buffers freed below */
+    if (ev[0]) cudaEventDestroy(ev[0]);
+    if (ev[1]) cudaEventDestroy(ev[1]);
+    cudaFreeHost(pin[0]);
+    cudaFreeHost(pin[1]);
+    cudaFree(staging);
+    return rc;
+}
+
+/* Scratch of one forward chunk, carved from one allocation. With base NULL
+ * only the size is computed. */
+static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
+{
+    const apr_hparams *hp = &m->hp;
+    const size_t C = CHUNK_CAP;
+    int widest = (int)hp->n_embd;
+    if (m->q_dim > widest) widest = m->q_dim;
+    if ((int)hp->n_ff > widest) widest = (int)hp->n_ff;
+    const int ld = (widest + 255) / 256 * 256;
+    size_t off = 0;
+#define CARVE(ptr, type, count)                                     \
+    do {                                                            \
+        if (base) ptr = (type *)(base + off);                       \
+        off = align256(off + (size_t)(count) * sizeof(type));       \
+    } while (0)
+    CARVE(m->x, float, C * hp->n_embd);
+    CARVE(m->qkv, float, C * (size_t)m->ldqkv);
+    CARVE(m->att, float, C * (size_t)m->q_dim);
+    CARVE(m->hb, float, C * hp->n_ff);
+    CARVE(m->logits, float, C * hp->n_vocab);
+    CARVE(m->act.f, float, C * (size_t)ld);
+    CARVE(m->act.qk, int8_t, C * (size_t)ld);
+    CARVE(m->act.q0, int8_t, C * (size_t)ld);
+    CARVE(m->act.dsk, float, C * (size_t)(ld / 32) * 2);
+    CARVE(m->act.ds0, float, C * (size_t)(ld / 32) * 2);
+    CARVE(m->d_batch, int32_t, 4 * C);
+#undef CARVE
+    m->act.ld = ld;
+    return off;
+}
+
+extern "C" void apr_cuda_close(apr_cuda_model *m)
+{
+    if (!m) return;
+    if (m->stream) cudaStreamSynchronize(m->stream);
+    if (m->profile) profile_print(m);
+    for (int i = 0; i < m->pcap; i++)
+        if (m->pev[i]) cudaEventDestroy(m->pev[i]);
+    free(m->pev);
+    free(m->pcls);
+    for (int i = 0; i < N_BUCKETS; i++)
+        if (m->graph[i]) cudaGraphExecDestroy(m->graph[i]);
+    cudaFree(m->d_weights);
+    cudaFree(m->d_kv);
+    cudaFree(m->d_scratch);
+    cudaFreeHost(m->h_batch);
+    cudaFreeHost(m->h_logits);
+    if (m->stream) cudaStreamDestroy(m->stream);
+    free(m->layers);
+    free(m->seq_len);
+    free(m);
+}
+
+static double gib(size_t b) { return (double)b / (1u << 30); }
+
+static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN]);
+static int enqueue_forward(apr_cuda_model *m, int n, int n_out);
+
+/* One pass of a padding entry (it touches no sequence): every kernel runs
+ * once, so a broken build or device fails here with a clear error rather
+ * than in the first step, and the decode graph is captured before anyone
+ * times a step. */
+static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
+{
+    int32_t *h = m->h_batch;
+    h[0] = 0;
+    h[CHUNK_CAP] = 0;
+    h[2 * CHUNK_CAP] = -1;
+    h[3 * CHUNK_CAP] = 0;
+    if (m->use_graphs) {
+        if (get_graph(m, 0, err) || cuda_fail(cudaGraphLaunch(m->graph[0], m->stream), "cudaGraphLaunch", err))
+            return -1;
+    } else {
+        if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, 4 * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                      m->stream),
+                      "cudaMemcpyAsync", err))
+            return -1;
+        if (enqueue_forward(m, 1, 1)) {
+            snprintf(err, APR_ERRLEN, "internal error: a kernel refused its arguments");
+            cudaStreamSynchronize(m->stream);
+            return -1;
+        }
+    }
+    if (cuda_fail(cudaGetLastError(), "warm-up launch", err)) return -1;
+    m->pn = 0; /* not a step: its marks are not counted */
+    return cuda_fail(cudaStreamSynchronize(m->stream), "warm-up pass", err);
+}
+
+extern "C" apr_cuda_model *apr_cuda_open(const char *path, const apr_backend_opts *opts, char err[APR_ERRLEN])
+{
+    char why[APR_ERRLEN];
+    gguf_file *f = gguf_open(path, why);
+    if (!f) {
+        snprintf(err, APR_ERRLEN, "%s", why);
+        return NULL;
+    }
+    apr_cuda_model *m = (apr_cuda_model *)calloc(1, sizeof *m);
+    upload *list = NULL;
+    if (!m) {
+        gguf_close(f);
+        snprintf(err, APR_ERRLEN, "out of memory");
+        return NULL;
+    }
+    apr_hparams *hp = &m->hp;
+    if (apr_hparams_load(f, hp, err)) goto fail;
+    if (hp->head_dim % 8 || hp->head_dim > 256 || hp->n_head % hp->n_head_kv) {
+        snprintf(err, APR_ERRLEN, "head dimension %u is not supported by the CUDA backend (a multiple of 8, at most 256)",
+                 hp->head_dim);
+        goto fail;
+    }
+    m->q_dim = (int)(hp->n_head * hp->head_dim);
+    m->kv_dim = (int)(hp->n_head_kv * hp->head_dim);
+    m->ldqkv = m->q_dim + 2 * m->kv_dim;
+    {
+        int n_ctx = opts && opts->n_ctx > 0 ? opts->n_ctx : (int)(hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
+        int n_seq = opts && opts->n_seq > 0 ? opts->n_seq : 1;
+        if (n_ctx < 1 || n_ctx > 1 << 20 || n_seq > 4096) {
+            snprintf(err, APR_ERRLEN, "context %d x %d sequences is out of range", n_ctx, n_seq);
+            goto fail;
+        }
+        m->n_ctx = n_ctx;
+        m->n_seq = n_seq;
+    }
+    m->ash = apr_cu_attn_shape{(int)hp->n_head, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->rope_dim,
+                               hp->rope_neox ? 1 : 0, powf(hp->rope_freq_base, -2.0f / (float)hp->rope_dim),
+                               (size_t)m->n_ctx * (size_t)m->kv_dim, 0};
+    {
+        const char *g = getenv("APR_CUDA_GRAPHS"); /* "0": plain launches, for measuring what graphs buy */
+        m->use_graphs = !(g && !strcmp(g, "0"));
+        const char *pr = getenv("APR_CUDA_PROFILE");
+        m->profile = pr && !strcmp(pr, "1");
+        if (m->profile) m->use_graphs = false; /* events between kernels need plain launches */
+        const char *pdl = getenv("APR_CUDA_PDL"); /* "1": programmatic dependent launch */
+        m->cu.pdl = pdl && !strcmp(pdl, "1");
+        const char *f16 = getenv("APR_CUDA_F16_ACC"); /* "1": the CPU's attention numerics (parity checks) */
+        m->ash.f16_acc = f16 && !strcmp(f16, "1");
+    }
+
+    /* what goes where */
+    m->layers = (cu_layer *)calloc(hp->n_layer, sizeof *m->layers);
+    m->seq_len = (int *)calloc((size_t)m->n_seq, sizeof(int));
+    {
+        int cap = (int)hp->n_layer * 12 + 3;
+        list = (upload *)calloc((size_t)cap, sizeof *list);
+        if (!m->layers || !m->seq_len || !list) {
+            snprintf(err, APR_ERRLEN, "out of memory");
+            goto fail;
+        }
+        upload_list l = {f, list, 0, cap, 0};
+        if (add_matrix(&l, "token_embd.weight", (int)hp->n_embd, (int)hp->n_vocab, &m->tok_embd, err) ||
+            add_vector(&l, "output_norm.weight", (int)hp->n_embd, &m->output_norm, err))
+            goto fail;
+        bool tied = !gguf_find_tensor(f, "output.weight");
+        if (!tied && add_matrix(&l, "output.weight", (int)hp->n_embd, (int)hp->n_vocab, &m->output, err)) goto fail;
+        for (uint32_t il = 0; il < hp->n_layer; il++)
+            if (plan_layer(m, &l, (int)il, err)) goto fail;
+
+        m->weights_bytes = l.bytes;
+        m->layer_elems = (size_t)m->n_seq * (size_t)m->n_ctx * (size_t)m->kv_dim;
+        m->kv_bytes = 2 * (size_t)hp->n_layer * m->layer_elems * sizeof(uint16_t);
+        m->scratch_bytes = carve_scratch(m, NULL);
+        size_t free_b = 0, total_b = 0;
+        if (cuda_fail(cudaSetDevice(0), "cudaSetDevice", err) ||
+            cuda_fail(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo", err))
+            goto fail;
+        size_t stage = 0; /* device staging of the largest tensor that is repacked while loading */
+        for (int i = 0; i < l.n; i++)
+            if (apr_cu_needs_repack(list[i].t->type) && list[i].t->nbytes > stage) stage = list[i].t->nbytes;
+        size_t need = m->weights_bytes + m->kv_bytes + m->scratch_bytes + stage + HEADROOM;
+        if (need > free_b) {
+            snprintf(err, APR_ERRLEN,
+                     "the model does not fit the GPU: weights %.2f GiB + KV cache %.2f GiB (%d positions x %d "
+                     "sequences) + scratch %.2f GiB + %.2f GiB staging and headroom > %.2f GiB free",
+                     gib(m->weights_bytes), gib(m->kv_bytes), m->n_ctx, m->n_seq, gib(m->scratch_bytes),
+                     gib(stage + HEADROOM), gib(free_b));
+            goto fail;
+        }
+        if (cuda_fail(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "cudaStreamCreate", err)) goto fail;
+        m->cu.stream = m->stream;
+        if (cuda_fail(cudaMalloc((void **)&m->d_weights, m->weights_bytes), "cudaMalloc (weights)", err) ||
+            cuda_fail(cudaMalloc((void **)&m->d_kv, m->kv_bytes), "cudaMalloc (KV cache)", err) ||
+            cuda_fail(cudaMalloc((void **)&m->d_scratch, m->scratch_bytes), "cudaMalloc (scratch)", err) ||
+            cuda_fail(cudaHostAlloc((void **)&m->h_batch, 4 * CHUNK_CAP * sizeof(int32_t), cudaHostAllocDefault),
+                      "cudaHostAlloc", err) ||
+            cuda_fail(cudaHostAlloc((void **)&m->h_logits, (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float),
+                                    cudaHostAllocDefault),
+                      "cudaHostAlloc", err))
+            goto fail;
+        carve_scratch(m, m->d_scratch);
+        if (m->profile) {
+            m->pcap = 12 * (int)hp->n_layer + 8;
+            m->pev = (cudaEvent_t *)calloc((size_t)m->pcap, sizeof *m->pev);
+            m->pcls = (uint8_t *)calloc((size_t)m->pcap, 1);
+            if (!m->pev || !m->pcls) {
+                m->pcap = 0;
+                snprintf(err, APR_ERRLEN, "out of memory");
+                goto fail;
+            }
+            for (int i = 0; i < m->pcap; i++)
+                if (cuda_fail(cudaEventCreate(&m->pev[i]), "cudaEventCreate", err)) goto fail;
+        }
+        /* zeros, so padding entries and unused positions read finite values */
+        if (cuda_fail(cudaMemsetAsync(m->d_kv, 0, m->kv_bytes, m->stream), "cudaMemset", err) ||
+            cuda_fail(cudaMemsetAsync(m->d_scratch, 0, m->scratch_bytes, m->stream), "cudaMemset", err))
+            goto fail;
+        if (upload_weights(m, path, f, list, l.n, err)) goto fail;
+        if (tied) m->output = m->tok_embd;
+        if (warm_up(m, err)) goto fail;
+    }
+    free(list);
+    gguf_close(f);
+    return m;
+fail:
+    free(list);
+    gguf_close(f);
+    apr_cuda_close(m);
+    return NULL;
+}
+
+extern "C" const apr_hparams *apr_cuda_hparams(const apr_cuda_model *m) { return &m->hp; }
+extern "C" int apr_cuda_n_ctx(const apr_cuda_model *m) { return m->n_ctx; }
+extern "C" int apr_cuda_n_seq(const apr_cuda_model *m) { return m->n_seq; }
+
+extern "C" void apr_cuda_seq_trim(apr_cuda_model *m, int seq, int from_pos)
+{
+    if (seq < 0 || seq >= m->n_seq || from_pos < 0) return;
+    if (from_pos < m->seq_len[seq]) m->seq_len[seq] = from_pos;
+}
+
+/* ------------------------------------------------------------ forward */
+
+/* Enqueues the forward pass of n entries whose (token, pos, seq, logits row)
+ * are in d_batch; logits for n_out rows (0: none). Nothing here reads the
+ * host, so the same sequence can be captured into a graph. */
+static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
+{
+    const apr_hparams *hp = &m->hp;
+    const int E = (int)hp->n_embd, F = (int)hp->n_ff;
+    const int32_t *tok = m->d_batch, *pos = m->d_batch + CHUNK_CAP, *seq = m->d_batch + 2 * CHUNK_CAP;
+    const int32_t *orow = m->d_batch + 3 * CHUNK_CAP;
+    apr_cu_weight none = {NULL, 0, 0, 0};
+
+    mark(m, -1);
+    apr_cu_get_rows(&m->tok_embd, tok, n, m->x, E, &m->cu);
+    mark(m, P_EMBED);
+    for (int il = 0; il < (int)hp->n_layer; il++) {
+        const cu_layer *L = &m->layers[il];
+        uint16_t *kc = m->d_kv + (size_t)il * m->layer_elems;
+        uint16_t *vc = m->d_kv + ((size_t)hp->n_layer + (size_t)il) * m->layer_elems;
+
+        apr_cu_norm_quant(m->x, E, NULL, L->attn_norm, hp->rms_eps, E, n, &m->act, &m->cu);
+        mark(m, P_NORM);
+        apr_cu_gemv_seg qkv[3] = {{L->wq, none, m->qkv, m->ldqkv, APR_CU_STORE},
+                                  {L->wk, none, m->qkv + m->q_dim, m->ldqkv, APR_CU_STORE},
+                                  {L->wv, none, m->qkv + m->q_dim + m->kv_dim, m->ldqkv, APR_CU_STORE}};
+        if (apr_cu_gemv(qkv, 3, &m->act, n, &m->cu)) return -1;
+        mark(m, P_QKV);
+        apr_cu_qkv_post(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, n, &m->ash, kc, vc, &m->cu);
+        mark(m, P_POST);
+        if (apr_cu_attention(m->qkv, m->ldqkv, kc, vc, pos, seq, n, &m->ash, m->att, m->q_dim, &m->cu)) return -1;
+        mark(m, P_ATTN);
+        apr_cu_norm_quant(m->att, m->q_dim, NULL, NULL, 0.f, m->q_dim, n, &m->act, &m->cu);
+        mark(m, P_QUANT);
+        apr_cu_gemv_seg wo = {L->wo, none, m->x, E, APR_CU_ADD};
+        if (apr_cu_gemv(&wo, 1, &m->act, n, &m->cu)) return -1;
+        mark(m, P_WO);
+
+        apr_cu_norm_quant(m->x, E, NULL, L->ffn_norm, hp->rms_eps, E, n, &m->act, &m->cu);
+        mark(m, P_NORM);
+        apr_cu_gemv_seg gu = {L->gate, L->up, m->hb, F, APR_CU_SWIGLU};
+        if (apr_cu_gemv(&gu, 1, &m->act, n, &m->cu)) return -1;
+        mark(m, P_GATEUP);
+        apr_cu_norm_quant(m->hb, F, NULL, NULL, 0.f, F, n, &m->act, &m->cu);
+        mark(m, P_QUANT);
+        apr_cu_gemv_seg down = {L->down, none, m->x, E, APR_CU_ADD};
+        if (apr_cu_gemv(&down, 1, &m->act, n, &m->cu)) return -1;
+        mark(m, P_DOWN);
+    }
+    if (n_out > 0) {
+        apr_cu_norm_quant(m->x, E, orow, m->output_norm, hp->rms_eps, E, n_out, &m->act, &m->cu);
+        mark(m, P_NORM);
+        apr_cu_gemv_seg out = {m->output, none, m->logits, (int)hp->n_vocab, APR_CU_STORE};
+        if (apr_cu_gemv(&out, 1, &m->act, n_out, &m->cu)) return -1;
+        mark(m, P_OUTPUT);
+    }
+    return 0;
+}
+
+/* The graph of bucket bi: batch upload, forward of bucket_size[bi] entries
+ * with logits for all of them, logits download into h_logits. */
+static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
+{
+    if (m->graph[bi]) return 0;
+    const int B = bucket_size[bi];
+    cudaStream_t s = m->stream;
+    cudaGraph_t g = NULL;
+    if (cuda_fail(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture", err))
+        return -1;
+    cudaMemcpyAsync(m->d_batch, m->h_batch, 4 * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
+    int frc = enqueue_forward(m, B, B);
+    cudaMemcpyAsync(m->h_logits, m->logits, (size_t)B * m->hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, s);
+    cudaError_t e = cudaStreamEndCapture(s, &g);
+    if (frc) {
+        if (g) cudaGraphDestroy(g);
+        snprintf(err, APR_ERRLEN, "internal error: a kernel refused its arguments");
+        return -1;
+    }
+    if (cuda_fail(e, "cudaStreamEndCapture", err)) return -1;
+    e = cudaGraphInstantiate(&m->graph[bi], g, 0);
+    cudaGraphDestroy(g);
+    if (e != cudaSuccess) m->graph[bi] = NULL;
+    return cuda_fail(e, "cudaGraphInstantiate", err);
+}
+
+static int check_batch(const apr_cuda_model *m, const apr_batch *b, char err[APR_ERRLEN])
+{
+    if (b->n < 1 || b->n > MAX_BATCH) {
+        snprintf(err, APR_ERRLEN, "batch of %d entries (1..%d allowed)", b->n, MAX_BATCH);
+        return -1;
+    }
+    int *next = (int *)malloc((size_t)m->n_seq * sizeof(int));
+    if (!next) {
+        snprintf(err, APR_ERRLEN, "out of memory");
+        return -1;
+    }
+    memcpy(next, m->seq_len, (size_t)m->n_seq * sizeof(int));
+    int rc = 0;
+    for (int i = 0; i < b->n && !rc; i++) {
+        int s = b->seq[i], p = b->pos[i], tok = b->token[i];
+        if (s < 0 || s >= m->n_seq)
+            rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d out of range (0..%d)", i, s, m->n_seq - 1);
+        else if (tok < 0 || (uint32_t)tok >= m->hp.n_vocab)
+            rc = snprintf(err, APR_ERRLEN, "entry %d: token %d out of range", i, tok);
+        else if (p >= m->n_ctx)
+            rc = snprintf(err, APR_ERRLEN, "entry %d: position %d exceeds the context (%d)", i, p, m->n_ctx);
+        else if (p != next[s])
+            rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d expects position %d, got %d", i, s, next[s], p);
+        else
+            next[s] = p + 1;
+    }
+    free(next);
+    return rc ? -1 : 0;
+}
+
+/* One chunk of at most CHUNK_CAP entries; logits of its wanting entries are
+ * appended at *out_row of the caller's buffer. */
+static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, float *logits, int *out_row,
+                      char err[APR_ERRLEN])
+{
+    const size_t V = m->hp.n_vocab;
+    const int last = b->n - 1;
+    int32_t *h = m->h_batch;
+    cudaStream_t s = m->stream;
+#define WANT(i) (b->want_logits ? b->want_logits[i] != 0 : (i) == last)
+    int bi = 0;
+    while (bi < N_BUCKETS && bucket_size[bi] < nc) bi++;
+    if (m->use_graphs && bi < N_BUCKETS) {
+        const int B = bucket_size[bi];
+        for (int i = 0; i < B; i++) {
+            const bool real = i < nc;
+            h[i] = real ? b->token[c0 + i] : 0;
+            h[CHUNK_CAP + i] = real ? b->pos[c0 + i] : 0;
+            h[2 * CHUNK_CAP + i] = real ? b->seq[c0 + i] : -1; /* padding: skipped by the kernels */
+            h[3 * CHUNK_CAP + i] = i;
+        }
+        if (get_graph(m, bi, err)) return -1;
+        if (cuda_fail(cudaGraphLaunch(m->graph[bi], s), "cudaGraphLaunch", err) ||
+            cuda_fail(cudaStreamSynchronize(s), "the forward pass", err))
+            return -1;
+        for (int i = 0; i < nc; i++)
+            if (WANT(c0 + i)) memcpy(logits + (size_t)(*out_row)++ * V, m->h_logits + (size_t)i * V, V * sizeof(float));
+        return 0;
+    }
+    int n_out = 0;
+    for (int i = 0; i < nc; i++) {
+        h[i] = b->token[c0 + i];
+        h[CHUNK_CAP + i] = b->pos[c0 + i];
+        h[2 * CHUNK_CAP + i] = b->seq[c0 + i];
+        if (WANT(c0 + i)) h[3 * CHUNK_CAP + n_out++] = i;
+    }
+#undef WANT
+    if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, 4 * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+                  "cudaMemcpyAsync", err))
+        return -1;
+    if (enqueue_forward(m, nc, n_out)) {
+        snprintf(err, APR_ERRLEN, "internal error: a kernel refused its arguments");
+        cudaStreamSynchronize(s);
+        return -1;
+    }
+    if (cuda_fail(cudaGetLastError(), "a kernel launch", err)) return -1;
+    for (int r0 = 0; r0 < n_out; r0 += LOGIT_ROWS) {
+        const int rows = n_out - r0 < LOGIT_ROWS ? n_out - r0 : LOGIT_ROWS;
+        if (cuda_fail(cudaMemcpyAsync(m->h_logits, m->logits + (size_t)r0 * V, (size_t)rows * V * sizeof(float),
+                                      cudaMemcpyDeviceToHost, s),
+                      "cudaMemcpyAsync (logits)", err) ||
+            cuda_fail(cudaStreamSynchronize(s), "the forward pass", err))
+            return -1;
+        memcpy(logits + (size_t)*out_row * V, m->h_logits, (size_t)rows * V * sizeof(float));
+        *out_row += rows;
+    }
+    /* h_batch is read by the upload above: it must be done before the next chunk refills it */
+    if (cuda_fail(cudaStreamSynchronize(s), "the forward pass", err)) return -1;
+    if (m->profile) profile_collect(m, nc);
+    return 0;
+}
+
+extern "C" int apr_cuda_step(apr_cuda_model *m, const apr_batch *b, float *logits, char err[APR_ERRLEN])
+{
+    if (check_batch(m, b, err)) return -1;
+    int out_row = 0;
+    for (int c0 = 0; c0 < b->n; c0 += CHUNK_CAP) {
+        const int nc = b->n - c0 < CHUNK_CAP ? b->n - c0 : CHUNK_CAP;
+        if (step_chunk(m, b, c0, nc, logits, &out_row, err)) return -1;
+        for (int i = c0; i < c0 + nc; i++)
+            if (b->pos[i] + 1 > m->seq_len[b->seq[i]]) m->seq_len[b->seq[i]] = b->pos[i] + 1;
+    }
+    return 0;
+}
