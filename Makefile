@@ -4,6 +4,7 @@
 #   make fuzz       libFuzzer targets, FUZZ_SECONDS each (default 60)
 #   make demo       the main job on a model (MODEL=path, else a synthetic one)
 #   make bench      CPU benchmarks that print figures
+#   make gpu        GPU test binaries (build/gpu/), run on the device by tests/gpu/run.sh
 
 BUILD   ?= build
 SAN     ?= 0
@@ -113,8 +114,22 @@ demo: $(BINS)
 bench: $(BINS) $(BENCH_BINS)
 	@SHARED=$(SHARED) BUILD=$(BUILD) sh tests/bench/run.sh
 
+# ---- GPU tests: built here (nvcc, no GPU needed), run on the device machine
+GPU_BINS := $(BUILD)/gpu/test_kernels_cuda $(BUILD)/gpu/mkvocab
+
+$(BUILD)/gpu/test_kernels_cuda: tests/gpu/test_kernels_cuda.c $(LIBAPR)
+	@test -n "$(HAVE_CUDA)" || { echo "make gpu: needs nvcc"; exit 1; }
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -I$(CUDA_HOME)/include -MMD -MP -o $@ $< $(LIBAPR) $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/gpu/mkvocab: tests/gpu/mkvocab.c $(LIBAPR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LIBAPR) $(LDFLAGS) $(LDLIBS)
+
+gpu: $(BINS) $(GPU_BINS)
+
 clean:
 	rm -rf build
 
-.PHONY: all tests test test-run fuzz bench demo clean
+.PHONY: all tests test test-run fuzz bench demo gpu clean
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

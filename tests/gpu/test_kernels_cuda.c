@@ -1,0 +1,661 @@
+/* Each CUDA kernel against its CPU reference on fresh random data (llm.c's
+ * habit): the quantized GEMV of every type against worker/kernels.c's scalar
+ * path (same 8-bit activations, so only float summation order may differ),
+ * the activation quantizers byte for byte, RMSNorm, the embedding lookup,
+ * bias + RoPE + KV append and attention against references written here.
+ * Outputs are poisoned with NaN before each launch, so an element the kernel
+ * forgot shows up.
+ *
+ *   test_kernels_cuda              run every test, exit 1 on any failure
+ *   test_kernels_cuda --bandwidth  device-to-device copy bandwidth (GB/s,
+ *                                  bytes read + written), the roofline's
+ *                                  denominator
+ * Needs a GPU: built by `make gpu`, run by tests/gpu/run.sh on the device.
+ */
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/kernels.h"
+#include "model/model.h"
+#include "worker/kernels.h"
+
+static int failures;
+static const apr_cu_ctx cu0 = {0, 0}; /* default stream, plain launches */
+
+#define CK(call)                                                                                   \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) {                                                                   \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
+            exit(2);                                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* After a launch: the launch itself, then its execution. */
+#define CK_LAUNCH() \
+    do {            \
+        CK(cudaGetLastError()); \
+        CK(cudaDeviceSynchronize()); \
+    } while (0)
+
+/* ------------------------------------------------------------ helpers */
+
+typedef struct { uint64_t s; } rng;
+
+static uint64_t rng_next(rng *r)
+{
+    r->s ^= r->s << 13;
+    r->s ^= r->s >> 7;
+    r->s ^= r->s << 17;
+    return r->s;
+}
+
+static float rng_unif(rng *r) /* [-1, 1) */
+{
+    return (float)((rng_next(r) >> 40) * (1.0 / (1 << 23)) - 1.0);
+}
+
+static void put16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+
+static uint16_t rand_scale(rng *r, float lo, float hi)
+{
+    float u = (rng_unif(r) + 1) / 2, v = lo + (hi - lo) * u;
+    return apr_f32_to_fp16(rng_next(r) & 1 ? -v : v);
+}
+
+/* Random quants, finite sane fp16 scales at their offsets. */
+static void fill_rows(rng *r, uint32_t type, uint8_t *w, int n, int rows)
+{
+    const apr_type_info *ti = apr_type_get(type);
+    const size_t rb = apr_row_bytes(type, (uint64_t)n);
+    for (size_t i = 0; i < rb * (size_t)rows; i++) w[i] = (uint8_t)rng_next(r);
+    for (int row = 0; row < rows; row++) {
+        uint8_t *wr = w + rb * (size_t)row;
+        if (type == APR_TYPE_F32) {
+            for (int j = 0; j < n; j++) {
+                float f = rng_unif(r) * 0.1f;
+                memcpy(wr + 4 * j, &f, 4);
+            }
+            continue;
+        }
+        if (type == APR_TYPE_F16) {
+            for (int j = 0; j < n; j++) put16(wr + 2 * j, apr_f32_to_fp16(rng_unif(r) * 0.1f));
+            continue;
+        }
+        for (int b = 0; b < n / (int)ti->block_size; b++) {
+            uint8_t *blk = wr + (size_t)b * ti->type_size;
+            switch (type) {
+            case APR_TYPE_Q4_0: case APR_TYPE_Q5_0: case APR_TYPE_Q8_0:
+                put16(blk, rand_scale(r, 0.001f, 0.01f));
+                break;
+            case APR_TYPE_Q4_K:
+                put16(blk, rand_scale(r, 0.0005f, 0.005f));
+                put16(blk + 2, rand_scale(r, 0.0005f, 0.005f));
+                break;
+            case APR_TYPE_Q6_K:
+                put16(blk + offsetof(block_q6_K, d), rand_scale(r, 0.0001f, 0.001f));
+                break;
+            }
+        }
+    }
+}
+
+static void fill_acts(rng *r, float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = rng_unif(r);
+    /* a few outliers, as real hidden states have */
+    for (size_t i = 0; i < n / 97; i++) x[rng_next(r) % n] = rng_unif(r) * 20;
+}
+
+static void *dev_upload(const void *h, size_t bytes)
+{
+    void *d = NULL;
+    CK(cudaMalloc(&d, bytes ? bytes : 1));
+    if (bytes) CK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static void poison(void *d, size_t bytes) { CK(cudaMemset(d, 0xff, bytes)); } /* NaN as floats */
+
+/* Relative error ||g - r|| / ||r|| and NaN check; prints one line. */
+static void report(const char *what, const float *g, const float *r, size_t n, double tol)
+{
+    double num = 0, den = 0, maxd = 0;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(g[i]) && isfinite(r[i])) bad++;
+        double d = (double)g[i] - r[i];
+        num += d * d;
+        den += (double)r[i] * r[i];
+        if (fabs(d) > maxd) maxd = fabs(d);
+    }
+    double rel = den > 0 ? sqrt(num / den) : sqrt(num);
+    bool ok = !bad && rel <= tol;
+    printf("%-4s %-46s rel %.2e  max|d| %.2e%s\n", ok ? "ok" : "FAIL", what, rel, maxd,
+           bad ? "  (non-finite outputs)" : "");
+    if (!ok) failures++;
+}
+
+/* An activation buffer of ntok rows of ld elements. */
+static apr_cu_act act_alloc(int ntok, int ld)
+{
+    apr_cu_act a;
+    a.ld = ld;
+    CK(cudaMalloc((void **)&a.f, (size_t)ntok * ld * sizeof(float)));
+    CK(cudaMalloc((void **)&a.qk, (size_t)ntok * ld));
+    CK(cudaMalloc((void **)&a.q0, (size_t)ntok * ld));
+    CK(cudaMalloc((void **)&a.dsk, (size_t)ntok * (ld / 32) * 2 * sizeof(float)));
+    CK(cudaMalloc((void **)&a.ds0, (size_t)ntok * (ld / 32) * 2 * sizeof(float)));
+    return a;
+}
+
+static void act_free(apr_cu_act *a)
+{
+    cudaFree(a->f);
+    cudaFree(a->qk);
+    cudaFree(a->q0);
+    cudaFree(a->dsk);
+    cudaFree(a->ds0);
+}
+
+/* A weight in the GPU layout, from file-layout bytes. */
+static apr_cu_weight weight_upload(uint32_t type, int n_in, int n_out, const uint8_t *raw)
+{
+    size_t bytes = apr_cu_weight_bytes(type, n_in, n_out);
+    void *draw = dev_upload(raw, bytes), *dst = NULL;
+    CK(cudaMalloc(&dst, bytes));
+    if (apr_cu_repack(type, n_in, n_out, draw, dst, 0)) {
+        fprintf(stderr, "repack refused %s\n", apr_type_get(type)->name);
+        exit(2);
+    }
+    CK_LAUNCH();
+    cudaFree(draw);
+    apr_cu_weight w = {dst, type, n_in, n_out};
+    return w;
+}
+
+/* CPU reference of rows x weights: ref[t][r]. */
+static void cpu_matmul(uint32_t type, int n_in, int n_out, const uint8_t *w, const float *x, int ntok, float *ref)
+{
+    size_t xs = apr_act_row_bytes(type, n_in);
+    uint8_t *xq = malloc(xs * (size_t)ntok);
+    for (int t = 0; t < ntok; t++) apr_act_quantize(APR_ISA_SCALAR, type, x + (size_t)t * n_in, xq + xs * t, n_in);
+    apr_matmul(APR_ISA_SCALAR, type, n_in, w, apr_row_bytes(type, (uint64_t)n_in), n_out, xq, xs, ntok, ref,
+               (size_t)n_out);
+    free(xq);
+}
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* ---------------------------------------------------------- quantizers */
+
+/* The GPU's 8-bit activations must be the CPU's, byte for byte. */
+static void test_quantizers(rng *r)
+{
+    const int n = 1536, ntok = 5, ld = 1536;
+    float *x = malloc(sizeof(float) * n * ntok);
+    fill_acts(r, x, (size_t)n * ntok);
+    x[7] = 0;                                  /* exercise a tie of |max| with opposite signs */
+    x[8] = 3.5f, x[9] = -3.5f;
+    for (int i = 256; i < 512; i++) x[i] = 0; /* an all-zero 256-block */
+    float *dx = dev_upload(x, sizeof(float) * n * ntok);
+    apr_cu_act a = act_alloc(ntok, ld);
+    apr_cu_norm_quant(dx, n, NULL, NULL, 0.f, n, ntok, &a, &cu0);
+    CK_LAUNCH();
+    int8_t *qk = malloc((size_t)ntok * ld), *q0 = malloc((size_t)ntok * ld);
+    float *dsk = malloc(sizeof(float) * ntok * ld / 16), *ds0 = malloc(sizeof(float) * ntok * ld / 16);
+    CK(cudaMemcpy(qk, a.qk, (size_t)ntok * ld, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(q0, a.q0, (size_t)ntok * ld, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(dsk, a.dsk, sizeof(float) * ntok * ld / 16, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(ds0, a.ds0, sizeof(float) * ntok * ld / 16, cudaMemcpyDeviceToHost));
+    int bad_k = 0, bad_0 = 0;
+    block_q8_K *bk = malloc(sizeof(block_q8_K) * n / 256);
+    block_q8_0 *b0 = malloc(sizeof(block_q8_0) * n / 32);
+    for (int t = 0; t < ntok; t++) {
+        apr_act_quantize(APR_ISA_SCALAR, APR_TYPE_Q4_K, x + (size_t)t * n, bk, n);
+        apr_act_quantize(APR_ISA_SCALAR, APR_TYPE_Q8_0, x + (size_t)t * n, b0, n);
+        for (int b = 0; b < n / 256; b++) {
+            if (memcmp(bk[b].qs, qk + (size_t)t * ld + b * 256, 256)) bad_k++;
+            for (int g = 0; g < 8; g++) {
+                const float *ds = dsk + 2 * ((size_t)t * (ld / 32) + b * 8 + g);
+                int sum = bk[b].bsums[2 * g] + bk[b].bsums[2 * g + 1];
+                if (ds[0] != bk[b].d || ds[1] != (float)sum) bad_k++;
+            }
+        }
+        for (int b = 0; b < n / 32; b++) {
+            const float *ds = ds0 + 2 * ((size_t)t * (ld / 32) + b);
+            if (memcmp(b0[b].qs, q0 + (size_t)t * ld + b * 32, 32) || ds[0] != apr_fp16_to_f32(b0[b].d)) bad_0++;
+        }
+    }
+    printf("%-4s %-46s %d / %d blocks differ\n", bad_k ? "FAIL" : "ok", "quantize Q8_K-style (bytes, d, sums)", bad_k,
+           ntok * n / 256);
+    printf("%-4s %-46s %d / %d blocks differ\n", bad_0 ? "FAIL" : "ok", "quantize Q8_0-style (bytes, d)", bad_0,
+           ntok * n / 32);
+    failures += (bad_k != 0) + (bad_0 != 0);
+    free(bk);
+    free(b0);
+    free(qk);
+    free(q0);
+    free(dsk);
+    free(ds0);
+    act_free(&a);
+    cudaFree(dx);
+    free(x);
+}
+
+/* ---------------------------------------------------------------- GEMV */
+
+static void test_gemv_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
+{
+    const int ld = (n_in + 255) / 256 * 256;
+    const size_t wb = apr_cu_weight_bytes(type, n_in, n_out);
+    uint8_t *w = malloc(wb), *w2 = malloc(wb);
+    fill_rows(r, type, w, n_in, n_out);
+    fill_rows(r, type, w2, n_in, n_out);
+    float *x = malloc(sizeof(float) * n_in * ntok);
+    fill_acts(r, x, (size_t)n_in * ntok);
+    float *ref = malloc(sizeof(float) * n_out * ntok), *ref2 = malloc(sizeof(float) * n_out * ntok);
+    float *got = malloc(sizeof(float) * n_out * ntok), *base = malloc(sizeof(float) * n_out * ntok);
+    cpu_matmul(type, n_in, n_out, w, x, ntok, ref);
+    cpu_matmul(type, n_in, n_out, w2, x, ntok, ref2);
+    for (int i = 0; i < n_out * ntok; i++) base[i] = rng_unif(r);
+
+    apr_cu_weight dw = weight_upload(type, n_in, n_out, w), dw2 = weight_upload(type, n_in, n_out, w2);
+    float *dx = dev_upload(x, sizeof(float) * n_in * ntok), *dout = NULL;
+    CK(cudaMalloc((void **)&dout, sizeof(float) * n_out * ntok));
+    apr_cu_act a = act_alloc(ntok, ld);
+    apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, ntok, &a, &cu0);
+    CK_LAUNCH();
+    apr_cu_weight none = {NULL, 0, 0, 0};
+    char what[96];
+
+    /* store */
+    poison(dout, sizeof(float) * n_out * ntok);
+    apr_cu_gemv_seg seg = {dw, none, dout, n_out, APR_CU_STORE};
+    if (apr_cu_gemv(&seg, 1, &a, ntok, &cu0)) {
+        printf("FAIL gemv refused %s %dx%d\n", apr_type_get(type)->name, n_in, n_out);
+        failures++;
+    }
+    CK_LAUNCH();
+    CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
+    snprintf(what, sizeof what, "gemv %-4s %5d x %-5d ntok %-3d", apr_type_get(type)->name, n_in, n_out, ntok);
+    report(what, got, ref, (size_t)n_out * ntok, 1e-5);
+
+    /* residual add */
+    CK(cudaMemcpy(dout, base, sizeof(float) * n_out * ntok, cudaMemcpyHostToDevice));
+    seg.mode = APR_CU_ADD;
+    apr_cu_gemv(&seg, 1, &a, ntok, &cu0);
+    CK_LAUNCH();
+    CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n_out * ntok; i++) base[i] += ref[i];
+    snprintf(what, sizeof what, "gemv %-4s %5d x %-5d ntok %-3d add", apr_type_get(type)->name, n_in, n_out, ntok);
+    report(what, got, base, (size_t)n_out * ntok, 1e-5);
+
+    /* SwiGLU of two products */
+    poison(dout, sizeof(float) * n_out * ntok);
+    apr_cu_gemv_seg sw = {dw, dw2, dout, n_out, APR_CU_SWIGLU};
+    apr_cu_gemv(&sw, 1, &a, ntok, &cu0);
+    CK_LAUNCH();
+    CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < n_out * ntok; i++) base[i] = silu(ref[i]) * ref2[i];
+    snprintf(what, sizeof what, "gemv %-4s %5d x %-5d ntok %-3d swiglu", apr_type_get(type)->name, n_in, n_out, ntok);
+    report(what, got, base, (size_t)n_out * ntok, 1e-5);
+
+    act_free(&a);
+    cudaFree((void *)dw.data);
+    cudaFree((void *)dw2.data);
+    cudaFree(dx);
+    cudaFree(dout);
+    free(w);
+    free(w2);
+    free(x);
+    free(ref);
+    free(ref2);
+    free(got);
+    free(base);
+}
+
+/* q, k, v of mixed types in one launch, into one strided row (as the forward pass does). */
+static void test_gemv_segments(rng *r, int ntok)
+{
+    const int n_in = 512, ld = 512, outs[3] = {96, 32, 40};
+    const uint32_t types[3] = {APR_TYPE_Q4_K, APR_TYPE_Q5_0, APR_TYPE_Q6_K};
+    const int ldo = outs[0] + outs[1] + outs[2];
+    float *x = malloc(sizeof(float) * n_in * ntok), *ref = malloc(sizeof(float) * ldo * ntok);
+    float *got = malloc(sizeof(float) * ldo * ntok), *tmp = malloc(sizeof(float) * 96 * ntok);
+    fill_acts(r, x, (size_t)n_in * ntok);
+    float *dx = dev_upload(x, sizeof(float) * n_in * ntok), *dout = NULL;
+    CK(cudaMalloc((void **)&dout, sizeof(float) * ldo * ntok));
+    poison(dout, sizeof(float) * ldo * ntok);
+    apr_cu_act a = act_alloc(ntok, ld);
+    apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, ntok, &a, &cu0);
+    apr_cu_gemv_seg seg[3];
+    apr_cu_weight none = {NULL, 0, 0, 0};
+    int col = 0;
+    for (int s = 0; s < 3; s++) {
+        uint8_t *w = malloc(apr_cu_weight_bytes(types[s], n_in, outs[s]));
+        fill_rows(r, types[s], w, n_in, outs[s]);
+        cpu_matmul(types[s], n_in, outs[s], w, x, ntok, tmp);
+        for (int t = 0; t < ntok; t++)
+            for (int o = 0; o < outs[s]; o++) ref[(size_t)t * ldo + col + o] = tmp[(size_t)t * outs[s] + o];
+        apr_cu_gemv_seg g = {weight_upload(types[s], n_in, outs[s], w), none, dout + col, ldo, APR_CU_STORE};
+        seg[s] = g;
+        col += outs[s];
+        free(w);
+    }
+    apr_cu_gemv(seg, 3, &a, ntok, &cu0);
+    CK_LAUNCH();
+    CK(cudaMemcpy(got, dout, sizeof(float) * ldo * ntok, cudaMemcpyDeviceToHost));
+    char what[96];
+    snprintf(what, sizeof what, "gemv 3 segments Q4_K+Q5_0+Q6_K ntok %d", ntok);
+    report(what, got, ref, (size_t)ldo * ntok, 1e-5);
+    for (int s = 0; s < 3; s++) cudaFree((void *)seg[s].w.data);
+    act_free(&a);
+    cudaFree(dx);
+    cudaFree(dout);
+    free(x);
+    free(ref);
+    free(got);
+    free(tmp);
+}
+
+/* ------------------------------------------------------- norm, embedding */
+
+static void test_norm(rng *r)
+{
+    const int n = 896, ntok = 6, ld = 1024;
+    const float eps = 1e-6f;
+    float *x = malloc(sizeof(float) * n * ntok), *w = malloc(sizeof(float) * n);
+    float *ref = malloc(sizeof(float) * n * 3), *got = malloc(sizeof(float) * ld * 3);
+    fill_acts(r, x, (size_t)n * ntok);
+    for (int i = 0; i < n; i++) w[i] = 1.0f + 0.1f * rng_unif(r);
+    const int32_t rows[3] = {4, 0, 5}; /* gathered, as the final norm does */
+    for (int t = 0; t < 3; t++) {
+        const float *xr = x + (size_t)rows[t] * n;
+        double ss = 0;
+        for (int i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
+        float scale = 1.0f / sqrtf((float)(ss / n) + eps);
+        for (int i = 0; i < n; i++) ref[t * n + i] = xr[i] * scale * w[i];
+    }
+    float *dx = dev_upload(x, sizeof(float) * n * ntok), *dw = dev_upload(w, sizeof(float) * n);
+    int32_t *drows = dev_upload(rows, sizeof rows);
+    apr_cu_act a = act_alloc(3, ld);
+    poison(a.f, sizeof(float) * ld * 3);
+    apr_cu_norm_quant(dx, n, drows, dw, eps, n, 3, &a, &cu0);
+    CK_LAUNCH();
+    CK(cudaMemcpy2D(got, n * sizeof(float), a.f, ld * sizeof(float), n * sizeof(float), 3, cudaMemcpyDeviceToHost));
+    report("rmsnorm 896, gathered rows", got, ref, (size_t)n * 3, 1e-6);
+    act_free(&a);
+    cudaFree(dx);
+    cudaFree(dw);
+    cudaFree(drows);
+    free(x);
+    free(w);
+    free(ref);
+    free(got);
+}
+
+static void test_get_rows(rng *r, uint32_t type, int n_in, int n_out)
+{
+    const size_t wb = apr_cu_weight_bytes(type, n_in, n_out), rb = apr_row_bytes(type, (uint64_t)n_in);
+    uint8_t *w = malloc(wb);
+    fill_rows(r, type, w, n_in, n_out);
+    const int32_t ids[4] = {0, n_out - 1, n_out / 2, 1};
+    float *ref = malloc(sizeof(float) * n_in * 4), *got = malloc(sizeof(float) * n_in * 4);
+    for (int t = 0; t < 4; t++) apr_dequant_row(type, w + rb * ids[t], ref + (size_t)t * n_in, n_in);
+    apr_cu_weight dw = weight_upload(type, n_in, n_out, w);
+    int32_t *dids = dev_upload(ids, sizeof ids);
+    float *dout = NULL;
+    CK(cudaMalloc((void **)&dout, sizeof(float) * n_in * 4));
+    poison(dout, sizeof(float) * n_in * 4);
+    apr_cu_get_rows(&dw, dids, 4, dout, n_in, &cu0);
+    CK_LAUNCH();
+    CK(cudaMemcpy(got, dout, sizeof(float) * n_in * 4, cudaMemcpyDeviceToHost));
+    char what[96];
+    snprintf(what, sizeof what, "get_rows %-4s %d x %d", apr_type_get(type)->name, n_in, n_out);
+    report(what, got, ref, (size_t)n_in * 4, 1e-6);
+    cudaFree((void *)dw.data);
+    cudaFree(dids);
+    cudaFree(dout);
+    free(w);
+    free(ref);
+    free(got);
+}
+
+/* ------------------------------------------------- RoPE, KV, attention */
+
+static float round_f16(float x) { return apr_fp16_to_f32(apr_f32_to_fp16(x)); }
+
+static void rope_ref(float *v, int pos, int rope_dim, float theta_scale, bool neox)
+{
+    float theta = (float)pos;
+    for (int i = 0; i < rope_dim / 2; i++) {
+        float c = cosf(theta), s = sinf(theta);
+        int a = neox ? i : 2 * i, b = neox ? i + rope_dim / 2 : 2 * i + 1;
+        float x0 = v[a], x1 = v[b];
+        v[a] = x0 * c - x1 * s;
+        v[b] = x0 * s + x1 * c;
+        theta *= theta_scale;
+    }
+}
+
+/* Two sequences: seq 1 gets a prefill of P tokens in one launch, then seq 0
+ * one token at a time, then a mixed step of both. The reference keeps its
+ * own F16 cache and attends in double. */
+static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, bool f16_acc)
+{
+    const int n_ctx = 80, n_seq = 2, P = 70, kv_dim = n_head_kv * hd, q_dim = n_head * hd;
+    const int ld = q_dim + 2 * kv_dim;
+    const float base = 10000.0f;
+    apr_cu_attn_shape sh = {n_head, n_head_kv, hd, hd, neox ? 1 : 0, powf(base, -2.0f / (float)hd),
+                            (size_t)n_ctx * kv_dim, f16_acc};
+    const size_t cache_elems = (size_t)n_seq * n_ctx * kv_dim;
+    uint16_t *kref = calloc(cache_elems, 2), *vref = calloc(cache_elems, 2);
+    uint16_t *dk = NULL, *dv = NULL;
+    CK(cudaMalloc((void **)&dk, cache_elems * 2));
+    CK(cudaMalloc((void **)&dv, cache_elems * 2));
+    CK(cudaMemset(dk, 0, cache_elems * 2));
+    CK(cudaMemset(dv, 0, cache_elems * 2));
+    float *b = malloc(sizeof(float) * ld);
+    for (int i = 0; i < ld; i++) b[i] = bias ? 0.5f * rng_unif(r) : 0.f;
+    float *db = dev_upload(b, sizeof(float) * ld);
+
+    const int max_t = P;
+    float *qkv = malloc(sizeof(float) * ld * max_t), *ref = malloc(sizeof(float) * q_dim * max_t);
+    float *got = malloc(sizeof(float) * q_dim * max_t);
+    int32_t *pos = malloc(sizeof(int32_t) * max_t), *seq = malloc(sizeof(int32_t) * max_t);
+    float *dqkv = NULL, *dout = NULL;
+    int32_t *dpos = NULL, *dseq = NULL;
+    CK(cudaMalloc((void **)&dqkv, sizeof(float) * ld * max_t));
+    CK(cudaMalloc((void **)&dout, sizeof(float) * q_dim * max_t));
+    CK(cudaMalloc((void **)&dpos, sizeof(int32_t) * max_t));
+    CK(cudaMalloc((void **)&dseq, sizeof(int32_t) * max_t));
+    int next[2] = {0, 0};
+    double worst = 0;
+    int bad = 0;
+    /* steps: (seq 1 x P), (seq 0 x 1) x 5, (seq 0, seq 1, padding) */
+    for (int step = 0; step < 7; step++) {
+        int n = 0;
+        if (step == 0) {
+            for (int i = 0; i < P; i++) seq[n] = 1, pos[n] = next[1]++, n++;
+        } else if (step < 6) {
+            seq[n] = 0, pos[n] = next[0]++, n++;
+        } else {
+            seq[n] = 0, pos[n] = next[0]++, n++;
+            seq[n] = 1, pos[n] = next[1]++, n++;
+            seq[n] = -1, pos[n] = 0, n++;
+        }
+        for (int i = 0; i < n * ld; i++) qkv[i] = rng_unif(r) * 2;
+        CK(cudaMemcpy(dqkv, qkv, sizeof(float) * ld * n, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dpos, pos, sizeof(int32_t) * n, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dseq, seq, sizeof(int32_t) * n, cudaMemcpyHostToDevice));
+        poison(dout, sizeof(float) * q_dim * n);
+        apr_cu_qkv_post(dqkv, ld, bias ? db : NULL, bias ? db + q_dim : NULL, bias ? db + q_dim + kv_dim : NULL, dpos,
+                        dseq, n, &sh, dk, dv, &cu0);
+        CK_LAUNCH();
+        if (apr_cu_attention(dqkv, ld, dk, dv, dpos, dseq, n, &sh, dout, q_dim, &cu0)) {
+            printf("FAIL attention refused head_dim %d\n", hd);
+            failures++;
+            break;
+        }
+        CK_LAUNCH();
+        CK(cudaMemcpy(got, dout, sizeof(float) * q_dim * n, cudaMemcpyDeviceToHost));
+
+        /* reference: bias, rope, cache append for all entries first (a step's
+         * entries see each other's keys), then attention */
+        for (int t = 0; t < n; t++) {
+            float *row = qkv + (size_t)t * ld;
+            if (seq[t] < 0) continue;
+            for (int i = 0; i < ld; i++) row[i] += b[i];
+            for (int h = 0; h < n_head + n_head_kv; h++) rope_ref(row + h * hd, pos[t], hd, sh.theta_scale, neox);
+            size_t off = ((size_t)seq[t] * n_ctx + pos[t]) * kv_dim;
+            for (int i = 0; i < kv_dim; i++) {
+                kref[off + i] = apr_f32_to_fp16(row[q_dim + i]);
+                vref[off + i] = apr_f32_to_fp16(row[q_dim + kv_dim + i]);
+            }
+        }
+        for (int t = 0; t < n; t++) {
+            for (int h = 0; h < n_head; h++) {
+                float *o = ref + (size_t)t * q_dim + h * hd;
+                if (seq[t] < 0) {
+                    for (int i = 0; i < hd; i++) o[i] = 0;
+                    continue;
+                }
+                const float *q = qkv + (size_t)t * ld + h * hd;
+                int kvh = h / (n_head / n_head_kv);
+                double *sc = malloc(sizeof(double) * (pos[t] + 1)), mx = -INFINITY, sum = 0;
+                for (int k = 0; k <= pos[t]; k++) {
+                    const uint16_t *kr = kref + ((size_t)seq[t] * n_ctx + k) * kv_dim + kvh * hd;
+                    double d = 0;
+                    for (int i = 0; i < hd; i++) d += (double)round_f16(q[i]) * apr_fp16_to_f32(kr[i]);
+                    sc[k] = d / sqrt((double)hd);
+                    if (sc[k] > mx) mx = sc[k];
+                }
+                for (int k = 0; k <= pos[t]; k++) sum += sc[k] = exp(sc[k] - mx);
+                for (int i = 0; i < hd; i++) {
+                    double acc = 0;
+                    for (int k = 0; k <= pos[t]; k++)
+                        acc += sc[k] * apr_fp16_to_f32(vref[((size_t)seq[t] * n_ctx + k) * kv_dim + kvh * hd + i]);
+                    o[i] = (float)(acc / sum);
+                }
+                free(sc);
+            }
+        }
+        double num = 0, den = 0;
+        for (int i = 0; i < n * q_dim; i++) {
+            if (!isfinite(got[i])) bad++;
+            num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+            den += (double)ref[i] * ref[i];
+        }
+        double rel = sqrt(num / (den > 0 ? den : 1));
+        if (rel > worst) worst = rel;
+    }
+    /* the cache itself: keys after RoPE, values, all as the reference stored them */
+    uint16_t *kg = malloc(cache_elems * 2), *vg = malloc(cache_elems * 2);
+    CK(cudaMemcpy(kg, dk, cache_elems * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(vg, dv, cache_elems * 2, cudaMemcpyDeviceToHost));
+    int cache_diff = 0;
+    for (size_t i = 0; i < cache_elems; i++)
+        if (fabsf(apr_fp16_to_f32(kg[i]) - apr_fp16_to_f32(kref[i])) > 2e-3f * (1 + fabsf(apr_fp16_to_f32(kref[i]))) ||
+            vg[i] != vref[i])
+            cache_diff++;
+    /* the F16 accumulator is off by ~1e-3 at 70 keys (the CPU's error, reproduced) */
+    bool ok = !bad && worst < (f16_acc ? 1e-2 : 2e-5) && cache_diff == 0;
+    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-5s%-8s rel %.2e  cache diffs %d%s\n", ok ? "ok" : "FAIL",
+           n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "", f16_acc ? "f16-acc" : "", worst,
+           cache_diff, bad ? "  (non-finite outputs)" : "");
+    if (!ok) failures++;
+    free(kg);
+    free(vg);
+    free(kref);
+    free(vref);
+    free(b);
+    free(qkv);
+    free(ref);
+    free(got);
+    free(pos);
+    free(seq);
+    cudaFree(db);
+    cudaFree(dk);
+    cudaFree(dv);
+    cudaFree(dqkv);
+    cudaFree(dout);
+    cudaFree(dpos);
+    cudaFree(dseq);
+}
+
+/* ------------------------------------------------------------ bandwidth */
+
+static int bandwidth(void)
+{
+    const size_t bytes = (size_t)2 << 30;
+    void *a = NULL, *b = NULL;
+    CK(cudaMalloc(&a, bytes));
+    CK(cudaMalloc(&b, bytes));
+    CK(cudaMemset(a, 1, bytes));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float best = 1e30f;
+    for (int i = 0; i < 12; i++) {
+        CK(cudaEventRecord(e0, 0));
+        CK(cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice));
+        CK(cudaEventRecord(e1, 0));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (i >= 2 && ms < best) best = ms;
+    }
+    printf("d2d copy: %.0f GB/s (2 x %.2f GB per copy, best of 10)\n", 2.0 * bytes / (best * 1e-3) / 1e9,
+           bytes / 1e9);
+    cudaFree(a);
+    cudaFree(b);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        fprintf(stderr, "test_kernels_cuda: no CUDA device\n");
+        return 1;
+    }
+    if (argc > 1 && !strcmp(argv[1], "--bandwidth")) return bandwidth();
+    rng r = {0x9e3779b97f4a7c15ull ^ (uint64_t)(argc > 1 ? strtoull(argv[1], NULL, 0) : 1)};
+
+    test_quantizers(&r);
+    test_norm(&r);
+    const uint32_t types[] = {APR_TYPE_Q4_K, APR_TYPE_Q6_K, APR_TYPE_Q5_0, APR_TYPE_Q8_0, APR_TYPE_Q4_0};
+    const int ntoks[] = {1, 2, 3, 8, 13};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const bool k = types[ti] == APR_TYPE_Q4_K || types[ti] == APR_TYPE_Q6_K;
+        for (size_t ni = 0; ni < sizeof ntoks / sizeof ntoks[0]; ni++)
+            test_gemv_case(&r, types[ti], k ? 1536 : 896, 67, ntoks[ni]);
+        test_gemv_case(&r, types[ti], k ? 256 : 32, 9, 1); /* a row of one block */
+        test_get_rows(&r, types[ti], k ? 512 : 96, 33);
+    }
+    test_gemv_case(&r, APR_TYPE_Q4_K, 8960, 40, 1); /* ffn_down's long rows */
+    test_gemv_case(&r, APR_TYPE_Q6_K, 8960, 40, 5);
+    for (int ni = 0; ni < 3; ni++) {
+        test_gemv_case(&r, APR_TYPE_F32, ni == 2 ? 172 : 64, 19, ntoks[ni * 2]); /* stories260K's shapes */
+        test_gemv_case(&r, APR_TYPE_F16, ni == 2 ? 172 : 64, 19, ntoks[ni * 2]);
+    }
+    test_get_rows(&r, APR_TYPE_F32, 64, 10);
+    test_get_rows(&r, APR_TYPE_F16, 172, 10);
+    test_gemv_segments(&r, 1);
+    test_gemv_segments(&r, 11);
+    test_attention(&r, 8, 4, 8, false, false, false);   /* stories260K */
+    test_attention(&r, 12, 2, 128, true, true, false);  /* qwen2.5-1.5b */
+    test_attention(&r, 14, 2, 64, true, true, false);   /* qwen2.5-0.5b */
+    test_attention(&r, 4, 4, 256, true, false, false);
+    test_attention(&r, 6, 2, 40, false, true, false);
+    test_attention(&r, 12, 2, 128, true, true, true);
+    test_attention(&r, 8, 4, 8, false, false, true);
+    printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
+    return failures ? 1 : 0;
+}
