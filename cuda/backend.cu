@@ -13,6 +13,12 @@
  * residual; final norm of the rows that want logits and the output GEMV.
  * Steps of up to 64 entries replay a CUDA graph captured once per
  * batch-size bucket, so a decode token costs one graph launch.
+ *
+ * Environment, for measurements and checks (all default to the fast path):
+ *   APR_CUDA_GRAPHS=0   plain launches instead of graphs
+ *   APR_CUDA_PDL=0      no programmatic dependent launch
+ *   APR_CUDA_PROFILE=1  per-kernel-class times of plain-launch steps, printed at close
+ *   APR_CUDA_F16_ACC=1  attention with the CPU engine's F16 V accumulator (parity checks)
  */
 #include <cuda_runtime.h>
 #include <math.h>
@@ -436,8 +442,9 @@ extern "C" apr_cuda_model *apr_cuda_open(const char *path, const apr_backend_opt
         const char *pr = getenv("APR_CUDA_PROFILE");
         m->profile = pr && !strcmp(pr, "1");
         if (m->profile) m->use_graphs = false; /* events between kernels need plain launches */
-        const char *pdl = getenv("APR_CUDA_PDL"); /* "1": programmatic dependent launch */
-        m->cu.pdl = pdl && !strcmp(pdl, "1");
+        /* programmatic dependent launch: on unless "0" (+6% on 1.5B decode, H100, same logits) */
+        const char *pdl = getenv("APR_CUDA_PDL");
+        m->cu.pdl = !(pdl && !strcmp(pdl, "0"));
         const char *f16 = getenv("APR_CUDA_F16_ACC"); /* "1": the CPU's attention numerics (parity checks) */
         m->ash.f16_acc = f16 && !strcmp(f16, "1");
     }

@@ -7,11 +7,13 @@
 #      device-to-device copy bandwidth (the roofline's denominator)
 #   2. synthetic models made there by apr mkmodel
 #   3. parity cuda vs cpu: stories260K (identical greedy tokens), qwen2-tiny,
-#      qwen2.5-0.5b (short prompt and a 100-token prefill), qwen2.5-1.5b: argmax
-#      agreement over teacher-forced positions and max |dlogit|
+#      qwen2.5-0.5b (short prompt and a 100-token prefill), qwen2.5-1.5b (also
+#      without PDL): argmax agreement over teacher-forced positions and max
+#      |dlogit|, beside the CPU-vs-CPU floor of the synthetic models
 #   4. benchmarks through apr eval: decode tok/s at batch 1 (128 tokens) for
-#      0.5B, 1.5B, 7B; prefill of a 512-token prompt on the 1.5B; each beside
-#      llama.cpp's figure on the same H100 and the bandwidth roofline
+#      0.5B, 1.5B, 7B (also without PDL, and the 1.5B without graphs); prefill
+#      of a 512-token prompt on the 1.5B; each beside llama.cpp's figure on the
+#      same H100 and the bandwidth roofline; the per-kernel-class profile
 # The table comes last. Logs go to $OUT (or /tmp/apr-gpu) as well.
 # PARTS="kernels parity bench" selects parts; SIZES="0.5b 1.5b 7b" the bench models.
 set -u
@@ -114,13 +116,13 @@ if has parity; then
     }
     H=$(mk qwen2.5-0.5b) && {
         parity qwen2.5-0.5b "$H" 32 -p "def fibonacci(n):"
-        parity qwen2.5-0.5b-prefill100 "$H" 8 --tokens "$(seq -s, 1000 1099)"
+        parity qwen2.5-0.5b-prefill100 "$H" 32 --tokens "$(seq -s, 1000 1099)"
     }
     P=$(mk qwen2.5-1.5b) && {
         parity qwen2.5-1.5b "$P" 32 -p "Write a haiku about GPUs."
         floor qwen2.5-1.5b "$P" 32 -p "Write a haiku about GPUs."
-        export APR_CUDA_PDL=1
-        parity qwen2.5-1.5b-pdl "$P" 32 -p "Write a haiku about GPUs."
+        export APR_CUDA_PDL=0
+        parity qwen2.5-1.5b-nopdl "$P" 32 -p "Write a haiku about GPUs."
         unset APR_CUDA_PDL
     }
 fi
@@ -150,8 +152,8 @@ if has bench; then
         d=$(rate decode "$LOG/bench-$s.err")
         echo "qwen2.5-$s decode: $d tok/s ($(awk -v b="$by" 'BEGIN {printf "%.3f", b / 1e9}') GB of weights per token)"
         row "qwen2.5-$s decode b=1 (tok/s)" "$d" "$ref" "$by"
-        APR_CUDA_PDL=1 ev cuda "$m" "bench-$s-pdl" -p "Once upon a time" -n 128 --ignore-eos &&
-            row "qwen2.5-$s decode b=1, PDL" "$(rate decode "$LOG/bench-$s-pdl.err")" "$ref" "$by"
+        APR_CUDA_PDL=0 ev cuda "$m" "bench-$s-nopdl" -p "Once upon a time" -n 128 --ignore-eos &&
+            row "qwen2.5-$s decode b=1, no PDL" "$(rate decode "$LOG/bench-$s-nopdl.err")" "$ref" "$by"
         if [ "$s" = 1.5b ]; then
             APR_CUDA_GRAPHS=0 ev cuda "$m" "bench-$s-nograph" -p "Once upon a time" -n 128 --ignore-eos &&
                 row "qwen2.5-$s decode b=1, no graphs" "$(rate decode "$LOG/bench-$s-nograph.err")" "$ref" "$by"
@@ -163,8 +165,8 @@ if has bench; then
             done
             echo "qwen2.5-$s prefill 512: $best tok/s (best of 3)"
             row "qwen2.5-$s prefill 512 (tok/s)" "$best" 24700 0
-            APR_CUDA_PDL=1 ev cuda "$m" "prefill-$s-pdl" --tokens "$(seq -s, 1000 1511)" -n 1 &&
-                row "qwen2.5-$s prefill 512, PDL" "$(rate prefill "$LOG/prefill-$s-pdl.err")" 24700 0
+            APR_CUDA_PDL=0 ev cuda "$m" "prefill-$s-nopdl" --tokens "$(seq -s, 1000 1511)" -n 1 &&
+                row "qwen2.5-$s prefill 512, no PDL" "$(rate prefill "$LOG/prefill-$s-nopdl.err")" 24700 0
             # where the time goes: events between the kernels of plain launches
             APR_CUDA_PROFILE=1 ev cuda "$m" "profile-$s" --tokens "$(seq -s, 1000 1511)" -n 33 --ignore-eos &&
                 grep -A12 '^cuda profile' "$LOG/profile-$s.err" | tee "$LOG/profile.txt"
