@@ -47,7 +47,7 @@ void apr_json_str(FILE *out, const char *s, size_t n)
 }
 
 /* JSON has no NaN or infinity. */
-static void json_num(FILE *out, double v)
+void apr_json_num(FILE *out, double v)
 {
     if (isfinite(v))
         fprintf(out, "%.15g", v);
@@ -83,7 +83,7 @@ static void json_status(FILE *out, const apr_status *s)
             s->n_ctx, s->n_vocab, s->running, s->queued, s->queue_limit);
     fprintf(out, ",\"restarts\":%llu", (unsigned long long)s->restarts);
     json_key(out, "uptime_s");
-    json_num(out, s->uptime_s);
+    apr_json_num(out, s->uptime_s);
     fputs(",\"workers\":[", out);
     for (size_t i = 0; i < s->n_workers; i++) {
         const apr_worker_status *w = &s->workers[i];
@@ -117,11 +117,11 @@ void apr_json_reply(FILE *out, const apr_reply *r)
         fprintf(out, ",\"usage\":{\"prompt_tokens\":%u,\"completion_tokens\":%u}",
                 r->usage.prompt_tokens, r->usage.completion_tokens);
         fputs(",\"timings\":{\"ttft_ms\":", out);
-        json_num(out, r->timings.ttft_ms);
+        apr_json_num(out, r->timings.ttft_ms);
         json_key(out, "prefill_tok_s");
-        json_num(out, r->timings.prefill_tok_s);
+        apr_json_num(out, r->timings.prefill_tok_s);
         json_key(out, "decode_tok_s");
-        json_num(out, r->timings.decode_tok_s);
+        apr_json_num(out, r->timings.decode_tok_s);
         fputc('}', out);
         if (r->text) {
             json_key(out, "text");

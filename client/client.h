@@ -21,6 +21,8 @@ int apr_cmd_mkmodel(int argc, char **argv);
 int apr_cmd_generate(int argc, char **argv);
 int apr_cmd_chat(int argc, char **argv);
 int apr_cmd_status(int argc, char **argv);
+int apr_cmd_bench(int argc, char **argv);
+int apr_cmd_load(int argc, char **argv);
 
 /* ------------------------------------------------------- the connection */
 /* One DEALER socket to apr-coord (PROTOCOL.md). Any number of requests may
@@ -40,6 +42,10 @@ int apr_endpoint_check(const char *endpoint, char err[APR_ERRLEN]);
  * success says nothing about the server: only a reply does. Requests sent
  * before the server is up wait for it. NULL and a message on failure. */
 apr_conn *apr_conn_open(const char *endpoint, char err[APR_ERRLEN]);
+/* The same on a ZeroMQ context the caller owns and terminates after closing
+ * every connection on it: each context has its own I/O threads, and a load
+ * generator with hundreds of sockets wants only one set of them. */
+apr_conn *apr_conn_open_in(void *zmq_ctx, const char *endpoint, char err[APR_ERRLEN]);
 /* Gives unsent requests (a last cancel) up to 100 ms to go out, then drops
  * them and anything unread. NULL is fine. */
 void apr_conn_close(apr_conn *c);
@@ -65,6 +71,9 @@ int apr_conn_recv(apr_conn *c, int timeout_ms, apr_reply *out, char err[APR_ERRL
 /* s[0..n) as a quoted JSON string. Bytes that are not valid UTF-8 become
  * \ufffd, so the output always parses. */
 void apr_json_str(FILE *out, const char *s, size_t n);
+/* A number with 15 significant digits; null for NaN and infinities, which
+ * JSON lacks. */
+void apr_json_num(FILE *out, double v);
 /* One reply as a JSON object on one line, with the protocol's key names
  * (no newline). */
 void apr_json_reply(FILE *out, const apr_reply *r);
@@ -147,5 +156,75 @@ typedef int (*apr_reply_fn)(const apr_reply *r, void *arg, char err[APR_ERRLEN])
  * fn's -1. */
 int apr_stream(apr_conn *c, const apr_id *id, int timeout_ms, int sig_fd, apr_reply_fn fn,
                void *arg, int *signo, char err[APR_ERRLEN]);
+
+/* ------------------------------------- measuring: apr bench, apr load */
+
+/* Monotonic clock in seconds. */
+double apr_now_s(void);
+
+/* splitmix64: small, fast and the same sequence everywhere for a seed, so a
+ * load run is repeatable from its --seed. Not for anything secret. */
+typedef struct {
+    uint64_t state;
+} apr_rand;
+
+void apr_rand_seed(apr_rand *r, uint64_t seed);
+uint64_t apr_rand_next(apr_rand *r);
+/* Uniform in [lo, hi] (lo <= hi). */
+uint64_t apr_rand_range(apr_rand *r, uint64_t lo, uint64_t hi);
+/* Uniform in [0, 1). */
+double apr_rand_unit(apr_rand *r);
+
+/* A whole number or a uniform range, as --prompt-len and --max-tokens take
+ * them: "32" or "16-64" (both ends included). */
+typedef struct {
+    uint32_t lo, hi;
+} apr_dist;
+
+/* 0, or -1 when s is not N or LO-HI with min <= LO <= HI <= max. */
+int apr_parse_dist(const char *s, uint32_t min, uint32_t max, apr_dist *d);
+uint32_t apr_dist_draw(const apr_dist *d, apr_rand *r);
+
+/* n_words words of simple English (TinyStories-like), space-separated, in a
+ * malloc'd string; NULL when out of memory. */
+char *apr_words(apr_rand *r, size_t n_words);
+
+/* A prompt of exactly n tokens: words from r, tokenized by the server (with
+ * the model's BOS, as a text prompt would get) and cut to n. Asks for more
+ * words until the text is long enough. 0 and *ids (malloc'd, n of them), or
+ * -1 and a message. */
+int apr_prompt_tokens(apr_conn *c, apr_rand *r, uint32_t n, int timeout_ms, int32_t **ids,
+                      char err[APR_ERRLEN]);
+
+/* A growing set of measurements. */
+typedef struct {
+    double *v;
+    size_t n, cap;
+} apr_samples;
+
+/* 0, or -1 when out of memory (the sample is then lost). */
+int apr_samples_add(apr_samples *s, double x);
+void apr_samples_free(apr_samples *s);
+double apr_samples_mean(const apr_samples *s);
+/* Sample standard deviation (n - 1); 0 for fewer than two. */
+double apr_samples_std(const apr_samples *s);
+double apr_samples_max(const apr_samples *s);
+/* The p-th percentile (0..100), interpolated between the two nearest ranks
+ * as numpy's default does; sorts s->v. NaN when empty. */
+double apr_samples_pct(apr_samples *s, double p);
+
+/* A one-line progress bar on stderr, drawn only when stderr is a terminal,
+ * at most ten times a second. */
+typedef struct {
+    bool on;
+    bool drawn;
+    double last;
+} apr_progress;
+
+void apr_progress_init(apr_progress *p);
+/* done of total (total 0: unknown), then note. force draws now. */
+void apr_progress_show(apr_progress *p, size_t done, size_t total, const char *note, bool force);
+/* Clears the line, so what is printed next starts clean. */
+void apr_progress_end(apr_progress *p);
 
 #endif

@@ -10,6 +10,7 @@
 
 struct apr_conn {
     void *ctx;
+    bool own_ctx; /* false when the caller shares its context among many */
     void *sock;
     char *endpoint;
     int64_t last_id;
@@ -58,6 +59,11 @@ int apr_endpoint_check(const char *endpoint, char err[APR_ERRLEN])
 
 apr_conn *apr_conn_open(const char *endpoint, char err[APR_ERRLEN])
 {
+    return apr_conn_open_in(NULL, endpoint, err);
+}
+
+apr_conn *apr_conn_open_in(void *zmq_ctx, const char *endpoint, char err[APR_ERRLEN])
+{
     if (apr_endpoint_check(endpoint, err))
         return NULL;
     apr_conn *c = calloc(1, sizeof *c);
@@ -67,7 +73,8 @@ apr_conn *apr_conn_open(const char *endpoint, char err[APR_ERRLEN])
     }
     msgpack_sbuffer_init(&c->buf);
     c->endpoint = strdup(endpoint);
-    c->ctx = zmq_ctx_new();
+    c->own_ctx = zmq_ctx == NULL;
+    c->ctx = zmq_ctx ? zmq_ctx : zmq_ctx_new();
     if (!c->endpoint || !c->ctx) {
         snprintf(err, APR_ERRLEN, "cannot set up ZeroMQ: %s",
                  c->endpoint ? zmq_strerror(errno) : "out of memory");
@@ -111,7 +118,7 @@ void apr_conn_close(apr_conn *c)
         return;
     if (c->sock)
         zmq_close(c->sock);
-    if (c->ctx)
+    if (c->ctx && c->own_ctx)
         zmq_ctx_term(c->ctx);
     msgpack_sbuffer_destroy(&c->buf);
     free(c->endpoint);

@@ -18,6 +18,8 @@ static const command commands[] = {
     {"generate", apr_cmd_generate, "stream a completion of a prompt from apr-coord"},
     {"chat", apr_cmd_chat, "chat with the model behind apr-coord, one line per message"},
     {"status", apr_cmd_status, "show apr-coord's model, queue and workers; exit 0 if one is ready"},
+    {"bench", apr_cmd_bench, "time sequential requests: decode and prefill tok/s, TTFT, CV, bars"},
+    {"load", apr_cmd_load, "load apr-coord from many sockets; --verify output, --chaos kill workers"},
 };
 
 static void usage(FILE *out)

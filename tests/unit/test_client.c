@@ -457,6 +457,96 @@ START_TEST(conn_without_server)
 }
 END_TEST
 
+/* ------------------------------------------- measuring (bench, load) */
+
+START_TEST(dists)
+{
+    apr_dist d;
+    ck_assert_int_eq(apr_parse_dist("32", 1, 100, &d), 0);
+    ck_assert_uint_eq(d.lo, 32);
+    ck_assert_uint_eq(d.hi, 32);
+    ck_assert_int_eq(apr_parse_dist("16-64", 1, 100, &d), 0);
+    ck_assert_uint_eq(d.lo, 16);
+    ck_assert_uint_eq(d.hi, 64);
+    ck_assert_int_eq(apr_parse_dist("5-5", 1, 100, &d), 0);
+    const char *bad[] = {"", "0", "101", "-5", "5-", "-", "9-3", "1-101", "1--2", "1-+2", "+1-2",
+                         "1.5", "1-2-3", " 4", "4 ", "x", "1-x"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        ck_assert_msg(apr_parse_dist(bad[i], 1, 100, &d) == -1, "accepted '%s'", bad[i]);
+
+    /* draws stay in range and reach both ends */
+    apr_rand r;
+    apr_rand_seed(&r, 42);
+    apr_parse_dist("3-6", 1, 100, &d);
+    bool seen[7] = {false};
+    for (int i = 0; i < 1000; i++) {
+        uint32_t x = apr_dist_draw(&d, &r);
+        ck_assert(x >= 3 && x <= 6);
+        seen[x] = true;
+    }
+    ck_assert(seen[3] && seen[4] && seen[5] && seen[6]);
+}
+END_TEST
+
+START_TEST(rng_repeats)
+{
+    apr_rand a, b, c;
+    apr_rand_seed(&a, 7);
+    apr_rand_seed(&b, 7);
+    apr_rand_seed(&c, 8);
+    bool differs = false;
+    for (int i = 0; i < 100; i++) {
+        uint64_t x = apr_rand_next(&a);
+        ck_assert_uint_eq(x, apr_rand_next(&b));
+        differs |= x != apr_rand_next(&c);
+        double u = apr_rand_unit(&a);
+        apr_rand_unit(&b);
+        ck_assert(u >= 0 && u < 1);
+    }
+    ck_assert(differs);
+    ck_assert_uint_eq(apr_rand_range(&a, 5, 5), 5);
+    /* the same seed gives the same words */
+    apr_rand_seed(&a, 3);
+    apr_rand_seed(&b, 3);
+    char *w1 = apr_words(&a, 12), *w2 = apr_words(&b, 12), *w0 = apr_words(&a, 0);
+    ck_assert_ptr_nonnull(w1);
+    ck_assert_str_eq(w1, w2);
+    ck_assert_str_eq(w0, "");
+    size_t spaces = 0;
+    for (const char *p = w1; *p; p++)
+        spaces += *p == ' ';
+    ck_assert_uint_eq(spaces, 11);
+    free(w0);
+    free(w1);
+    free(w2);
+}
+END_TEST
+
+START_TEST(samples)
+{
+    apr_samples s = {0};
+    ck_assert(isnan(apr_samples_pct(&s, 50)));
+    ck_assert(isnan(apr_samples_mean(&s)));
+    ck_assert(apr_samples_std(&s) == 0);
+    /* 1..100 in a scrambled order */
+    for (int i = 0; i < 100; i++)
+        ck_assert_int_eq(apr_samples_add(&s, (double)((i * 37) % 100 + 1)), 0);
+    ck_assert_double_eq_tol(apr_samples_mean(&s), 50.5, 1e-12);
+    ck_assert_double_eq_tol(apr_samples_std(&s), 29.011491975882016, 1e-9);
+    ck_assert_double_eq(apr_samples_max(&s), 100);
+    /* numpy: percentile(1..100, [0, 50, 90, 99, 100]) */
+    ck_assert_double_eq_tol(apr_samples_pct(&s, 0), 1, 1e-12);
+    ck_assert_double_eq_tol(apr_samples_pct(&s, 50), 50.5, 1e-12);
+    ck_assert_double_eq_tol(apr_samples_pct(&s, 90), 90.1, 1e-12);
+    ck_assert_double_eq_tol(apr_samples_pct(&s, 99), 99.01, 1e-12);
+    ck_assert_double_eq_tol(apr_samples_pct(&s, 100), 100, 1e-12);
+    apr_samples_free(&s);
+    ck_assert_int_eq(apr_samples_add(&s, 3.5), 0);
+    ck_assert_double_eq(apr_samples_pct(&s, 99), 3.5);
+    apr_samples_free(&s);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("client");
@@ -473,6 +563,9 @@ int main(void)
     tcase_add_test(tc, endpoint_flag);
     tcase_add_test(tc, timeouts);
     tcase_add_test(tc, conn_without_server);
+    tcase_add_test(tc, dists);
+    tcase_add_test(tc, rng_repeats);
+    tcase_add_test(tc, samples);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
