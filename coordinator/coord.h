@@ -72,8 +72,9 @@ typedef struct {
     char name[32];
     char backend[16];
     wstate state;
-    pid_t pid;
-    uint64_t restarts;  /* starts after the first */
+    pid_t pid;          /* the process we started (a CUDA worker's holder) */
+    pid_t engine_pid;   /* the process that said hello (a CUDA worker's engine) */
+    uint64_t restarts;  /* starts after the first, engine restarts included */
     uint64_t starts;
     bool ever_ready;
     char last_error[APR_ERRLEN];
@@ -176,6 +177,9 @@ void sched_on_request(coord *c, const unsigned char *ident, size_t ident_len, ap
 void sched_on_done(coord *c, worker *w, const apr_wmsg *m);
 void sched_tick(coord *c);             /* admit queued requests, send the next step */
 void sched_rewind(coord *c);           /* the worker's KV is gone: recompute from 0 */
+/* w's engine was replaced while the step in flight was pending: drop that
+ * step; with kv_kept, trim each sequence to what it had computed, else rewind. */
+void sched_engine_restart(coord *c, worker *w, bool kv_kept);
 void sched_client_gone(coord *c, const unsigned char *ident, size_t ident_len);
 void sched_fail_all(coord *c, apr_perr code, const char *msg);
 void sched_counts(const coord *c, uint32_t *running, uint32_t *queued);

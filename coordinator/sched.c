@@ -466,6 +466,30 @@ void sched_rewind(coord *c)
     c->st_n = c->st_rows = c->st_n_members = 0;
 }
 
+void sched_engine_restart(coord *c, worker *w, bool kv_kept)
+{
+    if (!kv_kept) {
+        sched_rewind(c);
+        return;
+    }
+    for (int i = 0; i < c->n_seqs; i++) {
+        seq *s = &c->seqs[i];
+        s->n_step = 0;
+        if (s->state == SEQ_ZOMBIE) seq_release(c, s);
+    }
+    c->st_n = c->st_rows = c->st_n_members = 0;
+    for (int i = 0; i < c->n_seqs; i++) {
+        seq *s = &c->seqs[i];
+        if (s->state != SEQ_RUNNING || s->n_computed == 0) continue;
+        apr_wmsg t;
+        memset(&t, 0, sizeof t);
+        t.type = APR_W_TRIM;
+        t.trim_seq = s->slot;
+        t.trim_from = (int32_t)s->n_computed;
+        if (worker_send(c, w, &t) < 0) return; /* the worker was dropped and everything rewound */
+    }
+}
+
 void sched_on_done(coord *c, worker *w, const apr_wmsg *m)
 {
     if (!m->ok || m->n_logits != c->st_rows) {

@@ -221,10 +221,34 @@ int worker_send(coord *c, worker *w, const apr_wmsg *m)
     return rc;
 }
 
+/* A hello from a worker that is already serving: its holder replaced a dead
+ * engine (CUDA). With the KV cache kept, the sequences continue from the
+ * positions the coordinator knows were computed; the step in flight is lost
+ * and simply sent again. */
+static void on_engine_restart(coord *c, worker *w, const apr_wmsg *m)
+{
+    if (!m->ok || m->pid == w->engine_pid) {
+        worker_lost(c, w, !m->ok ? m->error : "a second hello");
+        return;
+    }
+    w->restarts++;
+    c->restarts++;
+    w->busy = false;
+    w->engine_pid = (pid_t)m->pid;
+    bool active = c->active == (int)(w - c->workers);
+    logf_("worker %s: engine restarted (pid %d), KV cache %s", w->name, (int)m->pid,
+          m->kv_kept ? "kept: sequences resume where they were" : "lost: sequences are prefilled again");
+    if (active) sched_engine_restart(c, w, m->kv_kept);
+}
+
 static void on_hello(coord *c, worker *w, const apr_wmsg *m)
 {
+    if (w->state == W_READY) {
+        on_engine_restart(c, w, m);
+        return;
+    }
     if (w->state != W_STARTING) {
-        worker_lost(c, w, "a second hello");
+        worker_lost(c, w, "a hello out of turn");
         return;
     }
     if (!m->ok) {
@@ -248,6 +272,7 @@ static void on_hello(coord *c, worker *w, const apr_wmsg *m)
     w->max_batch = m->max_batch;
     w->max_logits = m->max_logits;
     w->state = W_READY;
+    w->engine_pid = (pid_t)m->pid;
     w->ever_ready = true;
     w->failures = 0;
     w->last_error[0] = 0;
@@ -272,11 +297,13 @@ void workers_on_frame(coord *c, const unsigned char *ident, size_t ident_len, co
         apr_wmsg_free(&m);
         return;
     }
-    if (w->state == W_DOWN || (m.pid && m.pid != w->pid && m.type != APR_W_DONE)) {
-        apr_wmsg_free(&m); /* a message from a process we already gave up on */
+    /* Heartbeats come from the process we started (a CPU worker, or a CUDA
+     * worker's holder): any other pid is one we already gave up on. */
+    if (w->state == W_DOWN || (m.type == APR_W_HB && m.pid != w->pid)) {
+        apr_wmsg_free(&m);
         return;
     }
-    w->last_hb = coord_now();
+    if (m.type == APR_W_HB) w->last_hb = coord_now();
     if (hb) {
         apr_wmsg_free(&m);
         return;

@@ -303,8 +303,9 @@ int apr_zmq_router_send(void *router, const void *ident, size_t ident_len, const
  * ones (a confused worker is restarted, never trusted).
  *
  *   worker -> coordinator
- *     hello     {t:"hello", ok, error?, backend, pid, n_vocab, n_ctx, n_seq, max_batch, max_logits}
- *               sent once, after the model is loaded (ok=true) or refused (ok=false, error)
+ *     hello     {t:"hello", ok, error?, backend, pid, n_vocab, n_ctx, n_seq, max_batch, max_logits,
+ *               kv_kept?} sent after the model is loaded (ok=true) or refused (ok=false, error);
+ *               again, with a new pid, when a CUDA worker's engine was restarted by its holder
  *     hb        {t:"hb", pid}                                     (on the NAME.hb socket)
  *     done      {t:"done", step, ok, error?, n_logits, ms}        one per step, in order
  *   coordinator -> worker
@@ -335,6 +336,11 @@ typedef struct {
     int32_t n_vocab, n_ctx, n_seq; /* hello */
     int32_t max_batch;       /* hello: entries per step the worker accepts */
     int32_t max_logits;      /* hello: logit rows per step (shm capacity) */
+    bool kv_kept;            /* hello (optional, default false): a restarted engine of this
+                              * worker found the KV cache of the one before it. Every slot's
+                              * length counts as n_ctx until the coordinator trims it, which
+                              * it does at once for each sequence it is running (to the
+                              * positions it knows were computed) */
     uint64_t step;           /* step, done */
     int32_t n_logits;        /* done: rows written */
     double ms;               /* done: time in the backend */

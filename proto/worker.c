@@ -91,7 +91,7 @@ int apr_wmsg_encode(msgpack_sbuffer *b, const apr_wmsg *m)
     switch (m->type) {
     case APR_W_HELLO:
         /* a refused worker knows nothing about the model: no sizes then */
-        err |= msgpack_pack_map(pk, m->ok ? 9 : 5);
+        err |= msgpack_pack_map(pk, m->ok ? 9 + (m->kv_kept ? 1 : 0) : 5);
         err |= KEY("t") | apr_mp_pack_cstr(pk, t);
         err |= KEY("ok") | pack_bool(pk, m->ok);
         if (!m->ok)
@@ -104,6 +104,7 @@ int apr_wmsg_encode(msgpack_sbuffer *b, const apr_wmsg *m)
             err |= KEY("n_seq") | msgpack_pack_int32(pk, m->n_seq);
             err |= KEY("max_batch") | msgpack_pack_int32(pk, m->max_batch);
             err |= KEY("max_logits") | msgpack_pack_int32(pk, m->max_logits);
+            if (m->kv_kept) err |= KEY("kv_kept") | pack_bool(pk, true);
         }
         break;
     case APR_W_HB:
@@ -164,7 +165,7 @@ static int bad(char *err, const char *fmt, ...)
 }
 
 enum {
-    K_OK, K_ERROR, K_BACKEND, K_PID, K_N_VOCAB, K_N_CTX, K_N_SEQ, K_MAX_BATCH, K_MAX_LOGITS,
+    K_OK, K_ERROR, K_BACKEND, K_PID, K_N_VOCAB, K_N_CTX, K_N_SEQ, K_MAX_BATCH, K_MAX_LOGITS, K_KV_KEPT,
     K_STEP, K_N_LOGITS, K_MS, K_TOKEN, K_POS, K_SEQ, K_WANT, K_FROM,
     K_COUNT
 };
@@ -186,6 +187,7 @@ static const struct {
     [K_N_SEQ] = {"n_seq", TB(APR_W_HELLO)},
     [K_MAX_BATCH] = {"max_batch", TB(APR_W_HELLO)},
     [K_MAX_LOGITS] = {"max_logits", TB(APR_W_HELLO)},
+    [K_KV_KEPT] = {"kv_kept", TB(APR_W_HELLO)},
     [K_STEP] = {"step", TB(APR_W_DONE) | TB(APR_W_STEP)},
     [K_N_LOGITS] = {"n_logits", TB(APR_W_DONE)},
     [K_MS] = {"ms", TB(APR_W_DONE)},
@@ -345,6 +347,8 @@ static int read_key(int k, const msgpack_object *v, apr_wmsg *m, lens *ln, char 
         return get_i32(v, t, "max_batch", 1, APR_WORKER_MAX_BATCH, &m->max_batch, err);
     case K_MAX_LOGITS:
         return get_i32(v, t, "max_logits", 1, APR_WORKER_MAX_BATCH, &m->max_logits, err);
+    case K_KV_KEPT:
+        return get_bool(v, t, "kv_kept", &m->kv_kept, err);
     case K_STEP:
         if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
             return bad(err, "%s step: must be an integer in [0, 2^64-1]", t);

@@ -39,6 +39,12 @@ START_TEST(round_trip_every_type)
     ck_assert_int_eq(r.n_seq, 16);
     ck_assert_int_eq(r.max_batch, 512);
     ck_assert_int_eq(r.max_logits, 16);
+    ck_assert(!r.kv_kept);
+    apr_wmsg_free(&r);
+
+    m.kv_kept = true; /* an engine restarted by its holder */
+    round_trip(&m, &r);
+    ck_assert(r.kv_kept);
     apr_wmsg_free(&r);
 
     m = (apr_wmsg){.type = APR_W_HELLO, .ok = false, .pid = 7};
