@@ -1,5 +1,7 @@
 /* Thread pool: a generation counter announces a job; workers spin on it for a
- * while, then sleep on a condition variable. */
+ * while, then sleep on a condition variable. The spins are short (well under
+ * a millisecond): on a machine with as many busy threads as cores, a thread
+ * that spins through its time slice starves the very thread it waits for. */
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -8,7 +10,8 @@
 
 #include "worker/pool.h"
 
-#define SPIN_ROUNDS 200000
+#define SPIN_ROUNDS 20000 /* about 0.3-0.6 ms of pause: covers the gap between decode steps */
+#define WAIT_SPINS 2000   /* the caller, for the slowest helper, before it yields */
 
 typedef struct {
     pool *p;
@@ -105,7 +108,10 @@ void pool_run(pool *p, pool_fn fn, void *ctx)
     atomic_store(&p->pending, p->n - 1);
     announce(p);
     fn(ctx, 0, p->n);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) > 0) cpu_relax();
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) > 0; spins++) {
+        if (spins < WAIT_SPINS) cpu_relax();
+        else sched_yield(); /* a helper may be waiting for this core */
+    }
 }
 
 void pool_free(pool *p)
