@@ -1,11 +1,14 @@
 /* The CUDA engine: a Llama / Qwen2 forward pass on one GPU, behind the same
  * backend interface as the CPU engine (worker/backend.h).
  *
- * Memory is three big cudaMalloc regions, so that a later holder process can
- * export each with one cudaIpcGetMemHandle: the weights (in the GPU layout of
+ * Memory is three big cudaMalloc regions: the weights (in the GPU layout of
  * cuda/kernels.h, never dequantized), the F16 KV cache, and the scratch of
  * one forward chunk. Weights stream from the file through two pinned buffers
- * (io_uring reads of one overlapping the copy of the other).
+ * (io_uring reads of one overlapping the copy of the other). Under apr-worker
+ * the first two belong to a holder process (apr_cuda_hold), which exports
+ * each with one cudaIpcGetMemHandle; the engine process that runs the steps
+ * imports them and has only the scratch of its own, so it can die and be
+ * replaced without a reload (worker/holder.c).
  *
  * forward() reads like the CPU's: embed; per layer norm, q/k/v in one GEMV
  * launch, bias + RoPE + KV append, attention, output projection added to the
@@ -21,10 +24,12 @@
  *   APR_CUDA_F16_ACC=1  attention with the CPU engine's F16 V accumulator (parity checks)
  */
 #include <cuda_runtime.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cuda/cuda.h"
 #include "cuda/kernels.h"
@@ -63,6 +68,7 @@ struct apr_cuda_model {
     uint8_t *d_weights; /* region 1 */
     uint16_t *d_kv;     /* region 2: K [n_layer][n_seq][n_ctx][kv_dim], then V alike */
     uint8_t *d_scratch; /* region 3 */
+    bool imported;      /* regions 1 and 2 are a holder's (CUDA IPC), not ours to free */
     size_t weights_bytes, kv_bytes, scratch_bytes, layer_elems;
     apr_cu_weight tok_embd, output;
     const float *output_norm;
@@ -294,8 +300,6 @@ static int upload_weights(apr_cuda_model *m, const char *path, const gguf_file *
             snprintf(err, APR_ERRLEN, "tensor '%s': repack failed", u->t->name);
             goto out;
         }
-        if (u->w) u->w->data = m->d_weights + u->off;
-        if (u->vec) *u->vec = (const float *)(m->d_weights + u->off);
     }
     if (cuda_fail(cudaStreamSynchronize(s), "loading the weights", err)) goto out;
     rc = 0;
@@ -352,8 +356,13 @@ extern "C" void apr_cuda_close(apr_cuda_model *m)
     free(m->pcls);
     for (int i = 0; i < N_BUCKETS; i++)
         if (m->graph[i]) cudaGraphExecDestroy(m->graph[i]);
-    cudaFree(m->d_weights);
-    cudaFree(m->d_kv);
+    if (m->imported) {
+        if (m->d_weights) cudaIpcCloseMemHandle(m->d_weights);
+        if (m->d_kv) cudaIpcCloseMemHandle(m->d_kv);
+    } else {
+        cudaFree(m->d_weights);
+        cudaFree(m->d_kv);
+    }
     cudaFree(m->d_scratch);
     cudaFreeHost(m->h_batch);
     cudaFreeHost(m->h_logits);
@@ -370,8 +379,9 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out);
 
 /* One pass of a padding entry (it touches no sequence): every kernel runs
  * once, so a broken build or device fails here with a clear error rather
- * than in the first step, and the decode graph is captured before anyone
- * times a step. */
+ * than in the first step. Every batch-size bucket's graph is captured now,
+ * so that an engine restarted under load serves its first step of any size
+ * without a capture, and nobody times one. */
 static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
 {
     int32_t *h = m->h_batch;
@@ -380,8 +390,9 @@ static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
     h[2 * CHUNK_CAP] = -1;
     h[3 * CHUNK_CAP] = 0;
     if (m->use_graphs) {
-        if (get_graph(m, 0, err) || cuda_fail(cudaGraphLaunch(m->graph[0], m->stream), "cudaGraphLaunch", err))
-            return -1;
+        for (int bi = 0; bi < N_BUCKETS; bi++)
+            if (get_graph(m, bi, err)) return -1;
+        if (cuda_fail(cudaGraphLaunch(m->graph[0], m->stream), "cudaGraphLaunch", err)) return -1;
     } else {
         if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, 4 * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice,
                                       m->stream),
@@ -398,7 +409,165 @@ static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
     return cuda_fail(cudaStreamSynchronize(m->stream), "warm-up pass", err);
 }
 
-extern "C" apr_cuda_model *apr_cuda_open(const char *path, const apr_backend_opts *opts, char err[APR_ERRLEN])
+/* ------------------------------------------------------------ opening */
+
+/* Who opens the model. apr eval and the tests run it alone; under apr-worker
+ * a holder process owns weights and KV cache, and engine processes import
+ * them and run the steps (worker/holder.c), so that an engine can die
+ * without taking the memory with it. */
+typedef enum { ROLE_ALONE, ROLE_HOLDER, ROLE_ENGINE } open_role;
+
+/* What a holder writes for its engines (the export area): the handles of its
+ * two regions, and what must agree for an engine's plan of the weights, made
+ * again from the file's metadata, to address the holder's bytes. */
+typedef struct {
+    uint32_t magic, version;
+    int32_t n_ctx, n_seq;
+    uint64_t weights_bytes, kv_bytes;
+    uint64_t file_dev, file_ino, file_size;
+    int64_t file_mtime_ns;
+    cudaIpcMemHandle_t weights, kv;
+} cuda_export;
+static_assert(sizeof(cuda_export) <= APR_BACKEND_EXPORT_BYTES, "the export area is too small");
+
+#define EXPORT_MAGIC 0x43525041u /* "APRC" */
+#define EXPORT_VERSION 1u
+
+static int file_identity(const char *path, cuda_export *x, char err[APR_ERRLEN])
+{
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        snprintf(err, APR_ERRLEN, "cannot stat: %s", strerror(errno));
+        return -1;
+    }
+    x->file_dev = (uint64_t)st.st_dev;
+    x->file_ino = (uint64_t)st.st_ino;
+    x->file_size = (uint64_t)st.st_size;
+    x->file_mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    return 0;
+}
+
+static int export_regions(apr_cuda_model *m, const char *path, cuda_export *x, char err[APR_ERRLEN])
+{
+    memset(x, 0, sizeof *x);
+    if (file_identity(path, x, err) ||
+        cuda_fail(cudaIpcGetMemHandle(&x->weights, m->d_weights), "cudaIpcGetMemHandle (weights)", err) ||
+        cuda_fail(cudaIpcGetMemHandle(&x->kv, m->d_kv), "cudaIpcGetMemHandle (KV cache)", err))
+        return -1;
+    x->n_ctx = m->n_ctx;
+    x->n_seq = m->n_seq;
+    x->weights_bytes = m->weights_bytes;
+    x->kv_bytes = m->kv_bytes;
+    x->version = EXPORT_VERSION;
+    x->magic = EXPORT_MAGIC;
+    return 0;
+}
+
+static int import_regions(apr_cuda_model *m, const char *path, const cuda_export *x, char err[APR_ERRLEN])
+{
+    if (x->magic != EXPORT_MAGIC || x->version != EXPORT_VERSION) {
+        snprintf(err, APR_ERRLEN, "the holder's export is not of this build");
+        return -1;
+    }
+    cuda_export now;
+    if (file_identity(path, &now, err)) return -1;
+    if (now.file_dev != x->file_dev || now.file_ino != x->file_ino || now.file_size != x->file_size ||
+        now.file_mtime_ns != x->file_mtime_ns) {
+        snprintf(err, APR_ERRLEN, "the model file changed since the holder loaded it");
+        return -1;
+    }
+    if (x->n_ctx != m->n_ctx || x->n_seq != m->n_seq || x->weights_bytes != m->weights_bytes ||
+        x->kv_bytes != m->kv_bytes) {
+        snprintf(err, APR_ERRLEN,
+                 "the holder's layout differs: context %d/%d, sequences %d/%d, weights %llu/%llu bytes, "
+                 "KV cache %llu/%llu bytes",
+                 x->n_ctx, m->n_ctx, x->n_seq, m->n_seq, (unsigned long long)x->weights_bytes,
+                 (unsigned long long)m->weights_bytes, (unsigned long long)x->kv_bytes,
+                 (unsigned long long)m->kv_bytes);
+        return -1;
+    }
+    m->imported = true;
+    void *w = NULL, *kv = NULL;
+    if (cuda_fail(cudaIpcOpenMemHandle(&w, x->weights, cudaIpcMemLazyEnablePeerAccess),
+                  "cudaIpcOpenMemHandle (weights)", err))
+        return -1;
+    m->d_weights = (uint8_t *)w;
+    if (cuda_fail(cudaIpcOpenMemHandle(&kv, x->kv, cudaIpcMemLazyEnablePeerAccess),
+                  "cudaIpcOpenMemHandle (KV cache)", err))
+        return -1;
+    m->d_kv = (uint16_t *)kv;
+    return 0;
+}
+
+/* Weights and a zeroed KV cache of our own, the weights read from the file. */
+static int allocate_and_load(apr_cuda_model *m, const char *path, const gguf_file *f, upload *list, int n,
+                             open_role role, char err[APR_ERRLEN])
+{
+    size_t free_b = 0, total_b = 0;
+    if (cuda_fail(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo", err)) return -1;
+    size_t stage = 0; /* device staging of the largest tensor that is repacked while loading */
+    for (int i = 0; i < n; i++)
+        if (apr_cu_needs_repack(list[i].t->type) && list[i].t->nbytes > stage) stage = list[i].t->nbytes;
+    /* a holder leaves room for its engine: that process's own context and scratch */
+    size_t headroom = role == ROLE_HOLDER ? 2 * HEADROOM : HEADROOM;
+    size_t need = m->weights_bytes + m->kv_bytes + m->scratch_bytes + stage + headroom;
+    if (need > free_b) {
+        snprintf(err, APR_ERRLEN,
+                 "the model does not fit the GPU: weights %.2f GiB + KV cache %.2f GiB (%d positions x %d "
+                 "sequences) + scratch %.2f GiB + %.2f GiB staging and headroom > %.2f GiB free",
+                 gib(m->weights_bytes), gib(m->kv_bytes), m->n_ctx, m->n_seq, gib(m->scratch_bytes),
+                 gib(stage + headroom), gib(free_b));
+        return -1;
+    }
+    if (cuda_fail(cudaMalloc((void **)&m->d_weights, m->weights_bytes), "cudaMalloc (weights)", err) ||
+        cuda_fail(cudaMalloc((void **)&m->d_kv, m->kv_bytes), "cudaMalloc (KV cache)", err))
+        return -1;
+    /* zeros, so padding entries and unused positions read finite values */
+    if (cuda_fail(cudaMemsetAsync(m->d_kv, 0, m->kv_bytes, m->stream), "cudaMemset", err)) return -1;
+    return upload_weights(m, path, f, list, n, err);
+}
+
+/* Points the model's tensors into the weights region. */
+static void bind_weights(apr_cuda_model *m, const upload *list, int n, bool tied)
+{
+    for (int i = 0; i < n; i++) {
+        if (list[i].w) list[i].w->data = m->d_weights + list[i].off;
+        if (list[i].vec) *list[i].vec = (const float *)(m->d_weights + list[i].off);
+    }
+    if (tied) m->output = m->tok_embd;
+}
+
+/* What running steps takes beyond weights and KV cache: scratch, pinned
+ * buffers, profile events, the graphs. */
+static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
+{
+    const apr_hparams *hp = &m->hp;
+    if (cuda_fail(cudaMalloc((void **)&m->d_scratch, m->scratch_bytes), "cudaMalloc (scratch)", err) ||
+        cuda_fail(cudaHostAlloc((void **)&m->h_batch, 4 * CHUNK_CAP * sizeof(int32_t), cudaHostAllocDefault),
+                  "cudaHostAlloc", err) ||
+        cuda_fail(cudaHostAlloc((void **)&m->h_logits, (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float),
+                                cudaHostAllocDefault),
+                  "cudaHostAlloc", err))
+        return -1;
+    carve_scratch(m, m->d_scratch);
+    if (m->profile) {
+        m->pcap = 12 * (int)hp->n_layer + 8;
+        m->pev = (cudaEvent_t *)calloc((size_t)m->pcap, sizeof *m->pev);
+        m->pcls = (uint8_t *)calloc((size_t)m->pcap, 1);
+        if (!m->pev || !m->pcls) {
+            m->pcap = 0;
+            snprintf(err, APR_ERRLEN, "out of memory");
+            return -1;
+        }
+        for (int i = 0; i < m->pcap; i++)
+            if (cuda_fail(cudaEventCreate(&m->pev[i]), "cudaEventCreate", err)) return -1;
+    }
+    if (cuda_fail(cudaMemsetAsync(m->d_scratch, 0, m->scratch_bytes, m->stream), "cudaMemset", err)) return -1;
+    return warm_up(m, err);
+}
+
+static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts, open_role role, void *exp,
+                                  char err[APR_ERRLEN])
 {
     char why[APR_ERRLEN];
     gguf_file *f = gguf_open(path, why);
@@ -472,53 +641,18 @@ extern "C" apr_cuda_model *apr_cuda_open(const char *path, const apr_backend_opt
         m->layer_elems = (size_t)m->n_seq * (size_t)m->n_ctx * (size_t)m->kv_dim;
         m->kv_bytes = 2 * (size_t)hp->n_layer * m->layer_elems * sizeof(uint16_t);
         m->scratch_bytes = carve_scratch(m, NULL);
-        size_t free_b = 0, total_b = 0;
         if (cuda_fail(cudaSetDevice(0), "cudaSetDevice", err) ||
-            cuda_fail(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo", err))
+            cuda_fail(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "cudaStreamCreate", err))
             goto fail;
-        size_t stage = 0; /* device staging of the largest tensor that is repacked while loading */
-        for (int i = 0; i < l.n; i++)
-            if (apr_cu_needs_repack(list[i].t->type) && list[i].t->nbytes > stage) stage = list[i].t->nbytes;
-        size_t need = m->weights_bytes + m->kv_bytes + m->scratch_bytes + stage + HEADROOM;
-        if (need > free_b) {
-            snprintf(err, APR_ERRLEN,
-                     "the model does not fit the GPU: weights %.2f GiB + KV cache %.2f GiB (%d positions x %d "
-                     "sequences) + scratch %.2f GiB + %.2f GiB staging and headroom > %.2f GiB free",
-                     gib(m->weights_bytes), gib(m->kv_bytes), m->n_ctx, m->n_seq, gib(m->scratch_bytes),
-                     gib(stage + HEADROOM), gib(free_b));
-            goto fail;
-        }
-        if (cuda_fail(cudaStreamCreateWithFlags(&m->stream, cudaStreamNonBlocking), "cudaStreamCreate", err)) goto fail;
         m->cu.stream = m->stream;
-        if (cuda_fail(cudaMalloc((void **)&m->d_weights, m->weights_bytes), "cudaMalloc (weights)", err) ||
-            cuda_fail(cudaMalloc((void **)&m->d_kv, m->kv_bytes), "cudaMalloc (KV cache)", err) ||
-            cuda_fail(cudaMalloc((void **)&m->d_scratch, m->scratch_bytes), "cudaMalloc (scratch)", err) ||
-            cuda_fail(cudaHostAlloc((void **)&m->h_batch, 4 * CHUNK_CAP * sizeof(int32_t), cudaHostAllocDefault),
-                      "cudaHostAlloc", err) ||
-            cuda_fail(cudaHostAlloc((void **)&m->h_logits, (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float),
-                                    cudaHostAllocDefault),
-                      "cudaHostAlloc", err))
+        if (role == ROLE_ENGINE ? import_regions(m, path, (const cuda_export *)opts->import, err)
+                                : allocate_and_load(m, path, f, list, l.n, role, err))
             goto fail;
-        carve_scratch(m, m->d_scratch);
-        if (m->profile) {
-            m->pcap = 12 * (int)hp->n_layer + 8;
-            m->pev = (cudaEvent_t *)calloc((size_t)m->pcap, sizeof *m->pev);
-            m->pcls = (uint8_t *)calloc((size_t)m->pcap, 1);
-            if (!m->pev || !m->pcls) {
-                m->pcap = 0;
-                snprintf(err, APR_ERRLEN, "out of memory");
-                goto fail;
-            }
-            for (int i = 0; i < m->pcap; i++)
-                if (cuda_fail(cudaEventCreate(&m->pev[i]), "cudaEventCreate", err)) goto fail;
-        }
-        /* zeros, so padding entries and unused positions read finite values */
-        if (cuda_fail(cudaMemsetAsync(m->d_kv, 0, m->kv_bytes, m->stream), "cudaMemset", err) ||
-            cuda_fail(cudaMemsetAsync(m->d_scratch, 0, m->scratch_bytes, m->stream), "cudaMemset", err))
+        bind_weights(m, list, l.n, tied);
+        if (role == ROLE_HOLDER ? export_regions(m, path, (cuda_export *)exp, err) : prepare_steps(m, err))
             goto fail;
-        if (upload_weights(m, path, f, list, l.n, err)) goto fail;
-        if (tied) m->output = m->tok_embd;
-        if (warm_up(m, err)) goto fail;
+        if (role == ROLE_ENGINE && opts->kv_kept)
+            for (int s = 0; s < m->n_seq; s++) m->seq_len[s] = m->n_ctx; /* until the coordinator trims it */
     }
     free(list);
     gguf_close(f);
@@ -530,6 +664,16 @@ fail:
     return NULL;
 }
 
+extern "C" apr_cuda_model *apr_cuda_open(const char *path, const apr_backend_opts *opts, char err[APR_ERRLEN])
+{
+    return open_model(path, opts, opts && opts->import ? ROLE_ENGINE : ROLE_ALONE, NULL, err);
+}
+
+extern "C" apr_cuda_model *apr_cuda_hold(const char *path, const apr_backend_opts *opts, void *exp,
+                                         char err[APR_ERRLEN])
+{
+    return open_model(path, opts, ROLE_HOLDER, exp, err);
+}
 extern "C" const apr_hparams *apr_cuda_hparams(const apr_cuda_model *m) { return &m->hp; }
 extern "C" int apr_cuda_n_ctx(const apr_cuda_model *m) { return m->n_ctx; }
 extern "C" int apr_cuda_n_seq(const apr_cuda_model *m) { return m->n_seq; }
@@ -723,7 +867,9 @@ extern "C" int apr_cuda_step(apr_cuda_model *m, const apr_batch *b, float *logit
     int out_row = 0;
     for (int c0 = 0; c0 < b->n; c0 += CHUNK_CAP) {
         const int nc = b->n - c0 < CHUNK_CAP ? b->n - c0 : CHUNK_CAP;
-        if (step_chunk(m, b, c0, nc, logits, &out_row, err)) return -1;
+        /* past the checks, any failure is the device's (or a launch this
+         * build got wrong): the stream's state is unknown, so say so */
+        if (step_chunk(m, b, c0, nc, logits, &out_row, err)) return -2;
         for (int i = c0; i < c0 + nc; i++)
             if (b->pos[i] + 1 > m->seq_len[b->seq[i]]) m->seq_len[b->seq[i]] = b->pos[i] + 1;
     }

@@ -21,11 +21,19 @@ int apr_cuda_device_describe(int i, char *buf, size_t len);
 /* The engine on device 0: the backend interface's calls, same contracts. */
 typedef struct apr_cuda_model apr_cuda_model;
 
+/* With opts->import set (a holder's export area), the weights and KV cache
+ * are the holder's, imported rather than loaded: an engine process. */
 apr_cuda_model *apr_cuda_open(const char *path, const apr_backend_opts *opts, char err[APR_ERRLEN]);
+/* A holder: allocates and loads the weights and a zeroed KV cache as
+ * apr_cuda_open does, prepares no steps (none may be run on it), and writes
+ * into exp (APR_BACKEND_EXPORT_BYTES) what an engine needs to import them.
+ * apr_cuda_close frees it. */
+apr_cuda_model *apr_cuda_hold(const char *path, const apr_backend_opts *opts, void *exp, char err[APR_ERRLEN]);
 void apr_cuda_close(apr_cuda_model *m);
 const apr_hparams *apr_cuda_hparams(const apr_cuda_model *m);
 int apr_cuda_n_ctx(const apr_cuda_model *m);
 int apr_cuda_n_seq(const apr_cuda_model *m);
+/* 0, -1 (refused), or -2 (the device failed), as apr_backend_step. */
 int apr_cuda_step(apr_cuda_model *m, const apr_batch *b, float *logits, char err[APR_ERRLEN]);
 void apr_cuda_seq_trim(apr_cuda_model *m, int seq, int from_pos);
 

@@ -99,3 +99,55 @@ void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos)
 #endif
     cpu_model_seq_trim(b->cpu, seq, from_pos);
 }
+
+/* Only the GPU worker is split into holder and engine: a CPU worker's memory
+ * is shared memory that a restarted process maps again. */
+struct apr_backend_hold {
+#ifdef APR_HAVE_CUDA
+    apr_cuda_model *cuda;
+#else
+    int unused;
+#endif
+};
+
+apr_backend_hold *apr_backend_hold_open(const char *kind, const char *model_path,
+                                        const apr_backend_opts *opts, void *exp, char err[APR_ERRLEN])
+{
+    if (strcmp(kind, "cuda")) {
+        snprintf(err, APR_ERRLEN, "backend '%s' has no holder (cuda only)", kind);
+        return NULL;
+    }
+#ifdef APR_HAVE_CUDA
+    char why[APR_ERRLEN] = "";
+    if (apr_cuda_device_count(why, sizeof why) <= 0) {
+        snprintf(err, APR_ERRLEN, "%s", why);
+        return NULL;
+    }
+    apr_backend_hold *h = calloc(1, sizeof *h);
+    if (!h) {
+        snprintf(err, APR_ERRLEN, "out of memory");
+        return NULL;
+    }
+    h->cuda = apr_cuda_hold(model_path, opts, exp, err);
+    if (!h->cuda) {
+        free(h);
+        return NULL;
+    }
+    return h;
+#else
+    (void)model_path;
+    (void)opts;
+    (void)exp;
+    snprintf(err, APR_ERRLEN, "no CUDA device: this build has no CUDA support");
+    return NULL;
+#endif
+}
+
+void apr_backend_hold_close(apr_backend_hold *h)
+{
+    if (!h) return;
+#ifdef APR_HAVE_CUDA
+    apr_cuda_close(h->cuda);
+#endif
+    free(h);
+}

@@ -20,6 +20,13 @@ typedef struct {
     int n_ctx;     /* positions per sequence; 0: min(n_ctx_train, 4096) */
     int n_seq;     /* sequences the KV cache holds; 0: 1 */
     bool progress; /* progress bar while loading (only shown on a TTY) */
+    /* An engine under a holder (cuda): the holder's export area
+     * (apr_backend_hold_open) to import weights and KV cache from instead of
+     * loading them. NULL: load. */
+    const void *import;
+    /* With import: an earlier engine used this KV cache, so every sequence
+     * counts as n_ctx positions long until it is trimmed. */
+    bool kv_kept;
 } apr_backend_opts;
 
 typedef struct {
@@ -41,16 +48,36 @@ const apr_hparams *apr_backend_hparams(const apr_backend *b);
 int apr_backend_n_ctx(const apr_backend *b);
 int apr_backend_n_seq(const apr_backend *b);
 
-/* logits: n_vocab floats for each entry that wants them, in batch order. */
+/* logits: n_vocab floats for each entry that wants them, in batch order.
+ * 0; -1 when the step was refused (err says why; the backend still serves);
+ * -2 when the device failed (err says how; the backend is unusable, and an
+ * engine process exits so that its holder starts a fresh one). */
 int apr_backend_step(apr_backend *b, const apr_batch *batch, float *logits,
                      char err[APR_ERRLEN]);
 /* Forget positions >= from_pos of a sequence (0 clears it). */
 void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos);
 
+/* ------------------------------------------------- memory for an engine */
+/* Fault isolation of the GPU worker: a holder process allocates and loads
+ * the weights and the KV cache, and writes into `exp` what an engine process
+ * needs to import them (opts.import); exp is APR_BACKEND_EXPORT_BYTES of
+ * memory the two share. The holder runs no steps. "cuda" only. */
+#define APR_BACKEND_EXPORT_BYTES 1024
+
+typedef struct apr_backend_hold apr_backend_hold;
+
+apr_backend_hold *apr_backend_hold_open(const char *kind, const char *model_path,
+                                        const apr_backend_opts *opts, void *exp,
+                                        char err[APR_ERRLEN]);
+void apr_backend_hold_close(apr_backend_hold *h);
+
 /* ------------------------------------------------------- the worker loop */
 /* apr-worker's protocol side (proto.h, "coordinator <-> worker"): connect to
  * the coordinator, heartbeat from the start, open the backend, say hello,
- * then run steps until told to shut down. */
+ * then run steps until told to shut down. A cuda worker is two processes:
+ * the one apr-coord starts is the holder (memory and heartbeats,
+ * worker/holder.c), which starts engines (apr-worker --engine) that say hello
+ * and run the steps, and replaces any that dies. */
 typedef struct {
     const char *backend;  /* "cpu" | "cuda" */
     const char *model;    /* GGUF path */
@@ -62,11 +89,13 @@ typedef struct {
     int n_seq;            /* sequences in the KV cache (>= 1) */
     int max_batch;        /* entries per step, 1..APR_WORKER_MAX_BATCH */
     int max_logits;       /* logit rows per step, 1..APR_WORKER_MAX_BATCH */
+    bool engine;          /* a cuda holder's engine (started by the holder, not apr-coord) */
+    int ipc_fd;           /* engine: the block shared with the holder (worker/holder.h) */
 } apr_worker_opts;
 
 /* Returns the process exit status: 0 after "shutdown", 1 when the backend
  * or the shared memory could not be set up (hello ok=false went out) or the
- * connection failed. */
+ * connection failed; an engine also 3 when the device failed in a step. */
 int apr_worker_serve(const apr_worker_opts *o);
 
 #endif

@@ -31,6 +31,11 @@ static void usage(FILE *out)
             "serves steps, writing logits into the inherited shared memory FD. It exits\n"
             "when its parent dies.\n"
             "\n"
+            "With --backend cuda this process is the holder: it keeps the weights and the\n"
+            "KV cache in GPU memory and heartbeats, and runs the steps in an engine process\n"
+            "(this binary with --engine) that imports that memory through CUDA IPC; an\n"
+            "engine that dies or hangs is replaced without reloading anything.\n"
+            "\n"
             "  --backend KIND     cpu or cuda\n"
             "  -m, --model PATH   GGUF model file\n"
             "  --connect ENDPOINT the coordinator's worker socket (ipc://RUNDIR/workers)\n"
@@ -42,6 +47,8 @@ static void usage(FILE *out)
             "  --n-seq S          sequences in the KV cache, 1..4096 (default 16)\n"
             "  --max-batch B      entries per step, 1..%d (default 512)\n"
             "  --max-logits L     logit rows per step, 1..%d (default: the --n-seq value)\n"
+            "  --engine           run as a CUDA holder's engine (the holder starts it)\n"
+            "  --ipc-fd FD        engine: the block shared with the holder\n"
             "  --devices          list the CUDA devices and exit\n"
             "  -h, --help         this text\n"
             "\n"
@@ -104,7 +111,7 @@ int main(int argc, char **argv)
     if (getppid() != parent)
         return 1;
 
-    apr_worker_opts o = {.logits_fd = -1, .n_seq = 16, .max_batch = 512, .max_logits = 0};
+    apr_worker_opts o = {.logits_fd = -1, .n_seq = 16, .max_batch = 512, .max_logits = 0, .ipc_fd = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -114,6 +121,9 @@ int main(int argc, char **argv)
             return 0;
         } else if (!strcmp(a, "--devices")) {
             return list_devices();
+        } else if (!strcmp(a, "--engine")) {
+            o.engine = true;
+            continue; /* no value */
         } else if (!strcmp(a, "--backend") && v) {
             o.backend = v;
         } else if ((!strcmp(a, "-m") || !strcmp(a, "--model")) && v) {
@@ -134,6 +144,8 @@ int main(int argc, char **argv)
             ok = parse_int(a, v, 1, APR_WORKER_MAX_BATCH, &o.max_batch);
         } else if (!strcmp(a, "--max-logits")) {
             ok = parse_int(a, v, 1, APR_WORKER_MAX_BATCH, &o.max_logits);
+        } else if (!strcmp(a, "--ipc-fd")) {
+            ok = parse_int(a, v, 0, INT_MAX, &o.ipc_fd);
         } else {
             fprintf(stderr, "apr-worker: unknown option or missing value: %s\n", a);
             usage(stderr);
@@ -150,6 +162,10 @@ int main(int argc, char **argv)
     }
     if (strcmp(o.backend, "cpu") && strcmp(o.backend, "cuda")) {
         fprintf(stderr, "apr-worker: --backend must be cpu or cuda (got '%s')\n", o.backend);
+        return 2;
+    }
+    if (o.engine != (o.ipc_fd >= 0) || (o.engine && strcmp(o.backend, "cuda"))) {
+        fprintf(stderr, "apr-worker: --engine and --ipc-fd go together, with --backend cuda\n");
         return 2;
     }
     if (!valid_name(o.name)) {

@@ -1,6 +1,9 @@
 /* The worker's side of the coordinator <-> worker protocol (proto.h):
  * heartbeats from a thread of their own, hello once the backend is open,
  * then one "done" per "step", logits written straight into shared memory.
+ * A CPU worker is one process; a CUDA worker's engine runs this same loop
+ * without heartbeats (its holder sends them, worker/holder.c) and instead
+ * shows its holder that it lives.
  *
  * The coordinator is trusted to be of the same build but not to be free of
  * bugs: every step is checked against what this worker announced, and a
@@ -15,14 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "proto/proto.h"
-#include "worker/backend.h"
+#include "worker/proc.h"
 
-#define CTL_LINGER_MS 500 /* long enough for a last hello/done to leave */
+/* An engine's main thread busy with one thing (its setup, one step) for this
+ * long is taken for hung, say on a kernel that never ends: its liveness stops
+ * and its holder replaces it. A step takes milliseconds, setup a second. */
+#define ENGINE_STUCK_NS (30 * 1000000000LL)
 
-static void wlog(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void wlog(const char *name, const char *fmt, ...)
+void wlog(const char *name, const char *fmt, ...)
 {
     /* one fprintf per line, so lines from two threads never interleave */
     char line[1024];
@@ -33,112 +36,158 @@ static void wlog(const char *name, const char *fmt, ...)
     fprintf(stderr, "apr-worker[%s]: %s\n", name, line);
 }
 
-static double now_ms(void)
+int64_t mono_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* --------------------------------------------------------------- ticker */
+
+static void *tick_main(void *arg)
+{
+    ticker *t = arg;
+    pthread_mutex_lock(&t->mu);
+    while (!t->stop) {
+        pthread_mutex_unlock(&t->mu);
+        t->tick(t->arg);
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += (long)t->period_ms * 1000000L;
+        until.tv_sec += until.tv_nsec / 1000000000L;
+        until.tv_nsec %= 1000000000L;
+        pthread_mutex_lock(&t->mu);
+        while (!t->stop && pthread_cond_timedwait(&t->cv, &t->mu, &until) != ETIMEDOUT)
+            ;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return NULL;
+}
+
+int ticker_start(ticker *t, int period_ms, void (*tick)(void *), void *arg, char err[APR_ERRLEN])
+{
+    memset(t, 0, sizeof *t);
+    t->tick = tick;
+    t->arg = arg;
+    t->period_ms = period_ms;
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&t->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&t->mu, NULL);
+    int rc = pthread_create(&t->thread, NULL, tick_main, t);
+    if (rc != 0) {
+        snprintf(err, APR_ERRLEN, "thread: %s", strerror(rc));
+        pthread_cond_destroy(&t->cv);
+        pthread_mutex_destroy(&t->mu);
+        return -1;
+    }
+    t->running = true;
+    return 0;
+}
+
+void ticker_stop(ticker *t)
+{
+    if (!t->running)
+        return;
+    pthread_mutex_lock(&t->mu);
+    t->stop = true;
+    pthread_cond_signal(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    pthread_join(t->thread, NULL);
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
+    t->running = false;
 }
 
 /* ------------------------------------------------------------ heartbeat */
 
-typedef struct {
-    void *sock; /* created by the main thread, used and closed by the beat thread */
-    const char *name;
-    int64_t pid;
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* on CLOCK_MONOTONIC, so clock steps do not stall beats */
-    bool stop;
-    pthread_t thread;
-    bool running;
-} heartbeat;
-
-static void *beat_main(void *arg)
+static void beat_tick(void *arg)
 {
     heartbeat *h = arg;
-    apr_wmsg m = {.type = APR_W_HB, .pid = h->pid};
-    msgpack_sbuffer sb;
-    msgpack_sbuffer_init(&sb);
-    if (apr_wmsg_encode(&sb, &m) != 0) {
-        wlog(h->name, "heartbeat: out of memory");
-        msgpack_sbuffer_destroy(&sb);
-        zmq_close(h->sock);
-        return NULL;
-    }
-    pthread_mutex_lock(&h->mu);
-    while (!h->stop) {
-        pthread_mutex_unlock(&h->mu);
-        /* never block: while the coordinator is not there yet (or busy) a
-         * missed beat is better than a stuck thread; stale ones are dropped */
-        if (zmq_send(h->sock, sb.data, sb.size, ZMQ_DONTWAIT) < 0 && errno != EAGAIN && errno != EINTR)
-            wlog(h->name, "heartbeat: zmq_send: %s", zmq_strerror(errno));
-        struct timespec until;
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        until.tv_nsec += (long)APR_HEARTBEAT_MS * 1000000L;
-        until.tv_sec += until.tv_nsec / 1000000000L;
-        until.tv_nsec %= 1000000000L;
-        pthread_mutex_lock(&h->mu);
-        while (!h->stop && pthread_cond_timedwait(&h->cv, &h->mu, &until) != ETIMEDOUT)
-            ;
-    }
-    pthread_mutex_unlock(&h->mu);
-    msgpack_sbuffer_destroy(&sb);
-    zmq_close(h->sock);
-    return NULL;
+    /* never block: while the coordinator is not there yet (or busy) a
+     * missed beat is better than a stuck thread; stale ones are dropped */
+    if (zmq_send(h->sock, h->msg.data, h->msg.size, ZMQ_DONTWAIT) < 0 && errno != EAGAIN && errno != EINTR)
+        wlog(h->name, "heartbeat: zmq_send: %s", zmq_strerror(errno));
 }
 
-/* Connects NAME.hb and starts beating; 0, or -1 with a message. */
-static int beat_start(heartbeat *h, void *zctx, const char *endpoint, const char *name, char *err)
+int beat_start(heartbeat *h, void *zctx, const char *endpoint, const char *name, char err[APR_ERRLEN])
 {
     memset(h, 0, sizeof *h);
     h->name = name;
-    h->pid = (int64_t)getpid();
+    msgpack_sbuffer_init(&h->msg);
+    apr_wmsg m = {.type = APR_W_HB, .pid = (int64_t)getpid()};
     char ident[256];
     int len = snprintf(ident, sizeof ident, "%s.hb", name);
     int linger = 0, hwm = 4;
+    if (apr_wmsg_encode(&h->msg, &m) != 0) {
+        snprintf(err, APR_ERRLEN, "heartbeat: out of memory");
+        goto fail;
+    }
     h->sock = zmq_socket(zctx, ZMQ_DEALER);
     if (h->sock == NULL) {
         snprintf(err, APR_ERRLEN, "heartbeat socket: %s", zmq_strerror(errno));
-        return -1;
+        goto fail;
     }
     if (zmq_setsockopt(h->sock, ZMQ_ROUTING_ID, ident, (size_t)len) != 0 ||
         zmq_setsockopt(h->sock, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(h->sock, ZMQ_SNDHWM, &hwm, sizeof hwm) != 0 ||
         zmq_connect(h->sock, endpoint) != 0) {
         snprintf(err, APR_ERRLEN, "heartbeat socket to %s: %s", endpoint, zmq_strerror(errno));
-        zmq_close(h->sock);
-        return -1;
+        goto fail;
     }
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&h->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    pthread_mutex_init(&h->mu, NULL);
-    int rc = pthread_create(&h->thread, NULL, beat_main, h);
-    if (rc != 0) {
-        snprintf(err, APR_ERRLEN, "heartbeat thread: %s", strerror(rc));
-        pthread_cond_destroy(&h->cv);
-        pthread_mutex_destroy(&h->mu);
-        zmq_close(h->sock);
-        return -1;
+    /* the socket moves to the ticker's thread; pthread_create is the full
+     * memory barrier ZeroMQ asks for when a socket changes threads */
+    char why[APR_ERRLEN];
+    if (ticker_start(&h->t, APR_HEARTBEAT_MS, beat_tick, h, why) != 0) {
+        snprintf(err, APR_ERRLEN, "heartbeat %.200s", why);
+        goto fail;
     }
-    h->running = true;
     return 0;
+fail:
+    if (h->sock)
+        zmq_close(h->sock);
+    msgpack_sbuffer_destroy(&h->msg);
+    memset(h, 0, sizeof *h);
+    return -1;
 }
 
-static void beat_stop(heartbeat *h)
+void beat_stop(heartbeat *h)
 {
-    if (!h->running)
+    ticker_stop(&h->t); /* joined: the socket is this thread's again */
+    if (h->sock)
+        zmq_close(h->sock);
+    msgpack_sbuffer_destroy(&h->msg);
+    memset(h, 0, sizeof *h);
+}
+
+/* ------------------------------------------------------------- liveness */
+/* An engine's sign of life for its holder: beat goes up every
+ * ENGINE_BEAT_MS, unless the main thread has been stuck in one thing for
+ * ENGINE_STUCK_NS. A stopped process, a deadlock and a kernel that never
+ * returns all look the same to the holder: no beat. */
+
+typedef struct {
+    engine_block *blk;
+    int64_t busy_since; /* mono_ns() when the main thread began its setup or step; 0 when idle */
+    ticker t;
+} liveness;
+
+static void live_tick(void *arg)
+{
+    liveness *l = arg;
+    int64_t since = __atomic_load_n(&l->busy_since, __ATOMIC_RELAXED);
+    if (since != 0 && mono_ns() - since > ENGINE_STUCK_NS)
         return;
-    pthread_mutex_lock(&h->mu);
-    h->stop = true;
-    pthread_cond_signal(&h->cv);
-    pthread_mutex_unlock(&h->mu);
-    pthread_join(h->thread, NULL);
-    pthread_cond_destroy(&h->cv);
-    pthread_mutex_destroy(&h->mu);
-    h->running = false;
+    __atomic_fetch_add(&l->blk->beat, 1, __ATOMIC_RELAXED);
+}
+
+static void live_busy(liveness *l, bool busy)
+{
+    if (l)
+        __atomic_store_n(&l->busy_since, busy ? mono_ns() : 0, __ATOMIC_RELAXED);
 }
 
 /* ---------------------------------------------------------------- serve */
@@ -149,6 +198,16 @@ typedef struct {
     apr_backend *b;
     apr_shm logits;
     int n_vocab, n_seq;
+    /* an engine's: the block shared with its holder, and its liveness
+     * (alive points at live once its thread runs) */
+    apr_shm block;
+    liveness live, *alive;
+    bool kv_kept;
+    /* Steps of one entry (batch-1 decode), for the line at exit that splits
+     * a token's time between the backend, this loop, and the wait for the
+     * next step (the coordinator's turn plus the round trip). */
+    int64_t t_recv, last_done_ns;
+    int64_t solo_n, solo_backend_ns, solo_loop_ns, solo_wait_ns;
 } worker;
 
 static int send_msg(worker *w, const apr_wmsg *m)
@@ -167,9 +226,11 @@ static int send_msg(worker *w, const apr_wmsg *m)
     return rc;
 }
 
-static void run_step(worker *w, const apr_wmsg *m)
+/* 0, or ENGINE_EXIT_DEVICE when this engine must end. */
+static int run_step(worker *w, const apr_wmsg *m)
 {
     apr_wmsg done = {.type = APR_W_DONE, .step = m->step};
+    int64_t t0 = 0, t1 = 0;
     int n_want = 0;
     for (int i = 0; i < m->n; i++)
         n_want += m->want[i] != 0;
@@ -182,15 +243,36 @@ static void run_step(worker *w, const apr_wmsg *m)
     } else {
         apr_batch batch = {.n = m->n, .token = m->token, .pos = m->pos, .seq = m->seq,
                            .want_logits = m->want};
-        double t0 = now_ms();
-        done.ok = apr_backend_step(w->b, &batch, w->logits.base, done.error) == 0;
-        done.ms = now_ms() - t0;
+        t0 = mono_ns();
+        live_busy(w->alive, true);
+        int rc = apr_backend_step(w->b, &batch, w->logits.base, done.error);
+        live_busy(w->alive, false);
+        t1 = mono_ns();
+        done.ms = (double)(t1 - t0) / 1e6;
+        if (rc == -2 && w->o->engine) {
+            /* a CUDA error sticks to this process's context: only a new
+             * process gets a clean one. No done: the coordinator sends the
+             * step again to the engine that says hello next. */
+            wlog(w->o->name, "step %llu: %s; exiting so that the holder starts a new engine",
+                 (unsigned long long)m->step, done.error);
+            return ENGINE_EXIT_DEVICE;
+        }
+        done.ok = rc == 0;
         if (done.ok)
             done.n_logits = n_want;
     }
     if (!done.ok)
         wlog(w->o->name, "step %llu refused: %s", (unsigned long long)m->step, done.error);
     send_msg(w, &done);
+    int64_t sent = mono_ns();
+    if (done.ok && m->n == 1 && w->last_done_ns) {
+        w->solo_n++;
+        w->solo_backend_ns += t1 - t0;
+        w->solo_loop_ns += (t0 - w->t_recv) + (sent - t1);
+        w->solo_wait_ns += w->t_recv - w->last_done_ns;
+    }
+    w->last_done_ns = sent;
+    return 0;
 }
 
 static void run_trim(worker *w, const apr_wmsg *m)
@@ -203,7 +285,8 @@ static void run_trim(worker *w, const apr_wmsg *m)
     apr_backend_seq_trim(w->b, m->trim_seq, m->trim_from);
 }
 
-/* Until shutdown (0) or a broken socket (1). */
+/* Until shutdown (0), a broken socket (1) or a failed device (an engine's
+ * ENGINE_EXIT_DEVICE). */
 static int serve_loop(worker *w)
 {
     for (;;) {
@@ -218,6 +301,7 @@ static int serve_loop(worker *w)
         }
         if (got == 0)
             continue; /* EINTR */
+        w->t_recv = mono_ns();
         apr_wmsg m;
         int rc = apr_wmsg_parse(data, len, &m, err);
         free(data);
@@ -227,22 +311,53 @@ static int serve_loop(worker *w)
         }
         if (multipart)
             wlog(w->o->name, "extra frames after a %s message dropped", apr_wtype_str(m.type));
+        int end = -1;
         switch (m.type) {
         case APR_W_STEP:
-            run_step(w, &m);
+            if (run_step(w, &m) != 0)
+                end = ENGINE_EXIT_DEVICE;
             break;
         case APR_W_TRIM:
             run_trim(w, &m);
             break;
         case APR_W_SHUTDOWN:
-            apr_wmsg_free(&m);
-            return 0;
+            end = 0;
+            break;
         default:
             wlog(w->o->name, "ignored a %s message (not for workers)", apr_wtype_str(m.type));
             break;
         }
         apr_wmsg_free(&m);
+        if (end >= 0)
+            return end;
     }
+}
+
+/* An engine's first steps: the holder's block, checked, then its liveness. */
+static int engine_attach(worker *w, char err[APR_ERRLEN])
+{
+    if (apr_shm_attach(&w->block, w->o->ipc_fd, sizeof(engine_block), err) != 0)
+        return -1;
+    engine_block *blk = w->block.base;
+    if (blk->magic != ENGINE_BLOCK_MAGIC) {
+        snprintf(err, APR_ERRLEN, "--ipc-fd %d is not a holder's block", w->o->ipc_fd);
+        return -1;
+    }
+    /* the holder may have died before this process asked to die with it */
+    if ((int64_t)getppid() != blk->holder_pid) {
+        snprintf(err, APR_ERRLEN, "the holder (pid %lld) is gone", (long long)blk->holder_pid);
+        return -1;
+    }
+    w->live.blk = blk;
+    w->live.busy_since = mono_ns();
+    char why[APR_ERRLEN];
+    if (ticker_start(&w->live.t, ENGINE_BEAT_MS, live_tick, &w->live, why) != 0) {
+        snprintf(err, APR_ERRLEN, "liveness %.200s", why);
+        return -1;
+    }
+    w->alive = &w->live;
+    w->kv_kept = __atomic_load_n(&blk->generation, __ATOMIC_ACQUIRE) > 1;
+    return 0;
 }
 
 /* Opens the backend and the logits memory; on failure err says why. */
@@ -250,7 +365,13 @@ static int setup(worker *w, char *err)
 {
     const apr_worker_opts *o = w->o;
     apr_backend_opts bo = {.n_threads = o->n_threads, .n_ctx = o->n_ctx, .n_seq = o->n_seq};
-    double t0 = now_ms();
+    int64_t t0 = mono_ns();
+    if (o->engine) {
+        if (engine_attach(w, err) != 0)
+            return -1;
+        bo.import = ((engine_block *)w->block.base)->exp;
+        bo.kv_kept = w->kv_kept;
+    }
     char why[APR_ERRLEN];
     w->b = apr_backend_open(o->backend, o->model, &bo, why);
     if (w->b == NULL) {
@@ -263,16 +384,22 @@ static int setup(worker *w, char *err)
     size_t need = (size_t)o->max_logits * (size_t)w->n_vocab * sizeof(float);
     if (apr_shm_attach(&w->logits, o->logits_fd, need, err) != 0)
         return -1; /* the message names the fd and both sizes */
-    wlog(o->name, "%s backend, %s: n_vocab %d, n_ctx %d, n_seq %d, loaded in %.2f s", o->backend,
-         o->model, w->n_vocab, apr_backend_n_ctx(w->b), w->n_seq, (now_ms() - t0) / 1e3);
+    wlog(o->name, "%s %s, %s: n_vocab %d, n_ctx %d, n_seq %d, %s in %.2f s", o->backend,
+         o->engine ? "engine" : "backend", o->model, w->n_vocab, apr_backend_n_ctx(w->b), w->n_seq,
+         !o->engine ? "loaded" : w->kv_kept ? "imported (KV cache kept)" : "imported",
+         (double)(mono_ns() - t0) / 1e9);
     return 0;
 }
 
 int apr_worker_serve(const apr_worker_opts *o)
 {
+    if (!strcmp(o->backend, "cuda") && !o->engine)
+        return apr_worker_hold(o);
+
     char err[APR_ERRLEN] = "";
     worker w = {.o = o};
     w.logits.fd = -1;
+    w.block.fd = -1;
     heartbeat hb = {0};
     int status = 1;
     int linger = CTL_LINGER_MS;
@@ -283,8 +410,8 @@ int apr_worker_serve(const apr_worker_opts *o)
         return 1;
     }
     /* beats first: loading a large model takes a while and must not look
-     * like a hang */
-    if (beat_start(&hb, zctx, o->endpoint, o->name, err) != 0) {
+     * like a hang. An engine's holder beats for it. */
+    if (!o->engine && beat_start(&hb, zctx, o->endpoint, o->name, err) != 0) {
         wlog(o->name, "%s", err);
         goto out;
     }
@@ -309,16 +436,31 @@ int apr_worker_serve(const apr_worker_opts *o)
     hello.n_seq = w.n_seq;
     hello.max_batch = o->max_batch;
     hello.max_logits = o->max_logits;
+    hello.kv_kept = w.kv_kept;
     if (send_msg(&w, &hello) != 0)
         goto out;
+    if (w.alive) {
+        live_busy(w.alive, false);
+        engine_block *blk = w.block.base;
+        __atomic_store_n(&blk->ready_ns, mono_ns(), __ATOMIC_RELEASE);
+    }
     status = serve_loop(&w);
+    if (w.solo_n > 0) {
+        double n = (double)w.solo_n * 1e6;
+        wlog(o->name, "%lld steps of one entry, per step: %.3f ms in the backend, %.3f ms in this loop, "
+             "%.3f ms from done to the next step", (long long)w.solo_n, (double)w.solo_backend_ns / n,
+             (double)w.solo_loop_ns / n, (double)w.solo_wait_ns / n);
+    }
 
 out:
     if (w.ctl)
         zmq_close(w.ctl);
     beat_stop(&hb);
+    if (w.alive)
+        ticker_stop(&w.alive->t);
     zmq_ctx_term(zctx);
     apr_shm_close(&w.logits);
     apr_backend_close(w.b);
+    apr_shm_close(&w.block);
     return status;
 }

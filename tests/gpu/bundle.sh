@@ -1,7 +1,8 @@
 #!/bin/sh
 # Fills .carry/ (ignored by git) with what tests/gpu/run.sh needs on the device
 # machine, which has no libzmq/msgpack/liburing/utf8proc and no ../shared:
-#   .carry/bin     apr and the GPU test binary (built here: make && make gpu)
+#   .carry/bin     apr, apr-coord, apr-worker and the GPU test binary (built
+#                  here: make && make gpu)
 #   .carry/lib     the shared libraries `ldd build/apr` lists, glibc's excepted
 #   .carry/models  stories260K.gguf and a vocabulary-only GGUF for apr mkmodel
 # Then: run tests/gpu/run.sh there with carry [".carry"].
@@ -11,7 +12,7 @@ SHARED=${SHARED:-../shared}
 C=.carry
 rm -rf "$C/bin" "$C/lib" "$C/models"
 mkdir -p "$C/bin" "$C/lib" "$C/models"
-cp "$BUILD/apr" "$BUILD/gpu/test_kernels_cuda" "$C/bin/"
+cp "$BUILD/apr" "$BUILD/apr-coord" "$BUILD/apr-worker" "$BUILD/gpu/test_kernels_cuda" "$C/bin/"
 ldd "$BUILD/apr" | awk '/=> \// {print $3}' | while read -r lib; do
     case "$(basename "$lib")" in
     libc.so*|libm.so*|libresolv.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libstdc++.so*|libgcc_s.so*) ;;

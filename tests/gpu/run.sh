@@ -14,8 +14,17 @@
 #      0.5B, 1.5B, 7B (also without PDL, and the 1.5B without graphs); prefill
 #      of a 512-token prompt on the 1.5B; each beside llama.cpp's figure on the
 #      same H100 and the bandwidth roofline; the per-kernel-class profile
+#   5. serving through apr-coord on the 1.5B: decode and TTFT as a client sees
+#      them (apr bench) beside apr eval's decode, with the engine's split of a
+#      token's time and the pipeline's cost on a tiny model (stories260K, CPU
+#      worker) for scale; fault isolation: 8 greedy
+#      streams while the engine gets kill -9, then SIGSTOP (its holder starts
+#      another on the same weights and KV cache; every stream must equal a
+#      fault-free run's token for token), a kill -9 while idle with a request
+#      right behind it, and with --workers cuda,cpu a kill -9 of the holder
+#      under apr load (the CPU worker serves meanwhile; streams complete)
 # The table comes last. Logs go to $OUT (or /tmp/apr-gpu) as well.
-# PARTS="kernels parity bench" selects parts; SIZES="0.5b 1.5b 7b" the bench models.
+# PARTS="kernels parity bench serve" selects parts; SIZES="0.5b 1.5b 7b" the bench models.
 set -u
 C=${CARRY:-.carry}
 export LD_LIBRARY_PATH="$PWD/$C/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -23,7 +32,7 @@ export CUDA_MODULE_LOADING=EAGER
 APR="$C/bin/apr"
 LOG=${OUT:-/tmp/apr-gpu}
 M=${MODELS:-/tmp/apr-models}
-PARTS=${PARTS:-kernels parity bench}
+PARTS=${PARTS:-kernels parity bench serve}
 SIZES=${SIZES:-0.5b 1.5b 7b}
 mkdir -p "$LOG" "$M"
 TABLE="$LOG/table.txt"
@@ -172,6 +181,173 @@ if has bench; then
                 grep -A12 '^cuda profile' "$LOG/profile-$s.err" | tee "$LOG/profile.txt"
         fi
     done
+fi
+
+# ----------------------------------------------------------------- 5. serve
+EP="ipc://$M/apr.sock"
+COORD=0
+# coord_start WORKERS LOGNAME [ARGS]: apr-coord on $SP in the background until every worker is ready
+coord_start() {
+    cs_w=$1 cs_log=$2
+    shift 2
+    "$C/bin/apr-coord" -m "$SP" --listen "$EP" --workers "$cs_w" "$@" 2>"$LOG/$cs_log.log" &
+    COORD=$!
+    cs_n=$(echo "$cs_w" | tr , '\n' | wc -l)
+    cs_i=0
+    until [ "$("$APR" status --endpoint "$EP" --timeout 1 2>/dev/null | grep -c ' ready ')" -eq "$cs_n" ]; do
+        cs_i=$((cs_i + 1))
+        if [ $cs_i -gt 300 ] || ! kill -0 $COORD 2>/dev/null; then
+            echo "apr-coord --workers $cs_w did not get ready:"
+            tail -5 "$LOG/$cs_log.log"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+coord_stop() {
+    kill -TERM $COORD 2>/dev/null
+    wait $COORD
+    COORD=0
+}
+status_field() { "$APR" status --endpoint "$EP" --timeout 2 | awk -v k="$1" '$1 == k {print $2}'; }
+worker_pid() { "$APR" status --endpoint "$EP" --timeout 2 | awk -v w="$1" '$1 == w {print $4}'; }
+# the engine: the holder's child (no procps there)
+engine_of() { grep -l "^PPid:[[:space:]]*$1\$" /proc/[0-9]*/status 2>/dev/null | head -1 | cut -d/ -f3; }
+
+PROMPTS="Once upon a time|The quick brown fox|def fibonacci(n):|Write a haiku about GPUs.|In the beginning|import numpy as np|Dear diary, today|The capital of France is"
+NTOK=256
+# streams NAME: 8 greedy streams of NTOK tokens at once through apr-coord;
+# their token ids to $LOG/NAME-i.tok. Fails when one failed, or its token
+# indices are not 0, 1, 2 ... (a lost or repeated token).
+streams() {
+    st_pids=""
+    for st_i in 1 2 3 4 5 6 7 8; do
+        "$APR" generate --endpoint "$EP" -p "$(echo "$PROMPTS" | cut -d'|' -f$st_i)" -n $NTOK --temperature 0 \
+            --json --timeout 60 >"$LOG/$1-$st_i.json" 2>"$LOG/$1-$st_i.err" &
+        st_pids="$st_pids $!"
+    done
+    st_bad=0
+    for st_p in $st_pids; do wait "$st_p" || st_bad=$((st_bad + 1)); done
+    for st_i in 1 2 3 4 5 6 7 8; do
+        sed -n 's/.*"token":\([0-9]*\),"index":\([0-9]*\).*/\2 \1/p' "$LOG/$1-$st_i.json" >"$LOG/$1-$st_i.idx"
+        awk '$1 != NR - 1 {bad = 1} END {exit bad || NR == 0}' "$LOG/$1-$st_i.idx" || st_bad=$((st_bad + 1))
+        cut -d' ' -f2 "$LOG/$1-$st_i.idx" >"$LOG/$1-$st_i.tok"
+    done
+    [ $st_bad -eq 0 ] || echo "$1: $st_bad streams failed or lost/repeated a token"
+    return $st_bad
+}
+same() { # A B: how many of the 8 streams of B equal A's
+    sm_n=0
+    for sm_i in 1 2 3 4 5 6 7 8; do cmp -s "$LOG/$1-$sm_i.tok" "$LOG/$2-$sm_i.tok" && sm_n=$((sm_n + 1)); done
+    echo $sm_n
+}
+# fault SIGNAL NAME: the streams of NAME, with SIGNAL sent to the engine once
+# stream 1 has 64 tokens; then compared with the fault-free run
+fault() {
+    fa_holder=$(worker_pid cuda0)
+    fa_engine=$(engine_of "$fa_holder")
+    rm -f "$LOG/$2.killed" "$LOG/$2-1.json"
+    (
+        for fa_i in $(seq 1000); do
+            [ -f "$LOG/$2-1.json" ] && [ "$(wc -l <"$LOG/$2-1.json")" -ge 64 ] && break
+            sleep 0.01
+        done
+        kill "-$1" "$fa_engine" && echo "$fa_engine" >"$LOG/$2.killed"
+    ) &
+    fa_killer=$!
+    streams "$2" || fails=$((fails + 1))
+    wait $fa_killer
+    fa_new=$(engine_of "$fa_holder")
+    fa_ms=$(grep -o 'serving, [0-9.]* ms after the last one died' "$LOG/serve-cuda.log" | tail -1 | awk '{print $2}')
+    fa_same=$(same serve-ref "$2")
+    if [ ! -f "$LOG/$2.killed" ]; then r="FAIL engine $1: the signal was not sent"; fails=$((fails + 1))
+    elif [ "$fa_new" = "$fa_engine" ] || [ -z "$fa_new" ]; then r="FAIL engine $1: no new engine"; fails=$((fails + 1))
+    elif [ "$fa_same" -ne 8 ]; then r="FAIL engine $1: $fa_same/8 streams equal the fault-free run"; fails=$((fails + 1))
+    else r="ok engine $1 mid-stream: 8/8 streams equal the fault-free run, serving again in $fa_ms ms"; fi
+    echo "$r (engine $fa_engine -> $fa_new)"
+    echo "parity  $r" >>"$TABLE"
+}
+
+if has serve; then
+    say "serving through apr-coord (qwen2.5-1.5b)"
+    if SP=$(mk qwen2.5-1.5b); then
+        ev cuda "$SP" serve-eval -p "Once upon a time" -n 128 --ignore-eos || fails=$((fails + 1))
+        eval_d=$(rate decode "$LOG/serve-eval.err")
+        if coord_start cuda serve-bench; then
+            "$APR" bench --endpoint "$EP" -n 128 --runs 20 --warmup 3 --baseline "apr-eval=$eval_d" \
+                >"$LOG/serve-bench.txt" 2>&1 || fails=$((fails + 1))
+            "$APR" bench --endpoint "$EP" --prompt-tokens 512 -n 16 --runs 5 --warmup 1 \
+                >"$LOG/serve-bench512.txt" 2>&1 || fails=$((fails + 1))
+            cat "$LOG/serve-bench.txt"
+            bd=$(awk '$1 == "apr" && $3 == "+-" {print $2}' "$LOG/serve-bench.txt")
+            ttft=$(awk '$1 == "apr" && $3 == "+-" {print $6}' "$LOG/serve-bench.txt")
+            ttft512=$(awk '$1 == "apr" && $3 == "+-" {print $6}' "$LOG/serve-bench512.txt")
+            echo "1.5B decode: apr-coord $bd tok/s, apr eval $eval_d tok/s ($(awk -v a="$bd" -v b="$eval_d" \
+                'BEGIN {printf "%.1f", 100 * a / b}')%); TTFT ${ttft} ms (4 tokens), ${ttft512} ms (512 tokens)"
+            row "qwen2.5-1.5b decode b=1 via apr-coord" "$bd" 532 "$(wbytes "$SP")"
+            row "  same, apr eval (in-process)" "$eval_d" 532 "$(wbytes "$SP")"
+            printf "%-34s %9s\n" "  TTFT via apr-coord, 4 / 512 tok" "$ttft / $ttft512 ms" >>"$TABLE"
+            coord_stop
+            grep 'steps of one entry' "$LOG/serve-bench.log"
+        else
+            fails=$((fails + 1))
+        fi
+
+        if coord_start cuda serve-cuda; then
+            say "fault isolation: kill -9 and SIGSTOP of the engine during 8 streams"
+            streams serve-ref || fails=$((fails + 1))
+            streams serve-ref2 || fails=$((fails + 1))
+            echo "fault-free runs agree on $(same serve-ref serve-ref2)/8 streams"
+            fault KILL serve-kill
+            fault STOP serve-stop
+            # killed while idle, a request right behind: it waits for the next engine
+            ih=$(worker_pid cuda0)
+            kill -KILL "$(engine_of "$ih")"
+            if "$APR" generate --endpoint "$EP" -p "Once upon a time" -n 16 --temperature 0 --timeout 30 \
+                >/dev/null 2>"$LOG/serve-idle.err"; then r="ok engine kill -9 while idle: the next request completes"
+            else r="FAIL engine kill -9 while idle: $(tail -1 "$LOG/serve-idle.err")"; fails=$((fails + 1)); fi
+            echo "$r"
+            echo "parity  $r" >>"$TABLE"
+            echo "restarts counted by apr-coord: $(status_field restarts) (3 expected)"
+            coord_stop
+            grep -E 'engine|lost|restart|steps of one entry' "$LOG/serve-cuda.log" | tail -14
+        else
+            fails=$((fails + 1))
+        fi
+
+        say "fault isolation: --workers cuda,cpu, kill -9 of the holder under apr load"
+        if coord_start cuda,cpu serve-fallback; then
+            "$APR" load --endpoint "$EP" --concurrency 8 --requests 48 --prompts 8 --prompt-len 16-64 \
+                --max-tokens 200 --chaos kill-worker@0.5 --json "$LOG/serve-fallback.json" \
+                >"$LOG/serve-fallback.txt" 2>&1
+            lr=$?
+            cat "$LOG/serve-fallback.txt"
+            grep -E 'lost|now run on|ready in|engine' "$LOG/serve-fallback.log" | tail -8
+            if [ $lr -eq 0 ] && grep -q 'now run on worker cpu0' "$LOG/serve-fallback.log"; then
+                r="ok holder kill -9 (cuda,cpu): 48 streams complete, the CPU worker served meanwhile"
+            else r="FAIL holder kill -9 (cuda,cpu): apr load status $lr"; fails=$((fails + 1)); fi
+            echo "$r"
+            echo "parity  $r" >>"$TABLE"
+            coord_stop
+        else
+            fails=$((fails + 1))
+        fi
+
+        # the pipeline's own cost per token where the model costs nothing: a
+        # 512-token vocabulary on the CPU worker
+        SP=$C/models/stories260K.gguf
+        ev cpu "$SP" serve-floor-eval -p "Once upon a time" --bos -n 128 --ignore-eos --threads 1 &&
+            coord_start cpu serve-floor --threads 1 && {
+            "$APR" bench --endpoint "$EP" -n 128 --runs 20 --warmup 3 >"$LOG/serve-floor.txt" 2>&1
+            coord_stop
+            fl_a=$(awk '$1 == "apr" && $3 == "+-" {print $2}' "$LOG/serve-floor.txt")
+            fl_e=$(rate decode "$LOG/serve-floor-eval.err")
+            echo "pipeline floor (stories260K, CPU worker): apr-coord $fl_a tok/s, apr eval $fl_e tok/s:" \
+                "$(awk -v a="$fl_a" -v e="$fl_e" 'BEGIN {printf "%.3f", 1e3 / a - 1e3 / e}') ms per token"
+        }
+    else
+        fails=$((fails + 1))
+    fi
 fi
 
 echo
