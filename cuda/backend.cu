@@ -710,7 +710,7 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
         apr_cu_gemv_seg qkv[3] = {{L->wq, none, m->qkv, m->ldqkv, APR_CU_STORE},
                                   {L->wk, none, m->qkv + m->q_dim, m->ldqkv, APR_CU_STORE},
                                   {L->wv, none, m->qkv + m->q_dim + m->kv_dim, m->ldqkv, APR_CU_STORE}};
-        if (apr_cu_gemv(qkv, 3, &m->act, n, &m->cu)) return -1;
+        if (apr_cu_matmul(qkv, 3, &m->act, n, &m->cu)) return -1;
         mark(m, P_QKV);
         apr_cu_qkv_post(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, n, &m->ash, kc, vc, &m->cu);
         mark(m, P_POST);
@@ -719,25 +719,25 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
         apr_cu_norm_quant(m->att, m->q_dim, NULL, NULL, 0.f, m->q_dim, n, &m->act, &m->cu);
         mark(m, P_QUANT);
         apr_cu_gemv_seg wo = {L->wo, none, m->x, E, APR_CU_ADD};
-        if (apr_cu_gemv(&wo, 1, &m->act, n, &m->cu)) return -1;
+        if (apr_cu_matmul(&wo, 1, &m->act, n, &m->cu)) return -1;
         mark(m, P_WO);
 
         apr_cu_norm_quant(m->x, E, NULL, L->ffn_norm, hp->rms_eps, E, n, &m->act, &m->cu);
         mark(m, P_NORM);
         apr_cu_gemv_seg gu = {L->gate, L->up, m->hb, F, APR_CU_SWIGLU};
-        if (apr_cu_gemv(&gu, 1, &m->act, n, &m->cu)) return -1;
+        if (apr_cu_matmul(&gu, 1, &m->act, n, &m->cu)) return -1;
         mark(m, P_GATEUP);
         apr_cu_norm_quant(m->hb, F, NULL, NULL, 0.f, F, n, &m->act, &m->cu);
         mark(m, P_QUANT);
         apr_cu_gemv_seg down = {L->down, none, m->x, E, APR_CU_ADD};
-        if (apr_cu_gemv(&down, 1, &m->act, n, &m->cu)) return -1;
+        if (apr_cu_matmul(&down, 1, &m->act, n, &m->cu)) return -1;
         mark(m, P_DOWN);
     }
     if (n_out > 0) {
         apr_cu_norm_quant(m->x, E, orow, m->output_norm, hp->rms_eps, E, n_out, &m->act, &m->cu);
         mark(m, P_NORM);
         apr_cu_gemv_seg out = {m->output, none, m->logits, (int)hp->n_vocab, APR_CU_STORE};
-        if (apr_cu_gemv(&out, 1, &m->act, n_out, &m->cu)) return -1;
+        if (apr_cu_matmul(&out, 1, &m->act, n_out, &m->cu)) return -1;
         mark(m, P_OUTPUT);
     }
     return 0;

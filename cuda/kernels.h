@@ -91,6 +91,27 @@ typedef struct {
 #define APR_CU_MAX_SEG 3
 int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
 
+/* ------------------------------------------- tensor-core products (mma.cu) */
+/* The same products, epilogues and numerics as apr_cu_gemv, as int8 mma.sync
+ * tiles on the tensor cores: integer sums per 32-element block (16 for Q6_K)
+ * times the weight and activation scales, accumulated in f32. For Q4_K,
+ * Q6_K, Q5_0, Q4_0 and Q8_0 weights. Segments of different types take one
+ * launch each. Returns -1 on a bad argument or an unsupported type. */
+int apr_cu_mma_supports(uint32_t type);
+int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
+/* What the forward pass calls: apr_cu_mma when every segment's type has it
+ * and there are APR_CU_MMA_ALL_TOK tokens or more, or APR_CU_MMA_MIN_TOK or
+ * more and the product is wide (APR_CU_MMA_WIDE_ROWS output rows, SwiGLU's
+ * counted twice); apr_cu_gemv otherwise (decode, small batches), and always
+ * when the environment has APR_CUDA_MMA=0. */
+#define APR_CU_MMA_MIN_TOK 16
+#define APR_CU_MMA_ALL_TOK 64
+#define APR_CU_MMA_WIDE_ROWS 4096
+int apr_cu_matmul(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
+/* Tests: 1 (64 rows x 64 tokens), 2 (64 x 32), 3 (64 x 32, K split in two)
+ * forces apr_cu_mma's block shape; 0 lets it choose. */
+void apr_cu_mma_force_shape(int shape);
+
 /* ---------------------------------------------------------- the rest */
 /* out[t][0..n_in) = dequantized row ids[t] of w (embedding lookup). */
 void apr_cu_get_rows(const apr_cu_weight *w, const int32_t *ids, int ntok, float *out, int ldo,

@@ -250,7 +250,11 @@ static void test_quantizers(rng *r)
 
 /* ---------------------------------------------------------------- GEMV */
 
-static void test_gemv_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
+/* The product launchers under test: the GEMV, the tensor-core path, and the router between them. */
+typedef int (*product_fn)(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
+
+/* store, residual add and SwiGLU of one weight type through fn ("gemv", "mma") against the CPU */
+static void test_product(rng *r, product_fn fn, const char *name, uint32_t type, int n_in, int n_out, int ntok)
 {
     const int ld = (n_in + 255) / 256 * 256;
     const size_t wb = apr_cu_weight_bytes(type, n_in, n_out);
@@ -277,33 +281,33 @@ static void test_gemv_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
     /* store */
     poison(dout, sizeof(float) * n_out * ntok);
     apr_cu_gemv_seg seg = {dw, none, dout, n_out, APR_CU_STORE};
-    if (apr_cu_gemv(&seg, 1, &a, ntok, &cu0)) {
-        printf("FAIL gemv refused %s %dx%d\n", apr_type_get(type)->name, n_in, n_out);
+    if (fn(&seg, 1, &a, ntok, &cu0)) {
+        printf("FAIL %s refused %s %dx%d\n", name, apr_type_get(type)->name, n_in, n_out);
         failures++;
     }
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
-    snprintf(what, sizeof what, "gemv %-4s %5d x %-5d ntok %-3d", apr_type_get(type)->name, n_in, n_out, ntok);
+    snprintf(what, sizeof what, "%s %-4s %5d x %-5d ntok %-3d", name, apr_type_get(type)->name, n_in, n_out, ntok);
     report(what, got, ref, (size_t)n_out * ntok, 1e-5);
 
     /* residual add */
     CK(cudaMemcpy(dout, base, sizeof(float) * n_out * ntok, cudaMemcpyHostToDevice));
     seg.mode = APR_CU_ADD;
-    apr_cu_gemv(&seg, 1, &a, ntok, &cu0);
+    if (fn(&seg, 1, &a, ntok, &cu0)) failures++;
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
     for (int i = 0; i < n_out * ntok; i++) base[i] += ref[i];
-    snprintf(what, sizeof what, "gemv %-4s %5d x %-5d ntok %-3d add", apr_type_get(type)->name, n_in, n_out, ntok);
+    snprintf(what, sizeof what, "%s %-4s %5d x %-5d ntok %-3d add", name, apr_type_get(type)->name, n_in, n_out, ntok);
     report(what, got, base, (size_t)n_out * ntok, 1e-5);
 
     /* SwiGLU of two products */
     poison(dout, sizeof(float) * n_out * ntok);
     apr_cu_gemv_seg sw = {dw, dw2, dout, n_out, APR_CU_SWIGLU};
-    apr_cu_gemv(&sw, 1, &a, ntok, &cu0);
+    if (fn(&sw, 1, &a, ntok, &cu0)) failures++;
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
     for (int i = 0; i < n_out * ntok; i++) base[i] = silu(ref[i]) * ref2[i];
-    snprintf(what, sizeof what, "gemv %-4s %5d x %-5d ntok %-3d swiglu", apr_type_get(type)->name, n_in, n_out, ntok);
+    snprintf(what, sizeof what, "%s %-4s %5d x %-5d ntok %-3d swiglu", name, apr_type_get(type)->name, n_in, n_out, ntok);
     report(what, got, base, (size_t)n_out * ntok, 1e-5);
 
     act_free(&a);
@@ -320,11 +324,20 @@ static void test_gemv_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
     free(base);
 }
 
+static void test_gemv_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
+{
+    test_product(r, apr_cu_gemv, "gemv", type, n_in, n_out, ntok);
+}
+
+static void test_mma_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
+{
+    test_product(r, apr_cu_mma, "mma ", type, n_in, n_out, ntok);
+}
+
 /* q, k, v of mixed types in one launch, into one strided row (as the forward pass does). */
-static void test_gemv_segments(rng *r, int ntok)
+static void test_segments(rng *r, product_fn fn, const char *name, const uint32_t types[3], int ntok)
 {
     const int n_in = 512, ld = 512, outs[3] = {96, 32, 40};
-    const uint32_t types[3] = {APR_TYPE_Q4_K, APR_TYPE_Q5_0, APR_TYPE_Q6_K};
     const int ldo = outs[0] + outs[1] + outs[2];
     float *x = malloc(sizeof(float) * n_in * ntok), *ref = malloc(sizeof(float) * ldo * ntok);
     float *got = malloc(sizeof(float) * ldo * ntok), *tmp = malloc(sizeof(float) * 96 * ntok);
@@ -348,11 +361,12 @@ static void test_gemv_segments(rng *r, int ntok)
         col += outs[s];
         free(w);
     }
-    apr_cu_gemv(seg, 3, &a, ntok, &cu0);
+    if (fn(seg, 3, &a, ntok, &cu0)) failures++;
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * ldo * ntok, cudaMemcpyDeviceToHost));
     char what[96];
-    snprintf(what, sizeof what, "gemv 3 segments Q4_K+Q5_0+Q6_K ntok %d", ntok);
+    snprintf(what, sizeof what, "%s 3 segments %s+%s+%s ntok %d", name, apr_type_get(types[0])->name,
+             apr_type_get(types[1])->name, apr_type_get(types[2])->name, ntok);
     report(what, got, ref, (size_t)ldo * ntok, 1e-5);
     for (int s = 0; s < 3; s++) cudaFree((void *)seg[s].w.data);
     act_free(&a);
@@ -362,6 +376,12 @@ static void test_gemv_segments(rng *r, int ntok)
     free(ref);
     free(got);
     free(tmp);
+}
+
+static void test_gemv_segments(rng *r, int ntok)
+{
+    const uint32_t types[3] = {APR_TYPE_Q4_K, APR_TYPE_Q5_0, APR_TYPE_Q6_K};
+    test_segments(r, apr_cu_gemv, "gemv", types, ntok);
 }
 
 /* ------------------------------------------------------- norm, embedding */
@@ -589,6 +609,100 @@ static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox,
     cudaFree(dseq);
 }
 
+/* ---------------------------------------------- tensor-core benchmark */
+
+/* Median of 9 timed launches (after 2 untimed), in ms. */
+static float time_product(product_fn fn, const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok)
+{
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float t[9];
+    for (int i = 0; i < 11; i++) {
+        CK(cudaEventRecord(e0, 0));
+        if (fn(seg, n_seg, a, ntok, &cu0)) {
+            fprintf(stderr, "product refused\n");
+            exit(2);
+        }
+        CK(cudaEventRecord(e1, 0));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaGetLastError());
+        if (i >= 2) CK(cudaEventElapsedTime(&t[i - 2], e0, e1));
+    }
+    for (int i = 1; i < 9; i++)
+        for (int j = i; j > 0 && t[j] < t[j - 1]; j--) {
+            float x = t[j];
+            t[j] = t[j - 1];
+            t[j - 1] = x;
+        }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return t[4];
+}
+
+static apr_cu_weight bench_weight(rng *r, uint32_t type, int n_in, int n_out)
+{
+    uint8_t *w = malloc(apr_cu_weight_bytes(type, n_in, n_out));
+    fill_rows(r, type, w, n_in, n_out);
+    apr_cu_weight dw = weight_upload(type, n_in, n_out, w);
+    free(w);
+    return dw;
+}
+
+/* The products of one Qwen2.5-1.5B layer (Q4_K_M: Q4_K, ffn_down Q4_K or
+ * Q6_K) at 16, 64 and 512 tokens: the GEMV against the tensor-core path. */
+static int mma_bench(void)
+{
+    rng r = {0x2545f4914f6cdd1dull};
+    const int E = 1536, F = 8960, KV = 256, T = 512;
+    float *x = malloc(sizeof(float) * (size_t)F * T);
+    fill_acts(&r, x, (size_t)F * T);
+    float *dx = dev_upload(x, sizeof(float) * (size_t)F * T), *dout = NULL;
+    free(x);
+    CK(cudaMalloc((void **)&dout, sizeof(float) * (size_t)F * T));
+    CK(cudaMemset(dout, 0, sizeof(float) * (size_t)F * T));
+    apr_cu_act aE = act_alloc(T, E), aF = act_alloc(T, F);
+    apr_cu_norm_quant(dx, E, NULL, NULL, 0.f, E, T, &aE, &cu0);
+    apr_cu_norm_quant(dx, F, NULL, NULL, 0.f, F, T, &aF, &cu0);
+    CK_LAUNCH();
+    const apr_cu_weight none = {NULL, 0, 0, 0};
+    apr_cu_weight wq = bench_weight(&r, APR_TYPE_Q4_K, E, E), wk = bench_weight(&r, APR_TYPE_Q4_K, E, KV);
+    apr_cu_weight wv = bench_weight(&r, APR_TYPE_Q4_K, E, KV), wo = bench_weight(&r, APR_TYPE_Q4_K, E, E);
+    apr_cu_weight gate = bench_weight(&r, APR_TYPE_Q4_K, E, F), up = bench_weight(&r, APR_TYPE_Q4_K, E, F);
+    apr_cu_weight down4 = bench_weight(&r, APR_TYPE_Q4_K, F, E), down6 = bench_weight(&r, APR_TYPE_Q6_K, F, E);
+    struct {
+        const char *name;
+        apr_cu_gemv_seg seg[3];
+        int n_seg;
+        const apr_cu_act *a;
+        double macs; /* per token */
+    } prod[] = {
+        {"q/k/v Q4_K 1536 -> 2048", {{wq, none, dout, E + 2 * KV, APR_CU_STORE}, {wk, none, dout + E, E + 2 * KV, APR_CU_STORE},
+          {wv, none, dout + E + KV, E + 2 * KV, APR_CU_STORE}}, 3, &aE, (double)E * (E + 2 * KV)},
+        {"o + res Q4_K 1536 -> 1536", {{wo, none, dout, E, APR_CU_ADD}}, 1, &aE, (double)E * E},
+        {"gate/up + SwiGLU Q4_K 1536 -> 2x8960", {{gate, up, dout, F, APR_CU_SWIGLU}}, 1, &aE, 2.0 * E * F},
+        {"down + res Q4_K 8960 -> 1536", {{down4, none, dout, E, APR_CU_ADD}}, 1, &aF, (double)F * E},
+        {"down + res Q6_K 8960 -> 1536", {{down6, none, dout, E, APR_CU_ADD}}, 1, &aF, (double)F * E},
+    };
+    const int ntoks[] = {16, 32, 64, 512};
+    printf("%-38s %5s %10s %10s %8s %10s\n", "product (1.5B layer)", "ntok", "gemv ms", "mma ms", "speedup", "mma TOPS");
+    for (size_t ni = 0; ni < sizeof ntoks / sizeof ntoks[0]; ni++)
+        for (size_t pi = 0; pi < sizeof prod / sizeof prod[0]; pi++) {
+            const int n = ntoks[ni];
+            float tg = time_product(apr_cu_gemv, prod[pi].seg, prod[pi].n_seg, prod[pi].a, n);
+            float tm = time_product(apr_cu_mma, prod[pi].seg, prod[pi].n_seg, prod[pi].a, n);
+            printf("%-38s %5d %10.4f %10.4f %7.1fx %10.1f\n", prod[pi].name, n, tg, tm, tg / tm,
+                   2.0 * prod[pi].macs * n / (tm * 1e-3) / 1e12);
+        }
+    apr_cu_weight all[] = {wq, wk, wv, wo, gate, up, down4, down6};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) cudaFree((void *)all[i].data);
+    act_free(&aE);
+    act_free(&aF);
+    cudaFree(dx);
+    cudaFree(dout);
+    return 0;
+}
+
 /* ------------------------------------------------------------ bandwidth */
 
 static int bandwidth(void)
@@ -626,6 +740,7 @@ int main(int argc, char **argv)
         return 1;
     }
     if (argc > 1 && !strcmp(argv[1], "--bandwidth")) return bandwidth();
+    if (argc > 1 && !strcmp(argv[1], "--mma-bench")) return mma_bench();
     rng r = {0x9e3779b97f4a7c15ull ^ (uint64_t)(argc > 1 ? strtoull(argv[1], NULL, 0) : 1)};
 
     test_quantizers(&r);
@@ -649,6 +764,40 @@ int main(int argc, char **argv)
     test_get_rows(&r, APR_TYPE_F16, 172, 10);
     test_gemv_segments(&r, 1);
     test_gemv_segments(&r, 11);
+
+    /* tensor-core products: every type, odd row counts, token counts 16..512,
+     * rows of one block and last stages of one block, long rows; each block
+     * shape forced, then as apr_cu_mma chooses */
+    const uint32_t mixed[3] = {APR_TYPE_Q4_K, APR_TYPE_Q5_0, APR_TYPE_Q6_K};
+    const char *const shape_name[4] = {"mma", "mma:64x64", "mma:64x32", "mma:split"};
+    for (int shape = 1; shape <= 3; shape++) {
+        apr_cu_mma_force_shape(shape);
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            const bool k = types[ti] == APR_TYPE_Q4_K || types[ti] == APR_TYPE_Q6_K;
+            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 1536 : 896, 67, shape == 1 ? 100 : 33);
+            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 512 : 288, 131, 70);
+            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 8960 : 4864, 40, 20);
+        }
+        test_segments(&r, apr_cu_mma, shape_name[shape], mixed, 40);
+    }
+    apr_cu_mma_force_shape(0);
+    const int mtoks[] = {16, 33, 100, 512};
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const bool k = types[ti] == APR_TYPE_Q4_K || types[ti] == APR_TYPE_Q6_K;
+        for (size_t ni = 0; ni < sizeof mtoks / sizeof mtoks[0]; ni++)
+            test_mma_case(&r, types[ti], k ? 1536 : 896, 67, mtoks[ni]);
+        test_mma_case(&r, types[ti], k ? 256 : 32, 9, 16);   /* a row of one block */
+        test_mma_case(&r, types[ti], k ? 512 : 288, 131, 70); /* legacy: 9 blocks, the last stage has one */
+        test_mma_case(&r, types[ti], k ? 8960 : 4864, 40, 48); /* ffn_down's long rows */
+        test_mma_case(&r, types[ti], k ? 1536 : 896, 200, 1); /* one token still works */
+    }
+    const uint32_t same[3] = {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q4_K};
+    const uint32_t legacy[3] = {APR_TYPE_Q8_0, APR_TYPE_Q5_0, APR_TYPE_Q8_0};
+    test_segments(&r, apr_cu_mma, "mma", same, 100);
+    test_segments(&r, apr_cu_mma, "mma", mixed, 40);
+    test_segments(&r, apr_cu_mma, "mma", legacy, 17);
+    test_segments(&r, apr_cu_matmul, "matmul", mixed, APR_CU_MMA_MIN_TOK - 1); /* the GEMV */
+    test_segments(&r, apr_cu_matmul, "matmul", mixed, APR_CU_MMA_ALL_TOK);     /* the tensor cores */
     test_attention(&r, 8, 4, 8, false, false, false);   /* stories260K */
     test_attention(&r, 12, 2, 128, true, true, false);  /* qwen2.5-1.5b */
     test_attention(&r, 14, 2, 64, true, true, false);   /* qwen2.5-0.5b */
