@@ -6,18 +6,19 @@
 # with `make && make gpu && sh tests/gpu/bundle.sh`, run from the repo root
 # with carry [".carry"]. Logs and JSON go to $OUT (or /tmp/apr-load).
 set -u
-C=${CARRY:-.carry}
-export LD_LIBRARY_PATH="$PWD/$C/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+C=$(cd "${CARRY:-.carry}" && pwd) || exit 1
+export LD_LIBRARY_PATH="$C/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 B="$C/bin"
 O=${OUT:-/tmp/apr-load}
 mkdir -p "$O"
 M=${MODEL:-/tmp/apr-load-1.5b.gguf}
 SHAPE=${SHAPE:-qwen2.5-1.5b}
 [ -f "$M" ] || "$B/apr" mkmodel --shape "$SHAPE" --vocab-from "$C/models/vocab-qwen2.gguf" -o "$M" || exit 1
-"$B/apr-worker" --devices || exit 1
+W=${WORKERS:-cuda}
+case "$W" in *cuda*) "$B/apr-worker" --devices || exit 1 ;; esac
 
 E="tcp://127.0.0.1:${PORT:-5611}"
-"$B/apr-coord" -m "$M" --listen "$E" --workers cuda --max-batch 64 --ctx 2048 --queue 256 2>"$O/coord.log" &
+"$B/apr-coord" -m "$M" --listen "$E" --workers "$W" --max-batch 64 --ctx 2048 --queue 256 2>"$O/coord.log" &
 coord=$!
 trap 'kill $coord 2>/dev/null; wait $coord 2>/dev/null' EXIT
 i=0
@@ -33,10 +34,10 @@ done
 "$B/apr" status --endpoint "$E"
 
 echo "== apr bench: 1.5B, CUDA worker via apr-coord, 32-token prompt, 128 tokens, 30 runs"
-"$B/apr" bench --endpoint "$E" --prompt-tokens 32 -n 128 --runs 30 --warmup 3 \
+"$B/apr" bench --endpoint "$E" --prompt-tokens 32 -n 128 --runs "${RUNS:-30}" --warmup 3 \
     --baseline llama.cpp=532 --json "$O/bench.json" 2>&1 | tee "$O/bench.txt"
 
-for c in 1 8 32 64; do
+for c in ${CONC:-1 8 32 64}; do
     echo "== apr load: concurrency $c, $((c * 4)) requests, prompts 32-128 tokens, 128 new tokens"
     "$B/apr" load --endpoint "$E" --concurrency $c --requests $((c * 4)) --prompt-len 32-128 \
         --max-tokens 128 --json "$O/load-$c.json" 2>&1 | tee "$O/load-$c.txt"
