@@ -15,13 +15,21 @@
  * residual, norm, gate/up with SwiGLU in one launch, down added to the
  * residual; final norm of the rows that want logits and the output GEMV.
  * Steps of up to 64 entries replay a CUDA graph captured once per
- * batch-size bucket, so a decode token costs one graph launch.
+ * batch-size bucket, so a decode token costs one graph launch. A one-entry
+ * step (decode) fuses further: the attention kernel does bias + RoPE + KV
+ * append, and for wide models each GEMV quantizes its own input (five
+ * kernels a layer instead of ten; which fusions pay was measured, see the
+ * default of APR_CUDA_FUSE below and docs/PERF.md).
  *
  * Environment, for measurements and checks (all default to the fast path):
  *   APR_CUDA_GRAPHS=0   plain launches instead of graphs
  *   APR_CUDA_PDL=0      no programmatic dependent launch
  *   APR_CUDA_PROFILE=1  per-kernel-class times of plain-launch steps, printed at close
  *   APR_CUDA_F16_ACC=1  attention with the CPU engine's F16 V accumulator (parity checks)
+ *   APR_CUDA_FUSE=0     one-token steps as separate kernels too (norm/quantize before each
+ *                       GEMV, bias + RoPE + KV append before attention); a mask of FUSE_*
+ *                       chooses fusions (63: all; default: by model width, see open_model)
+ *   APR_CUDA_PREFETCH=N, APR_CUDA_PRO_GRID=N  knobs of the fused GEMV (cuda/kernels.cu)
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -83,6 +91,7 @@ struct apr_cuda_model {
     int *seq_len;
     cudaGraphExec_t graph[N_BUCKETS];
     bool use_graphs;
+    int fuse; /* one-token steps: which fusions (FUSE_*) are on */
     /* APR_CUDA_PROFILE=1: events between the launches of plain (graph-less)
      * steps, summed per kernel class, printed at close */
     bool profile;
@@ -90,6 +99,17 @@ struct apr_cuda_model {
     uint8_t *pcls;
     int pn, pcap, psteps[2];
     double pus[2][16];
+};
+
+/* The one-token step's fusions (APR_CUDA_FUSE is a mask of them; the default depends on the model's width). */
+enum {
+    FUSE_QKV = 1,     /* attn_norm into the q/k/v GEMV */
+    FUSE_ROPE = 2,    /* bias + RoPE + KV append into attention */
+    FUSE_WO = 4,      /* the attention output's quantization into the o GEMV */
+    FUSE_GATEUP = 8,  /* ffn_norm into the gate/up GEMV */
+    FUSE_DOWN = 16,   /* the SwiGLU output's quantization into the down GEMV */
+    FUSE_OUTPUT = 32, /* the final norm into the output GEMV */
+    FUSE_ALL = 63
 };
 
 enum { P_EMBED, P_NORM, P_QKV, P_POST, P_ATTN, P_QUANT, P_WO, P_GATEUP, P_DOWN, P_OUTPUT, N_PCLS };
@@ -384,6 +404,7 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out);
  * without a capture, and nobody times one. */
 static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
 {
+    apr_cu_init(); /* device queries, outside any capture */
     int32_t *h = m->h_batch;
     h[0] = 0;
     h[CHUNK_CAP] = 0;
@@ -614,6 +635,13 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
         /* programmatic dependent launch: on unless "0" (+6% on 1.5B decode, H100, same logits) */
         const char *pdl = getenv("APR_CUDA_PDL");
         m->cu.pdl = !(pdl && !strcmp(pdl, "0"));
+        /* "0": the one-token step as separate kernels (norm/quantize, bias+RoPE+KV).
+         * Default, as measured on the H100 (docs/PERF.md, 2026-11-26): RoPE + KV
+         * append in attention always (1.5B +4%); the GEMVs that quantize their
+         * own input only for models wider than 2048 (7B +10% with them, 1.5B
+         * -7%: there the prologue costs more than the kernel it replaces) */
+        const char *fu = getenv("APR_CUDA_FUSE");
+        m->fuse = fu ? (int)strtol(fu, NULL, 0) & FUSE_ALL : hp->n_embd > 2048 ? FUSE_ALL : FUSE_ROPE;
         const char *f16 = getenv("APR_CUDA_F16_ACC"); /* "1": the CPU's attention numerics (parity checks) */
         m->ash.f16_acc = f16 && !strcmp(f16, "1");
     }
@@ -686,6 +714,27 @@ extern "C" void apr_cuda_seq_trim(apr_cuda_model *m, int seq, int from_pos)
 
 /* ------------------------------------------------------------ forward */
 
+/* One product of the forward pass over the n rows src describes: for one
+ * token the GEMV that quantizes its own input (apr_cu_gemv_fused), else the
+ * norm/quantize kernel (profile class qcls) and then apr_cu_matmul (cls). */
+static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int n, const apr_cu_quant_src *src,
+                   int fuse, int qcls, int cls)
+{
+    if (n == 1 && (m->fuse & fuse)) {
+        const int rc = apr_cu_gemv_fused(seg, n_seg, src, &m->cu);
+        if (rc < 0) return -1;
+        if (rc == 0) {
+            mark(m, cls);
+            return 0;
+        }
+    }
+    apr_cu_norm_quant(src->x, src->ldx, src->rows, src->w, src->eps, src->n, n, &m->act, &m->cu);
+    mark(m, qcls);
+    if (apr_cu_matmul(seg, n_seg, &m->act, n, &m->cu)) return -1;
+    mark(m, cls);
+    return 0;
+}
+
 /* Enqueues the forward pass of n entries whose (token, pos, seq, logits row)
  * are in d_batch; logits for n_out rows (0: none). Nothing here reads the
  * host, so the same sequence can be captured into a graph. */
@@ -705,40 +754,37 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
         uint16_t *kc = m->d_kv + (size_t)il * m->layer_elems;
         uint16_t *vc = m->d_kv + ((size_t)hp->n_layer + (size_t)il) * m->layer_elems;
 
-        apr_cu_norm_quant(m->x, E, NULL, L->attn_norm, hp->rms_eps, E, n, &m->act, &m->cu);
-        mark(m, P_NORM);
         apr_cu_gemv_seg qkv[3] = {{L->wq, none, m->qkv, m->ldqkv, APR_CU_STORE},
                                   {L->wk, none, m->qkv + m->q_dim, m->ldqkv, APR_CU_STORE},
                                   {L->wv, none, m->qkv + m->q_dim + m->kv_dim, m->ldqkv, APR_CU_STORE}};
-        if (apr_cu_matmul(qkv, 3, &m->act, n, &m->cu)) return -1;
-        mark(m, P_QKV);
-        apr_cu_qkv_post(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, n, &m->ash, kc, vc, &m->cu);
-        mark(m, P_POST);
-        if (apr_cu_attention(m->qkv, m->ldqkv, kc, vc, pos, seq, n, &m->ash, m->att, m->q_dim, &m->cu)) return -1;
+        const apr_cu_quant_src attn_in = {m->x, NULL, E, L->attn_norm, hp->rms_eps, E};
+        if (product(m, qkv, 3, n, &attn_in, FUSE_QKV, P_NORM, P_QKV)) return -1;
+        int arc = 1; /* 1: bias + RoPE + KV append as a kernel of its own */
+        if (n == 1 && (m->fuse & FUSE_ROPE))
+            arc = apr_cu_attention_rope(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, &m->ash, kc, vc, m->att,
+                                        m->q_dim, &m->cu);
+        if (arc < 0) return -1;
+        if (arc > 0) {
+            apr_cu_qkv_post(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, n, &m->ash, kc, vc, &m->cu);
+            mark(m, P_POST);
+            if (apr_cu_attention(m->qkv, m->ldqkv, kc, vc, pos, seq, n, &m->ash, m->att, m->q_dim, &m->cu)) return -1;
+        }
         mark(m, P_ATTN);
-        apr_cu_norm_quant(m->att, m->q_dim, NULL, NULL, 0.f, m->q_dim, n, &m->act, &m->cu);
-        mark(m, P_QUANT);
         apr_cu_gemv_seg wo = {L->wo, none, m->x, E, APR_CU_ADD};
-        if (apr_cu_matmul(&wo, 1, &m->act, n, &m->cu)) return -1;
-        mark(m, P_WO);
+        const apr_cu_quant_src att_in = {m->att, NULL, m->q_dim, NULL, 0.f, m->q_dim};
+        if (product(m, &wo, 1, n, &att_in, FUSE_WO, P_QUANT, P_WO)) return -1;
 
-        apr_cu_norm_quant(m->x, E, NULL, L->ffn_norm, hp->rms_eps, E, n, &m->act, &m->cu);
-        mark(m, P_NORM);
         apr_cu_gemv_seg gu = {L->gate, L->up, m->hb, F, APR_CU_SWIGLU};
-        if (apr_cu_matmul(&gu, 1, &m->act, n, &m->cu)) return -1;
-        mark(m, P_GATEUP);
-        apr_cu_norm_quant(m->hb, F, NULL, NULL, 0.f, F, n, &m->act, &m->cu);
-        mark(m, P_QUANT);
+        const apr_cu_quant_src ffn_in = {m->x, NULL, E, L->ffn_norm, hp->rms_eps, E};
+        if (product(m, &gu, 1, n, &ffn_in, FUSE_GATEUP, P_NORM, P_GATEUP)) return -1;
         apr_cu_gemv_seg down = {L->down, none, m->x, E, APR_CU_ADD};
-        if (apr_cu_matmul(&down, 1, &m->act, n, &m->cu)) return -1;
-        mark(m, P_DOWN);
+        const apr_cu_quant_src hb_in = {m->hb, NULL, F, NULL, 0.f, F};
+        if (product(m, &down, 1, n, &hb_in, FUSE_DOWN, P_QUANT, P_DOWN)) return -1;
     }
     if (n_out > 0) {
-        apr_cu_norm_quant(m->x, E, orow, m->output_norm, hp->rms_eps, E, n_out, &m->act, &m->cu);
-        mark(m, P_NORM);
         apr_cu_gemv_seg out = {m->output, none, m->logits, (int)hp->n_vocab, APR_CU_STORE};
-        if (apr_cu_matmul(&out, 1, &m->act, n_out, &m->cu)) return -1;
-        mark(m, P_OUTPUT);
+        const apr_cu_quant_src out_in = {m->x, orow, E, m->output_norm, hp->rms_eps, E};
+        if (product(m, &out, 1, n_out, &out_in, FUSE_OUTPUT, P_NORM, P_OUTPUT)) return -1;
     }
     return 0;
 }

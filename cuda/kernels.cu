@@ -5,12 +5,17 @@
  * Decode is memory-bound: the GEMV streams each weight byte once with 16-byte
  * loads, one warp per output row, lanes spread over the row's 16-byte chunks,
  * and dp4a against activations that were quantized once per product (see
- * kernels.h for why they are quantized exactly as the CPU does).
+ * kernels.h for why they are quantized exactly as the CPU does). For one
+ * token there are fused variants with fewer launches: a GEMV whose blocks
+ * quantize their own input (apr_cu_gemv_fused) and attention that does bias
+ * + RoPE + KV append itself (apr_cu_attention_rope).
  */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 extern "C" {
 #include "model/model.h"
@@ -51,11 +56,13 @@ static __device__ __forceinline__ void griddep(void)
 }
 
 template <typename... KArgs, typename... Args>
-static void launch(const apr_cu_ctx *c, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args)
+static void launch_smem(const apr_cu_ctx *c, size_t smem, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                        Args... args)
 {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = c->stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -63,6 +70,12 @@ static void launch(const apr_cu_ctx *c, void (*kernel)(KArgs...), dim3 grid, dim
     cfg.attrs = attr;
     cfg.numAttrs = c->pdl ? 1 : 0;
     cudaLaunchKernelEx(&cfg, kernel, args...); /* errors surface in cudaGetLastError() */
+}
+
+template <typename... KArgs, typename... Args>
+static void launch(const apr_cu_ctx *c, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args)
+{
+    launch_smem(c, 0, kernel, grid, block, args...);
 }
 
 /* Two halves packed in a word, as floats. */
@@ -105,6 +118,15 @@ static __device__ __forceinline__ uint32_t u4get(const uint4 &v, int i)
 static __device__ __forceinline__ int i4get(const int4 &v, int i)
 {
     return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
+
+/* Eight small ints (each in -128..127) as eight bytes. */
+static __device__ __forceinline__ int2 pack8(const int (&q)[8])
+{
+    int2 r;
+    r.x = (q[0] & 0xFF) | (q[1] & 0xFF) << 8 | (q[2] & 0xFF) << 16 | (q[3] & 0xFF) << 24;
+    r.y = (q[4] & 0xFF) | (q[5] & 0xFF) << 8 | (q[6] & 0xFF) << 16 | (q[7] & 0xFF) << 24;
+    return r;
 }
 
 /* --------------------------------------------------------- layouts */
@@ -384,10 +406,24 @@ struct seg_dev {
     int ldo, mode;
 };
 
+/* The fused decode GEMV's input (apr_cu_gemv_fused): the f32 row it
+ * normalizes and quantizes itself, and where in shared memory each style goes
+ * (byte offsets; -1: that style is not needed by any segment). */
+struct pro_dev {
+    const float *x;
+    const int32_t *rows;
+    int ldx;
+    const float *w;
+    float eps;
+    int n, off_qk, off_dsk, off_q0, off_ds0;
+    int prefetch; /* groups of each warp whose weights go towards L2 before the wait */
+};
+
 struct gemv_params {
     seg_dev seg[APR_CU_MAX_SEG];
     int n_seg, rows, ntok; /* rows: warp groups in all */
     act_dev a;
+    pro_dev pro;
 };
 
 #define GEMV_WARPS 8
@@ -636,25 +672,195 @@ static __device__ __forceinline__ void rows_dot_any(uint32_t type, const uint8_t
     }
 }
 
+/* ------------------------------------------ the fused decode prologue */
+
+/* Asks the copy engine to bring nr rows of a weight matrix (from row r) into
+ * L2: the planes of quants, which are nearly all of the bytes (scale planes
+ * are left to the loads). A hint only; sizes and addresses are multiples of 16
+ * bytes in every layout. */
+static __device__ __forceinline__ void prefetch_span(const uint8_t *p, size_t bytes)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (bytes)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"((uint32_t)bytes) : "memory");
+#endif
+}
+
+static __device__ __forceinline__ void prefetch_rows(const uint8_t *w, uint32_t type, int n_in, int n_out, int r,
+                                                     int nr)
+{
+    if (nr <= 0) return;
+    switch (type) {
+    case APR_TYPE_Q4_K: {
+        const size_t row = (size_t)(n_in / 256) * 144;
+        prefetch_span(w + (size_t)r * row, (size_t)nr * row);
+        break;
+    }
+    case APR_TYPE_Q6_K: {
+        const size_t nb = (size_t)(n_in / 256), nbt = nb * (size_t)n_out;
+        prefetch_span(w + (size_t)r * nb * 128, (size_t)nr * nb * 128);
+        prefetch_span(w + nbt * 128 + (size_t)r * nb * 64, (size_t)nr * nb * 64);
+        break;
+    }
+    case APR_TYPE_Q5_0: case APR_TYPE_Q4_0: {
+        const size_t row = (size_t)(n_in / 32) * 16;
+        prefetch_span(w + (size_t)r * row, (size_t)nr * row);
+        break;
+    }
+    case APR_TYPE_Q8_0: {
+        const size_t row = (size_t)(n_in / 32) * 32;
+        prefetch_span(w + (size_t)r * row, (size_t)nr * row);
+        break;
+    }
+    }
+}
+
+/* The block's own copy of the quantized input, in shared memory: what
+ * norm_quant_kernel would have written for this one row, bit for bit (the
+ * sum of squares in the same order over the same 256 threads, and the
+ * quantizers' results do not depend on the order in which a group's maximum
+ * and sums are found). Warp w takes the 256-groups w, w + 8, ...; lane l
+ * holds the group's elements 8l..8l+7, so a 32-group is 4 lanes and a whole
+ * group needs only shuffles. Then a points at shared memory (generic
+ * pointers, so the GEMV's dot products read it unchanged). */
+static __device__ __forceinline__ void quantize_block(const pro_dev &pr, uint8_t *smem, act_dev &a)
+{
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, n = pr.n;
+    /* the norm weights of this warp's first group are constants: loaded
+     * before the wait for the previous kernel */
+    float4 w0 = make_float4(0.f, 0.f, 0.f, 0.f), w1 = w0;
+    if (pr.w && warp * 256 + 8 * lane < n) {
+        w0 = *(const float4 *)(pr.w + warp * 256 + 8 * lane);
+        w1 = *(const float4 *)(pr.w + warp * 256 + 8 * lane + 4);
+    }
+    griddep();
+    const float *src = pr.x + (size_t)(pr.rows ? pr.rows[0] : 0) * pr.ldx;
+    /* a warp walks its groups one after another (35 rounds of 8 for a row of
+     * 8960): pull the whole row into L1 at once so that only the first round
+     * waits for L2 */
+    for (int i = 32 * tid; i < n; i += 32 * GEMV_WARPS * 32)
+        asm volatile("prefetch.global.L1 [%0];" ::"l"(src + i));
+    float scale = 1.f;
+    if (pr.w) {
+        __shared__ double red[GEMV_WARPS];
+        double ss = 0.0;
+#pragma unroll 4
+        for (int i = tid; i < n; i += GEMV_WARPS * 32) ss += (double)src[i] * src[i];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        if (lane == 0) red[warp] = ss;
+        __syncthreads();
+        double tot = 0.0;
+#pragma unroll
+        for (int i = 0; i < GEMV_WARPS; i++) tot += red[i];
+        scale = 1.0f / sqrtf((float)(tot / n) + pr.eps);
+    }
+    int8_t *qk = (int8_t *)(smem + pr.off_qk), *q0 = (int8_t *)(smem + pr.off_q0);
+    float2 *dsk = (float2 *)(smem + pr.off_dsk), *ds0 = (float2 *)(smem + pr.off_ds0);
+    for (int g = warp; g * 256 < n; g += GEMV_WARPS) {
+        const int e0 = g * 256 + 8 * lane;
+        const bool valid = e0 < n; /* n % 32 == 0: a 32-group (4 lanes) is valid or not as a whole */
+        float v[8];
+        if (valid) {
+            const float4 x0 = *(const float4 *)(src + e0), x1 = *(const float4 *)(src + e0 + 4);
+            v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
+            if (pr.w) {
+                if (g != warp) {
+                    w0 = *(const float4 *)(pr.w + e0);
+                    w1 = *(const float4 *)(pr.w + e0 + 4);
+                }
+                const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+#pragma unroll
+                for (int i = 0; i < 8; i++) v[i] = v[i] * scale * wv[i];
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; i++) v[i] = 0.f;
+        }
+        if (pr.off_q0 >= 0) { /* Q8_0-style: d = amax / 127 per 32 */
+            float amax = 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) amax = fmaxf(amax, fabsf(v[i]));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+            const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
+            int q[8], sum = 0;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                q[i] = __float2int_rn(v[i] * id);
+                sum += q[i];
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            if (valid) {
+                *(int2 *)(q0 + e0) = pack8(q);
+                if ((lane & 3) == 0) ds0[e0 / 32] = make_float2(__half2float(__float2half_rn(d)), (float)sum);
+            }
+        }
+        if (pr.off_qk >= 0) { /* Q8_K-style: the signed element of largest magnitude, the first on ties */
+            float amax = fabsf(v[0]), mx = v[0];
+            int idx = e0;
+#pragma unroll
+            for (int i = 1; i < 8; i++)
+                if (fabsf(v[i]) > amax) {
+                    amax = fabsf(v[i]);
+                    mx = v[i];
+                    idx = e0 + i;
+                }
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) {
+                const float oa = __shfl_xor_sync(0xffffffffu, amax, o), om = __shfl_xor_sync(0xffffffffu, mx, o);
+                const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+                if (oa > amax || (oa == amax && oi < idx)) {
+                    amax = oa;
+                    mx = om;
+                    idx = oi;
+                }
+            }
+            int q[8], sum = 0;
+            float d = 0.f;
+            const float iscale = amax != 0.f ? -127.f / mx : 0.f;
+            if (amax != 0.f) d = 1.f / iscale;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                q[i] = amax != 0.f ? min(127, __float2int_rn(iscale * v[i])) : 0;
+                sum += q[i];
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+            sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+            if (valid) {
+                *(int2 *)(qk + e0) = pack8(q);
+                if ((lane & 3) == 0) dsk[e0 / 32] = make_float2(d, (float)sum);
+            }
+        }
+    }
+    a.qk = qk;
+    a.dsk = dsk;
+    a.q0 = q0;
+    a.ds0 = ds0;
+    a.ld = 0; /* one token */
+}
+
 /* A warp owns a group of NR rows of one segment (SWIGLU: one row of gate and
  * the same row of up). grid.x: token tiles of NT (fastest, so the tiles of one
  * row block run together and the weights come from DRAM once); grid.y: blocks
  * of GEMV_WARPS groups over all segments, each segment's groups numbered from
  * its g0. */
-template <int NT, int U, int NR, bool SWIGLU>
-static __global__ void __launch_bounds__(GEMV_WARPS * 32, NT >= 4 ? 2 : 1)
-    gemv_kernel(const __grid_constant__ gemv_params p)
+/* The segment of warp group g (segments are numbered in order of their row0). */
+static __device__ __forceinline__ const seg_dev &seg_of(const gemv_params &p, int g)
 {
-    griddep();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int group = blockIdx.y * GEMV_WARPS + warp;
-    if (group >= p.rows) return;
     int si = 0;
-    if (p.n_seg > 1 && group >= p.seg[1].row0) si = 1;
-    if (p.n_seg > 2 && group >= p.seg[2].row0) si = 2;
-    const seg_dev &s = p.seg[si];
-    const int rows_per_group = SWIGLU ? 1 : NR;
-    const int rb = (group - s.row0) * rows_per_group;
+    if (p.n_seg > 1 && g >= p.seg[1].row0) si = 1;
+    if (p.n_seg > 2 && g >= p.seg[2].row0) si = 2;
+    return p.seg[si];
+}
+
+/* One warp group's rows: the dot products and the epilogue. */
+template <int NT, int U, int NR, bool SWIGLU>
+static __device__ __forceinline__ void gemv_group(const gemv_params &p, const act_dev &a, int group, int lane)
+{
+    const seg_dev &s = seg_of(p, group);
+    const int rb = (group - s.row0) * (SWIGLU ? 1 : NR);
     const int t0 = blockIdx.x * NT, nt = min(NT, p.ntok - t0);
     int tt[NT];
 #pragma unroll
@@ -671,7 +877,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, NT >= 4 ? 2 : 1)
     for (int i = 0; i < NR; i++)
 #pragma unroll
         for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
-    rows_dot_any<NT, U, NR>(s.type, wp, rr, s.n_in, s.n_out, p.a, tt, lane, acc);
+    rows_dot_any<NT, U, NR>(s.type, wp, rr, s.n_in, s.n_out, a, tt, lane, acc);
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         if (SWIGLU) {
@@ -691,45 +897,96 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, NT >= 4 ? 2 : 1)
     }
 }
 
-extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
+/* How many of a warp's groups the fused GEMV sends towards L2 before it
+ * waits: enough to cover the wait and the prologue, few enough that the
+ * prefetches of all resident warps stay far below L2's 50 MB. */
+#define PRO_PREFETCH_GROUPS 2
+
+/* PRO (the fused decode GEMV): the block quantizes its input first
+ * (quantize_block), and since that costs every block the same, the grid is
+ * only as large as fits on the GPU at once and each warp strides over the
+ * groups (grid.y * GEMV_WARPS apart) instead of one block per 8 groups. */
+template <int NT, int U, int NR, bool SWIGLU, bool PRO>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, NT >= 4 ? 2 : 1)
+    gemv_kernel(const __grid_constant__ gemv_params p)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int first = blockIdx.y * GEMV_WARPS + warp, stride = gridDim.y * GEMV_WARPS;
+    if (!PRO) {
+        griddep();
+        if (first < p.rows) gemv_group<NT, U, NR, SWIGLU>(p, p.a, first, lane);
+        return;
+    }
+    /* weights do not depend on the previous kernel: start them towards L2
+     * while it finishes and while this block quantizes its input */
+    if (lane == 0)
+        for (int g = first, k = 0; g < p.rows && k < p.pro.prefetch; g += stride, k++) {
+            const seg_dev &s = seg_of(p, g);
+            const int rb = (g - s.row0) * (SWIGLU ? 1 : NR), nr = min(SWIGLU ? 1 : NR, s.n_out - rb);
+            prefetch_rows(s.w, s.type, s.n_in, s.n_out, rb, nr);
+            if (SWIGLU) prefetch_rows(s.w2, s.type, s.n_in, s.n_out, rb, nr);
+        }
+    extern __shared__ __align__(16) uint8_t pro_smem[];
+    act_dev a = p.a;
+    quantize_block(p.pro, pro_smem, a); /* waits for the previous kernel (griddep) itself */
+    __syncthreads();
+    for (int g = first; g < p.rows; g += stride) gemv_group<NT, U, NR, SWIGLU>(p, a, g, lane);
+}
+
+/* Checks the segments and fills p (per_group: rows a warp writes); -1 on a bad argument. */
+static int gemv_setup(const apr_cu_gemv_seg *seg, int n_seg, int ntok, int ld, bool have_qk, int per_group,
+                      gemv_params &p)
 {
     if (n_seg < 1 || n_seg > APR_CU_MAX_SEG || ntok < 1) return -1;
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
-    /* decode: 2 rows a warp, 2 chunks of each in flight, 4 when rows are long
-     * (over 2048 weights: more than 64 chunks of 32) */
-    int max_in = 0;
-    for (int i = 0; i < n_seg; i++)
-        if (seg[i].w.n_in > max_in) max_in = seg[i].w.n_in;
-    const int per_group = swiglu ? 1 : ntok == 1 ? 2 : 1; /* rows a warp writes */
-    gemv_params p;
     p.n_seg = n_seg;
     p.ntok = ntok;
+    int groups = 0;
+    for (int i = 0; i < n_seg; i++) {
+        const apr_cu_gemv_seg *g = &seg[i];
+        if (!apr_cu_weight_bytes(g->w.type, g->w.n_in, g->w.n_out) || g->w.n_in > ld) return -1;
+        if ((g->mode == APR_CU_SWIGLU) != swiglu) return -1; /* one kind of epilogue per launch */
+        if (swiglu && (g->w2.type != g->w.type || g->w2.n_in != g->w.n_in || g->w2.n_out != g->w.n_out)) return -1;
+        if ((g->w.type == APR_TYPE_Q4_K || g->w.type == APR_TYPE_Q6_K) && !have_qk) return -1;
+        p.seg[i] = seg_dev{(const uint8_t *)g->w.data, (const uint8_t *)g->w2.data, g->w.type, g->w.n_in,
+                           g->w.n_out, groups, g->out, g->ldo, g->mode};
+        groups += (g->w.n_out + per_group - 1) / per_group;
+    }
+    p.rows = groups; /* in groups */
+    if ((groups + GEMV_WARPS - 1) / GEMV_WARPS > 65535) return -1;
+    return 0;
+}
+
+static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
+{
+    int m = 0;
+    for (int i = 0; i < n_seg; i++)
+        if (seg[i].w.n_in > m) m = seg[i].w.n_in;
+    return m;
+}
+
+extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
+{
+    if (n_seg < 1) return -1;
+    const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
+    /* decode: 2 rows a warp, 2 chunks of each in flight, 4 when rows are long
+     * (over 2048 weights: more than 64 chunks of 32) */
+    const int per_group = swiglu ? 1 : ntok == 1 ? 2 : 1; /* rows a warp writes */
+    gemv_params p = {};
+    if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, per_group, p)) return -1;
     p.a.f = a->f;
     p.a.qk = a->qk;
     p.a.dsk = (const float2 *)a->dsk;
     p.a.q0 = a->q0;
     p.a.ds0 = (const float2 *)a->ds0;
     p.a.ld = a->ld;
-    int groups = 0;
-    for (int i = 0; i < n_seg; i++) {
-        const apr_cu_gemv_seg *g = &seg[i];
-        if (!apr_cu_weight_bytes(g->w.type, g->w.n_in, g->w.n_out) || g->w.n_in > a->ld) return -1;
-        if ((g->mode == APR_CU_SWIGLU) != swiglu) return -1; /* one kind of epilogue per launch */
-        if (swiglu && (g->w2.type != g->w.type || g->w2.n_in != g->w.n_in || g->w2.n_out != g->w.n_out)) return -1;
-        if ((g->w.type == APR_TYPE_Q4_K || g->w.type == APR_TYPE_Q6_K) && !a->qk) return -1;
-        p.seg[i] = seg_dev{(const uint8_t *)g->w.data, (const uint8_t *)g->w2.data, g->w.type, g->w.n_in,
-                           g->w.n_out, groups, g->out, g->ldo, g->mode};
-        groups += (g->w.n_out + per_group - 1) / per_group;
-    }
-    p.rows = groups; /* in groups */
-    const unsigned gy = (unsigned)((groups + GEMV_WARPS - 1) / GEMV_WARPS);
-    if (gy > 65535u) return -1;
+    const unsigned gy = (unsigned)((p.rows + GEMV_WARPS - 1) / GEMV_WARPS);
     const dim3 block(GEMV_WARPS * 32);
-    const bool long_rows = max_in > 2048;
+    const bool long_rows = max_n_in(seg, n_seg) > 2048;
 #define GEMV(NT, U, NR, GX)                                                                 \
     do {                                                                                    \
-        if (swiglu) launch(c, gemv_kernel<NT, U, 2, true>, dim3(GX, gy), block, p);          \
-        else launch(c, gemv_kernel<NT, U, NR, false>, dim3(GX, gy), block, p);               \
+        if (swiglu) launch(c, gemv_kernel<NT, U, 2, true, false>, dim3(GX, gy), block, p);   \
+        else launch(c, gemv_kernel<NT, U, NR, false, false>, dim3(GX, gy), block, p);        \
     } while (0)
     if (ntok == 1) {
         if (long_rows) GEMV(1, 4, 2, 1);
@@ -738,6 +995,89 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
     else if (ntok <= 4) GEMV(4, 1, 1, 1);
     else GEMV(8, 1, 1, (unsigned)((ntok + 7) / 8));
 #undef GEMV
+    return 0;
+}
+
+/* Most shared memory a fused GEMV block may ask for without opting in. */
+#define PRO_SMEM_MAX (48 * 1024)
+
+/* The fused GEMV's kernels, and how many blocks of each the GPU holds at
+ * once (with the most shared memory a launch may ask for: registers limit
+ * them to 1-2 a multiprocessor before shared memory does). */
+#define PRO_KERNEL(U, SWIGLU) ((const void *)gemv_kernel<1, U, 2, SWIGLU, true>)
+static const void *pro_kernel[4];
+static int pro_resident[4], pro_sms = 1;
+/* Measurement knobs (environment): APR_CUDA_PREFETCH=N prefetches N groups
+ * a warp (0: none; default PRO_PREFETCH_GROUPS); APR_CUDA_PRO_GRID=N caps the
+ * grid at N blocks a multiprocessor (fewer leave room for the next kernel's
+ * blocks to start early and prefetch), 0 launches one block per GEMV_WARPS
+ * groups (every block quantizes); default: as many as fit. */
+static int pro_prefetch = PRO_PREFETCH_GROUPS, pro_per_sm = -1;
+
+static int env_int(const char *name, int dflt)
+{
+    const char *e = getenv(name);
+    return e && *e ? atoi(e) : dflt;
+}
+
+extern "C" void apr_cu_init(void)
+{
+    if (pro_kernel[0]) return;
+    pro_prefetch = env_int("APR_CUDA_PREFETCH", PRO_PREFETCH_GROUPS);
+    pro_per_sm = env_int("APR_CUDA_PRO_GRID", -1);
+    const void *k[4] = {PRO_KERNEL(2, false), PRO_KERNEL(2, true), PRO_KERNEL(4, false), PRO_KERNEL(4, true)};
+    int dev = 0, sms = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    for (int i = 0; i < 4; i++) {
+        int per_sm = 0;
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k[i], GEMV_WARPS * 32, PRO_SMEM_MAX);
+        pro_resident[i] = (sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
+        pro_sms = sms > 0 ? sms : 1;
+        pro_kernel[i] = k[i];
+    }
+}
+
+extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src,
+                                 const apr_cu_ctx *c)
+{
+    if (n_seg < 1 || n_seg > APR_CU_MAX_SEG || !src || !src->x || src->n <= 0) return -1;
+    const int n = src->n;
+    bool need_k = false, need_0 = false;
+    for (int i = 0; i < n_seg; i++) {
+        const uint32_t t = seg[i].w.type;
+        if (t == APR_TYPE_Q4_K || t == APR_TYPE_Q6_K) need_k = true;
+        else if (t == APR_TYPE_Q4_0 || t == APR_TYPE_Q5_0 || t == APR_TYPE_Q8_0) need_0 = true;
+        else return 1; /* F32/F16 read f32 activations: not fused */
+        if (seg[i].w.n_in != n) return -1;
+    }
+    /* the prologue's float4 loads; Q8_K-style needs whole 256-groups */
+    if (n % 32 || (need_k && n % 256) || src->ldx % 4 || ((uintptr_t)src->x & 15) || ((uintptr_t)src->w & 15))
+        return 1;
+    const int npad = (n + 255) / 256 * 256;
+    gemv_params p = {};
+    p.pro = pro_dev{src->x, src->rows, src->ldx, src->w, src->eps, n, -1, -1, -1, -1, 1};
+    int off = 0;
+    if (need_k) {
+        p.pro.off_qk = off;
+        p.pro.off_dsk = off + npad;
+        off += npad + npad / 32 * 8;
+    }
+    if (need_0) {
+        p.pro.off_q0 = off;
+        p.pro.off_ds0 = off + npad;
+        off += npad + npad / 32 * 8;
+    }
+    if (off > PRO_SMEM_MAX) return 1;
+    const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
+    if (gemv_setup(seg, n_seg, 1, npad, need_k, swiglu ? 1 : 2, p)) return -1;
+    apr_cu_init();
+    const int ki = (max_n_in(seg, n_seg) > 2048 ? 2 : 0) + (swiglu ? 1 : 0);
+    p.pro.prefetch = pro_prefetch;
+    const int blocks = (p.rows + GEMV_WARPS - 1) / GEMV_WARPS;
+    const int cap = pro_per_sm < 0 ? pro_resident[ki] : pro_per_sm == 0 ? blocks : min(pro_per_sm * pro_sms, pro_resident[ki]);
+    const unsigned gy = (unsigned)min(blocks, cap);
+    launch_smem(c, (size_t)off, (void (*)(gemv_params))pro_kernel[ki], dim3(1, gy), dim3(GEMV_WARPS * 32), p);
     return 0;
 }
 
@@ -824,11 +1164,68 @@ static __device__ __forceinline__ void load_v(const uint16_t *p, float (&out)[DP
     }
 }
 
-/* HD: the head dimension when known at compile time (loops unroll fully), 0 otherwise. */
-template <int DPL, int HD>
+/* The decode step's own key and value (ROPE variant): biases, rotation and
+ * cache append of one token done by the attention blocks themselves. */
+struct rope_dev {
+    const float *bq, *bk, *bv;
+    uint16_t *kc, *vc; /* the same cache the kernel reads, written at the token's position */
+};
+
+/* Bias and RoPE of this block's q head and of its kv head's new key, as
+ * qkv_post_kernel computes them for the whole row (same arithmetic); the new
+ * key and value go to shared memory as F16 and, from the first q head of each
+ * kv group, to the cache. The block reads position p from shared memory, never
+ * from the cache, so no block waits for another's write. */
+static __device__ __forceinline__ void rope_decode(const float *row, const apr_cu_attn_shape &sh, const rope_dev &rd,
+                                                   int h, int kvh, int p, int sq, float *qs, uint16_t *knew,
+                                                   uint16_t *vnew)
+{
+    const int hd = sh.head_dim, q_dim = sh.n_head * hd, kv_dim = sh.n_head_kv * hd, tid = threadIdx.x;
+    __shared__ float raw[3][256], rot[2][256];
+    for (int i = tid; i < hd; i += blockDim.x) {
+        const int iq = h * hd + i, ik = kvh * hd + i;
+        raw[0][i] = rd.bq ? row[iq] + rd.bq[iq] : row[iq];
+        raw[1][i] = rd.bk ? row[q_dim + ik] + rd.bk[ik] : row[q_dim + ik];
+        raw[2][i] = rd.bv ? row[q_dim + kv_dim + ik] + rd.bv[ik] : row[q_dim + kv_dim + ik];
+    }
+    __syncthreads();
+    const int half = sh.rope_dim / 2;
+    for (int i = sh.rope_dim + tid; i < hd; i += blockDim.x) { /* dimensions past the rotated ones */
+        rot[0][i] = raw[0][i];
+        rot[1][i] = raw[1][i];
+    }
+    for (int j = tid; j < 2 * half; j += blockDim.x) {
+        const int which = j / half, i = j % half;
+        float theta = (float)p;
+        for (int k = 0; k < i; k++) theta *= sh.theta_scale;
+        const float c = cosf(theta), s = sinf(theta);
+        const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
+        const float x0 = raw[which][ia], x1 = raw[which][ib];
+        rot[which][ia] = x0 * c - x1 * s;
+        rot[which][ib] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    const bool writer = h % (sh.n_head / sh.n_head_kv) == 0;
+    const size_t off = (size_t)sq * sh.seq_stride + (size_t)p * kv_dim + (size_t)kvh * hd;
+    for (int i = tid; i < hd; i += blockDim.x) {
+        qs[i] = __half2float(__float2half_rn(rot[0][i]));
+        knew[i] = f2h(rot[1][i]);
+        vnew[i] = f2h(raw[2][i]);
+        if (writer) {
+            rd.kc[off + i] = knew[i];
+            rd.vc[off + i] = vnew[i];
+        }
+    }
+    __syncthreads();
+}
+
+/* HD: the head dimension when known at compile time (loops unroll fully), 0
+ * otherwise. ROPE: one decode token whose q/k/v row is not yet biased, rotated
+ * or appended (rope_decode); positions before p come from the cache. */
+template <int DPL, int HD, bool ROPE>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const float *q, int ldq, const uint16_t *kc, const uint16_t *vc, const int32_t *pos,
-                     const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo)
+                     const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo, rope_dev rd)
 {
     griddep();
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -843,19 +1240,27 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     __shared__ float qs[256];
     __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
     __shared__ float wacc[ATT_WARPS][256];
-    for (int i = threadIdx.x; i < hd; i += blockDim.x)
-        qs[i] = __half2float(__float2half_rn(q[(size_t)t * ldq + (size_t)h * hd + i]));
-    __syncthreads();
+    __shared__ __align__(16) uint16_t knew[ROPE ? 256 : 8], vnew[ROPE ? 256 : 8];
+    if (ROPE) {
+        rope_decode(q + (size_t)t * ldq, sh, rd, h, kvh, p, sq, qs, knew, vnew);
+    } else {
+        for (int i = threadIdx.x; i < hd; i += blockDim.x)
+            qs[i] = __half2float(__float2half_rn(q[(size_t)t * ldq + (size_t)h * hd + i]));
+        __syncthreads();
+    }
 
     const size_t base = (size_t)sq * sh.seq_stride + (size_t)kvh * hd;
     const uint16_t *kb = kc + base, *vb = vc + base;
+    /* key/value row j: the cache, or (ROPE) shared memory for the token's own position */
+#define KROW(j) (ROPE && (j) == p ? knew : kb + (size_t)(j) * kv_dim)
+#define VROW(j) (ROPE && (j) == p ? vnew : vb + (size_t)(j) * kv_dim)
     const int dim0 = min(lane * DPL, hd - DPL); /* lanes past the head read a valid column, unused */
     float m = -INFINITY, l = 0.f, acc[DPL];
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.f;
 
     for (int kt = warp * 32; kt <= p; kt += ATT_WARPS * 32) {
-        const uint4 *kr = (const uint4 *)(kb + (size_t)min(kt + lane, p) * kv_dim);
+        const uint4 *kr = (const uint4 *)KROW(min(kt + lane, p));
         float dot = 0.f;
         if (HD) {
             uint4 kv[HD / 8 > 0 ? HD / 8 : 1];
@@ -893,7 +1298,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
             if (kt + jb > p) break; /* uniform: the warp's whole tile */
             float vv[16][DPL];
 #pragma unroll
-            for (int j = 0; j < 16; j++) load_v<DPL>(vb + (size_t)min(kt + jb + j, p) * kv_dim + dim0, vv[j]);
+            for (int j = 0; j < 16; j++) load_v<DPL>(VROW(min(kt + jb + j, p)) + dim0, vv[j]);
 #pragma unroll
             for (int j = 0; j < 16; j++) {
                 const float pv = __shfl_sync(0xffffffffu, pj, jb + j);
@@ -922,6 +1327,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
             if (wm[w] != -INFINITY) v += wacc[w][i] * expf(wm[w] - M);
         o[i] = v * inv;
     }
+#undef KROW
+#undef VROW
 }
 
 /* The CPU engine's attention step for step (worker/cpu.c): keys in order, one
@@ -976,6 +1383,25 @@ static __global__ void attention_f16acc_kernel(const float *q, int ldq, const ui
         for (int i = 0; i < DPL; i++) o[lane * DPL + i] = acc[i] * inv;
 }
 
+template <bool ROPE>
+static void attention_launch(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
+                             const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh, float *out,
+                             int ldo, rope_dev rd, const apr_cu_ctx *c)
+{
+    const int hd = sh->head_dim;
+    const float scale = 1.0f / sqrtf((float)hd);
+    const dim3 grid((unsigned)ntok, (unsigned)sh->n_head), block(ATT_WARPS * 32);
+#define ATT(DPL, HD) \
+    launch(c, attention_kernel<DPL, HD, ROPE>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, scale, out, ldo, rd)
+    if (hd == 128) ATT(4, 128);
+    else if (hd == 64) ATT(2, 64);
+    else if (hd <= 32) ATT(1, 0);
+    else if (hd <= 64) ATT(2, 0);
+    else if (hd <= 128) ATT(4, 0);
+    else ATT(8, 0);
+#undef ATT
+}
+
 extern "C" int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
                                 const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
                                 float *out, int ldo, const apr_cu_ctx *c)
@@ -984,7 +1410,7 @@ extern "C" int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache
     if (hd % 8 || hd > 256 || hd < 8 || sh->n_head_kv < 1 || sh->n_head % sh->n_head_kv) return -1;
     if (ntok <= 0) return 0;
     const float scale = 1.0f / sqrtf((float)hd);
-    const dim3 grid((unsigned)ntok, (unsigned)sh->n_head), block(ATT_WARPS * 32);
+    const dim3 grid((unsigned)ntok, (unsigned)sh->n_head);
     if (sh->f16_acc) {
         const int dpl = hd <= 32 ? 1 : hd <= 64 ? 2 : hd <= 128 ? 4 : 8;
 #define ATT16(DPL) launch(c, attention_f16acc_kernel<DPL>, grid, dim3(32), q, ldq, k_cache, v_cache, pos, seq, *sh, scale, out, ldo)
@@ -995,13 +1421,18 @@ extern "C" int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache
 #undef ATT16
         return 0;
     }
-#define ATT(DPL, HD) launch(c, attention_kernel<DPL, HD>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, scale, out, ldo)
-    if (hd == 128) ATT(4, 128);
-    else if (hd == 64) ATT(2, 64);
-    else if (hd <= 32) ATT(1, 0);
-    else if (hd <= 64) ATT(2, 0);
-    else if (hd <= 128) ATT(4, 0);
-    else ATT(8, 0);
-#undef ATT
+    attention_launch<false>(q, ldq, k_cache, v_cache, pos, seq, ntok, sh, out, ldo, rope_dev{}, c);
+    return 0;
+}
+
+extern "C" int apr_cu_attention_rope(float *qkv, int ldqkv, const float *bq, const float *bk, const float *bv,
+                                     const int32_t *pos, const int32_t *seq, const apr_cu_attn_shape *sh,
+                                     uint16_t *k_cache, uint16_t *v_cache, float *out, int ldo, const apr_cu_ctx *c)
+{
+    const int hd = sh->head_dim;
+    if (hd % 8 || hd > 256 || hd < 8 || sh->n_head_kv < 1 || sh->n_head % sh->n_head_kv) return -1;
+    if (sh->f16_acc) return 1;
+    attention_launch<true>(qkv, ldqkv, k_cache, v_cache, pos, seq, 1, sh, out, ldo,
+                           rope_dev{bq, bk, bv, k_cache, v_cache}, c);
     return 0;
 }

@@ -91,6 +91,32 @@ typedef struct {
 #define APR_CU_MAX_SEG 3
 int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
 
+/* One token whose activations are not yet quantized: the f32 row (row
+ * rows[0] of x when rows is set, else row 0; stride ldx), RMS-normalized with
+ * w unless w is NULL, n elements. */
+typedef struct {
+    const float *x;
+    const int32_t *rows;
+    int ldx;
+    const float *w;
+    float eps;
+    int n;
+} apr_cu_quant_src;
+
+/* The decode GEMV (one token) that quantizes its own input: every block
+ * normalizes and quantizes the row into its shared memory, bit for bit as
+ * apr_cu_norm_quant would, then runs apr_cu_gemv's product on it. That saves
+ * the separate norm/quantize kernel and its latency for a few KB of L2 reads
+ * per block; the block also starts its weights towards L2 before it waits
+ * for the previous kernel (programmatic dependent launch). Returns 0 when
+ * launched, 1 when this case is not fused (F32/F16 weights, rows too wide for
+ * the shared memory, misaligned rows: quantize and call apr_cu_gemv), -1 on a
+ * bad argument. */
+int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src, const apr_cu_ctx *c);
+/* Asks the device once what the fused GEMV's grid sizes need (its launches
+ * call it too); call it before capturing a graph that launches them. */
+void apr_cu_init(void);
+
 /* ------------------------------------------- tensor-core products (mma.cu) */
 /* The same products, epilogues and numerics as apr_cu_gemv, as int8 mma.sync
  * tiles on the tensor cores: integer sums per 32-element block (16 for Q6_K)
@@ -143,6 +169,17 @@ void apr_cu_qkv_post(float *qkv, int ldqkv, const float *bq, const float *bk, co
 int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
                      const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
                      float *out, int ldo, const apr_cu_ctx *c);
+
+/* One decode token (ntok 1): apr_cu_qkv_post and apr_cu_attention in one
+ * launch. Each attention block biases and rotates its own q head and its kv
+ * head's new key (the same arithmetic), the first q head of each kv group
+ * appends the key and value to the cache, and every block takes the token's
+ * own position from shared memory instead of the cache. qkv is left as the
+ * GEMV wrote it. Returns 1 where not fused (f16_acc: call the two), -1 as
+ * apr_cu_attention. */
+int apr_cu_attention_rope(float *qkv, int ldqkv, const float *bq, const float *bk, const float *bv,
+                          const int32_t *pos, const int32_t *seq, const apr_cu_attn_shape *sh, uint16_t *k_cache,
+                          uint16_t *v_cache, float *out, int ldo, const apr_cu_ctx *c);
 
 #ifdef __cplusplus
 }

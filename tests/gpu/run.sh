@@ -11,7 +11,9 @@
 #      without PDL): argmax agreement over teacher-forced positions and max
 #      |dlogit|, beside the CPU-vs-CPU floor of the synthetic models
 #   4. benchmarks through apr eval: decode tok/s at batch 1 (128 tokens) for
-#      0.5B, 1.5B, 7B (also without PDL, and the 1.5B without graphs); prefill
+#      0.5B, 1.5B, 7B (also without PDL, unfused (APR_CUDA_FUSE=0: ten kernels
+#      a layer), all fused (63), and the 1.5B without graphs); batched decode of 1-64
+#      sequences on the 1.5B (test_kernels_cuda --batched); prefill
 #      of a 512-token prompt on the 1.5B; each beside llama.cpp's figure on the
 #      same H100 and the bandwidth roofline; the per-kernel-class profile
 #   5. serving through apr-coord on the 1.5B: decode and TTFT as a client sees
@@ -163,6 +165,12 @@ if has bench; then
         row "qwen2.5-$s decode b=1 (tok/s)" "$d" "$ref" "$by"
         APR_CUDA_PDL=0 ev cuda "$m" "bench-$s-nopdl" -p "Once upon a time" -n 128 --ignore-eos &&
             row "qwen2.5-$s decode b=1, no PDL" "$(rate decode "$LOG/bench-$s-nopdl.err")" "$ref" "$by"
+        # the one-token step as ten kernels a layer (norm/quantize and bias+RoPE+KV
+        # separate), and with every fusion on (the default picks by model width)
+        APR_CUDA_FUSE=0 ev cuda "$m" "bench-$s-nofuse" -p "Once upon a time" -n 128 --ignore-eos &&
+            row "qwen2.5-$s decode b=1, unfused" "$(rate decode "$LOG/bench-$s-nofuse.err")" "$ref" "$by"
+        APR_CUDA_FUSE=63 ev cuda "$m" "bench-$s-allfuse" -p "Once upon a time" -n 128 --ignore-eos &&
+            row "qwen2.5-$s decode b=1, all fused" "$(rate decode "$LOG/bench-$s-allfuse.err")" "$ref" "$by"
         if [ "$s" = 1.5b ]; then
             APR_CUDA_GRAPHS=0 ev cuda "$m" "bench-$s-nograph" -p "Once upon a time" -n 128 --ignore-eos &&
                 row "qwen2.5-$s decode b=1, no graphs" "$(rate decode "$LOG/bench-$s-nograph.err")" "$ref" "$by"
@@ -179,6 +187,17 @@ if has bench; then
             # where the time goes: events between the kernels of plain launches
             APR_CUDA_PROFILE=1 ev cuda "$m" "profile-$s" --tokens "$(seq -s, 1000 1511)" -n 33 --ignore-eos &&
                 grep -A12 '^cuda profile' "$LOG/profile-$s.err" | tee "$LOG/profile.txt"
+            for fu in 0 63; do
+                APR_CUDA_FUSE=$fu APR_CUDA_PROFILE=1 ev cuda "$m" "profile-$s-fuse$fu" --tokens "$(seq -s, 1000 1511)" \
+                    -n 33 --ignore-eos && { echo "APR_CUDA_FUSE=$fu:"; grep -A12 '^cuda profile, decode' \
+                    "$LOG/profile-$s-fuse$fu.err" | sed '/steps of several/,$d'; } | tee -a "$LOG/profile.txt"
+            done
+            # batched decode: S sequences a step, every entry wanting logits (llama.cpp: 8400 tok/s at 64)
+            "$C/bin/test_kernels_cuda" --batched "$m" 128 | tee "$LOG/batched.txt" || fails=$((fails + 1))
+            sed -n 's/batched decode: *\([0-9]*\) streams x [0-9]* steps: *\([0-9.]*\) tok.*/\1 \2/p' "$LOG/batched.txt" |
+                while read -r bs bt; do
+                    row "qwen2.5-$s batched decode, $bs streams" "$bt" "$([ "$bs" = 64 ] && echo 8400 || echo 0)" 0
+                done
         fi
     done
 fi

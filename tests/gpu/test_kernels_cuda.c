@@ -19,7 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
+#include "cuda/cuda.h"
 #include "cuda/kernels.h"
 #include "model/model.h"
 #include "worker/kernels.h"
@@ -384,6 +386,99 @@ static void test_gemv_segments(rng *r, int ntok)
     test_segments(r, apr_cu_gemv, "gemv", types, ntok);
 }
 
+/* The decode GEMV that quantizes its own input (apr_cu_gemv_fused) against
+ * apr_cu_norm_quant + apr_cu_gemv on the same input: the same quantized
+ * activations and the same dot products, so the outputs must be equal to the
+ * bit (and the unfused path is checked against the CPU above). The input is
+ * row 2 of 3 (a gathered row, as the final norm reads it) when gathered. */
+static void test_fused(rng *r, const uint32_t *types, int n_seg, int n, int mode, bool norm, bool gathered)
+{
+    const int outs[3] = {80, 48, 40}, ld = (n + 255) / 256 * 256, nrow = gathered ? 3 : 1, row = gathered ? 2 : 0;
+    int ldo = 0;
+    for (int i = 0; i < n_seg; i++) ldo += outs[i];
+    float *x = malloc(sizeof(float) * n * nrow), *w = malloc(sizeof(float) * n), *base = malloc(sizeof(float) * ldo);
+    fill_acts(r, x, (size_t)n * nrow);
+    for (int i = 0; i < n; i++) w[i] = 1.0f + 0.1f * rng_unif(r);
+    for (int i = 0; i < ldo; i++) base[i] = rng_unif(r);
+    float *dx = dev_upload(x, sizeof(float) * n * nrow), *dw = dev_upload(w, sizeof(float) * n);
+    int32_t *drow = dev_upload(&row, sizeof row);
+    float *dref = NULL, *dgot = NULL;
+    CK(cudaMalloc((void **)&dref, sizeof(float) * ldo));
+    CK(cudaMalloc((void **)&dgot, sizeof(float) * ldo));
+    CK(cudaMemcpy(dref, base, sizeof(float) * ldo, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dgot, base, sizeof(float) * ldo, cudaMemcpyHostToDevice));
+    apr_cu_gemv_seg sr[3], sg[3];
+    int col = 0;
+    for (int i = 0; i < n_seg; i++) {
+        const size_t wb = apr_cu_weight_bytes(types[i], n, outs[i]);
+        uint8_t *h = malloc(wb), *h2 = malloc(wb);
+        fill_rows(r, types[i], h, n, outs[i]);
+        fill_rows(r, types[i], h2, n, outs[i]);
+        apr_cu_weight a = weight_upload(types[i], n, outs[i], h), none = {NULL, 0, 0, 0};
+        apr_cu_weight b = mode == APR_CU_SWIGLU ? weight_upload(types[i], n, outs[i], h2) : none;
+        sr[i] = (apr_cu_gemv_seg){a, b, dref + col, ldo, mode};
+        sg[i] = (apr_cu_gemv_seg){a, b, dgot + col, ldo, mode};
+        col += outs[i];
+        free(h);
+        free(h2);
+    }
+    apr_cu_act act = act_alloc(1, ld);
+    apr_cu_norm_quant(dx, n, gathered ? drow : NULL, norm ? dw : NULL, 1e-6f, n, 1, &act, &cu0);
+    if (apr_cu_gemv(sr, n_seg, &act, 1, &cu0)) failures++;
+    CK_LAUNCH();
+    const apr_cu_quant_src src = {dx, gathered ? drow : NULL, n, norm ? dw : NULL, 1e-6f, n};
+    const int rc = apr_cu_gemv_fused(sg, n_seg, &src, &cu0);
+    CK_LAUNCH();
+    float *ref = malloc(sizeof(float) * ldo), *got = malloc(sizeof(float) * ldo);
+    CK(cudaMemcpy(ref, dref, sizeof(float) * ldo, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(got, dgot, sizeof(float) * ldo, cudaMemcpyDeviceToHost));
+    int diff = 0;
+    for (int i = 0; i < ldo; i++) diff += memcmp(&ref[i], &got[i], sizeof(float)) != 0;
+    char what[128] = "";
+    for (int i = 0; i < n_seg; i++)
+        snprintf(what + strlen(what), sizeof what - strlen(what), "%s%s", i ? "+" : "", apr_type_get(types[i])->name);
+    const bool ok = rc == 0 && diff == 0;
+    printf("%-4s gemv fused %-16s n %-5d %-6s%-5s%-9s outputs differing from norm_quant+gemv: %d%s\n",
+           ok ? "ok" : "FAIL", what, n, mode == APR_CU_SWIGLU ? "swiglu" : mode == APR_CU_ADD ? "add" : "store",
+           norm ? " norm" : "", gathered ? " gathered" : "", diff, rc ? "  (not launched)" : "");
+    if (!ok) failures++;
+    for (int i = 0; i < n_seg; i++) {
+        cudaFree((void *)sr[i].w.data);
+        cudaFree((void *)sr[i].w2.data);
+    }
+    act_free(&act);
+    cudaFree(dx);
+    cudaFree(dw);
+    cudaFree(drow);
+    cudaFree(dref);
+    cudaFree(dgot);
+    free(x);
+    free(w);
+    free(base);
+    free(ref);
+    free(got);
+}
+
+static void test_fused_all(rng *r)
+{
+    const uint32_t qkv15[3] = {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K};
+    const uint32_t qkv05[3] = {APR_TYPE_Q5_0, APR_TYPE_Q5_0, APR_TYPE_Q8_0};
+    const uint32_t mixed[3] = {APR_TYPE_Q4_K, APR_TYPE_Q4_0, APR_TYPE_Q8_0};
+    const uint32_t q4k = APR_TYPE_Q4_K, q6k = APR_TYPE_Q6_K, q80 = APR_TYPE_Q8_0, q50 = APR_TYPE_Q5_0;
+    test_fused(r, qkv15, 3, 1536, APR_CU_STORE, true, false);  /* 1.5B q/k/v after attn_norm */
+    test_fused(r, qkv05, 3, 896, APR_CU_STORE, true, false);   /* 0.5B: 896 is 3.5 groups of 256 */
+    test_fused(r, mixed, 3, 512, APR_CU_STORE, true, false);   /* both quantizers in one block */
+    test_fused(r, &q4k, 1, 1536, APR_CU_ADD, false, false);    /* o + residual */
+    test_fused(r, &q4k, 1, 1536, APR_CU_SWIGLU, true, false);  /* gate/up after ffn_norm */
+    test_fused(r, &q50, 1, 896, APR_CU_SWIGLU, true, false);
+    test_fused(r, &q4k, 1, 8960, APR_CU_ADD, false, false);    /* down: 35 groups */
+    test_fused(r, &q6k, 1, 8960, APR_CU_ADD, false, false);
+    test_fused(r, &q6k, 1, 4864, APR_CU_ADD, false, false);    /* 0.5B down */
+    test_fused(r, &q6k, 1, 1536, APR_CU_STORE, true, true);    /* output after the final norm */
+    test_fused(r, &q80, 1, 896, APR_CU_STORE, true, true);
+    test_fused(r, &q4k, 1, 18944, APR_CU_ADD, false, false);   /* 7B down */
+}
+
 /* ------------------------------------------------------- norm, embedding */
 
 static void test_norm(rng *r)
@@ -467,7 +562,9 @@ static void rope_ref(float *v, int pos, int rope_dim, float theta_scale, bool ne
 /* Two sequences: seq 1 gets a prefill of P tokens in one launch, then seq 0
  * one token at a time, then a mixed step of both. The reference keeps its
  * own F16 cache and attends in double. */
-static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, bool f16_acc)
+/* fused: one-token steps through apr_cu_attention_rope (bias, RoPE and the
+ * cache append inside attention) instead of apr_cu_qkv_post + apr_cu_attention */
+static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, bool f16_acc, bool fused)
 {
     const int n_ctx = 80, n_seq = 2, P = 70, kv_dim = n_head_kv * hd, q_dim = n_head * hd;
     const int ld = q_dim + 2 * kv_dim;
@@ -515,10 +612,15 @@ static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox,
         CK(cudaMemcpy(dpos, pos, sizeof(int32_t) * n, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dseq, seq, sizeof(int32_t) * n, cudaMemcpyHostToDevice));
         poison(dout, sizeof(float) * q_dim * n);
-        apr_cu_qkv_post(dqkv, ld, bias ? db : NULL, bias ? db + q_dim : NULL, bias ? db + q_dim + kv_dim : NULL, dpos,
-                        dseq, n, &sh, dk, dv, &cu0);
-        CK_LAUNCH();
-        if (apr_cu_attention(dqkv, ld, dk, dv, dpos, dseq, n, &sh, dout, q_dim, &cu0)) {
+        const float *dbq = bias ? db : NULL, *dbk = bias ? db + q_dim : NULL, *dbv = bias ? db + q_dim + kv_dim : NULL;
+        int rc = 1;
+        if (fused && n == 1) rc = apr_cu_attention_rope(dqkv, ld, dbq, dbk, dbv, dpos, dseq, &sh, dk, dv, dout, q_dim, &cu0);
+        if (rc > 0) {
+            apr_cu_qkv_post(dqkv, ld, dbq, dbk, dbv, dpos, dseq, n, &sh, dk, dv, &cu0);
+            CK_LAUNCH();
+            rc = apr_cu_attention(dqkv, ld, dk, dv, dpos, dseq, n, &sh, dout, q_dim, &cu0);
+        }
+        if (rc) {
             printf("FAIL attention refused head_dim %d\n", hd);
             failures++;
             break;
@@ -586,9 +688,9 @@ static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox,
             cache_diff++;
     /* the F16 accumulator is off by ~1e-3 at 70 keys (the CPU's error, reproduced) */
     bool ok = !bad && worst < (f16_acc ? 1e-2 : 2e-5) && cache_diff == 0;
-    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-5s%-8s rel %.2e  cache diffs %d%s\n", ok ? "ok" : "FAIL",
-           n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "", f16_acc ? "f16-acc" : "", worst,
-           cache_diff, bad ? "  (non-finite outputs)" : "");
+    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-5s%-8s%-6s rel %.2e  cache diffs %d%s\n", ok ? "ok" : "FAIL",
+           n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "", f16_acc ? "f16-acc" : "",
+           fused ? "+rope" : "", worst, cache_diff, bad ? "  (non-finite outputs)" : "");
     if (!ok) failures++;
     free(kg);
     free(vg);
@@ -732,6 +834,73 @@ static int bandwidth(void)
     return 0;
 }
 
+/* ------------------------------------------------- batched decode bench */
+/* --batched MODEL [STEPS]: the engine (cuda/backend.cu) driven directly with
+ * S sequences at once, S = 1, 8, 16, 32, 64: a 4-token prompt each in one
+ * step, then STEPS decode steps of S entries, every entry wanting logits (as
+ * apr-coord's continuous batching asks). Prints total tok/s per S; the steps
+ * replay the graph of their batch-size bucket. */
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int batched_bench(const char *path, int steps)
+{
+    const int sizes[] = {1, 8, 16, 32, 64}, P = 4;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int S = sizes[si];
+        char err[APR_ERRLEN];
+        apr_backend_opts o = {0};
+        o.n_ctx = P + steps + 8;
+        o.n_seq = S;
+        apr_cuda_model *m = apr_cuda_open(path, &o, err);
+        if (!m) {
+            fprintf(stderr, "batched: %s\n", err);
+            return 1;
+        }
+        const size_t V = apr_cuda_hparams(m)->n_vocab;
+        const int n = S * P;
+        int32_t *tok = malloc(sizeof(int32_t) * n), *pos = malloc(sizeof(int32_t) * n), *seq = malloc(sizeof(int32_t) * n);
+        uint8_t *want = malloc((size_t)n);
+        float *logits = malloc(sizeof(float) * V * S);
+        for (int i = 0; i < n; i++) {
+            seq[i] = i / P;
+            pos[i] = i % P;
+            tok[i] = 1000 + 37 * i % 5000;
+            want[i] = pos[i] == P - 1;
+        }
+        apr_batch b = {n, tok, pos, seq, want};
+        int rc = apr_cuda_step(m, &b, logits, err);
+        double t0 = 0;
+        for (int st = 0; st <= steps && !rc; st++) {
+            if (st == 1) t0 = now_s(); /* step 0: warm-up */
+            for (int i = 0; i < S; i++) {
+                seq[i] = i;
+                pos[i] = P + st;
+                tok[i] = 100 + (st * 131 + i * 17) % 20000;
+                want[i] = 1;
+            }
+            apr_batch d = {S, tok, pos, seq, want};
+            rc = apr_cuda_step(m, &d, logits, err);
+        }
+        const double dt = now_s() - t0;
+        if (rc) fprintf(stderr, "batched: %s\n", err);
+        else printf("batched decode: %2d streams x %d steps: %8.1f tok/s total, %.3f ms a step\n", S, steps,
+                    S * steps / dt, dt * 1e3 / steps);
+        apr_cuda_close(m);
+        free(tok);
+        free(pos);
+        free(seq);
+        free(want);
+        free(logits);
+        if (rc) return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     int n = 0;
@@ -741,6 +910,7 @@ int main(int argc, char **argv)
     }
     if (argc > 1 && !strcmp(argv[1], "--bandwidth")) return bandwidth();
     if (argc > 1 && !strcmp(argv[1], "--mma-bench")) return mma_bench();
+    if (argc > 2 && !strcmp(argv[1], "--batched")) return batched_bench(argv[2], argc > 3 ? atoi(argv[3]) : 128);
     rng r = {0x9e3779b97f4a7c15ull ^ (uint64_t)(argc > 1 ? strtoull(argv[1], NULL, 0) : 1)};
 
     test_quantizers(&r);
@@ -798,13 +968,17 @@ int main(int argc, char **argv)
     test_segments(&r, apr_cu_mma, "mma", legacy, 17);
     test_segments(&r, apr_cu_matmul, "matmul", mixed, APR_CU_MMA_MIN_TOK - 1); /* the GEMV */
     test_segments(&r, apr_cu_matmul, "matmul", mixed, APR_CU_MMA_ALL_TOK);     /* the tensor cores */
-    test_attention(&r, 8, 4, 8, false, false, false);   /* stories260K */
-    test_attention(&r, 12, 2, 128, true, true, false);  /* qwen2.5-1.5b */
-    test_attention(&r, 14, 2, 64, true, true, false);   /* qwen2.5-0.5b */
-    test_attention(&r, 4, 4, 256, true, false, false);
-    test_attention(&r, 6, 2, 40, false, true, false);
-    test_attention(&r, 12, 2, 128, true, true, true);
-    test_attention(&r, 8, 4, 8, false, false, true);
+    for (int fused = 0; fused < 2; fused++) {
+        test_attention(&r, 8, 4, 8, false, false, false, fused);   /* stories260K */
+        test_attention(&r, 12, 2, 128, true, true, false, fused);  /* qwen2.5-1.5b */
+        test_attention(&r, 14, 2, 64, true, true, false, fused);   /* qwen2.5-0.5b */
+        test_attention(&r, 28, 4, 128, true, true, false, fused);  /* qwen2.5-7b */
+        test_attention(&r, 4, 4, 256, true, false, false, fused);
+        test_attention(&r, 6, 2, 40, false, true, false, fused);
+    }
+    test_attention(&r, 12, 2, 128, true, true, true, false);
+    test_attention(&r, 8, 4, 8, false, false, true, false);
+    test_fused_all(&r);
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
     return failures ? 1 : 0;
 }
