@@ -146,7 +146,14 @@ typedef struct {
     /* the step in flight (on workers[active]) */
     int32_t *st_token, *st_pos, *st_seq;
     uint8_t *st_want;
+    uint8_t *st_topk;     /* per entry: candidates asked (0: the full row) */
     int *st_row_seq;      /* logits row -> index in seqs */
+    uint8_t *st_row_k;    /* per row: candidates asked (0: the full row) */
+    /* per row: the candidate row as read (once) from shared memory and
+     * checked, APR_TOPK_MAX slots a row, and how many it holds */
+    apr_sampler_cand *st_cands;
+    int32_t *st_row_ncand;
+    uint64_t *cand_seen;  /* n_vocab bits, all clear between steps: duplicate ids */
     int st_n, st_rows;
     int *st_members;      /* indices in seqs that have entries in the step */
     int st_n_members;

@@ -487,6 +487,62 @@ static int32_t draw_all(apr_rng *rng, const float *l, int32_t n, float m, float 
     return last;
 }
 
+/* The chain from top-k on, over the k best tokens sorted best first: top-p
+ * (at temperature 1, within those k), min-p, then the draw at temperature.
+ * m is the maximum logit (c[0].logit). Both entry points end here, so a
+ * candidate row from the worker gives the very token the full row gives. */
+static int32_t sample_top(apr_sampler *s, cand *c, int32_t k, float m)
+{
+    const apr_sampler_params *p = &s->p;
+    float inv_t = 1.0f / p->temperature;
+    if (p->top_p < 1.0f) {
+        double z = 0;
+        for (int32_t i = 0; i < k; i++)
+            z += fexp(c[i].logit - m);
+        int32_t cut = top_p_cut(c, k, m, z, p->top_p);
+        if (cut > 0)
+            k = cut;
+    }
+    /* min-p keeps p_i >= min_p * p_max, that is logit >= m + ln(min_p) */
+    if (p->min_p > 0.0f)
+        k = min_p_cut(c, k, m + logf(p->min_p));
+    return draw(&s->rng, c, k, m, inv_t);
+}
+
+int32_t apr_sampler_cands_needed(const apr_sampler_params *p, int32_t n_vocab, int32_t max_k)
+{
+    if (penalties_on(p))
+        return 0; /* any token's logit may move: the order is not known yet */
+    if (p->temperature <= 0 || p->top_k == 1)
+        return 1;
+    /* apr_sampler_sample's top-k stage runs for 1 < top_k < n_vocab */
+    if (p->top_k > 1 && p->top_k < n_vocab && p->top_k <= max_k)
+        return p->top_k;
+    return 0;
+}
+
+int32_t apr_sampler_sample_cands(apr_sampler *s, apr_sampler_ws *ws, const apr_sampler_cand *cands,
+                                 int32_t k)
+{
+    const apr_sampler_params *p = &s->p;
+    if (k <= 0)
+        return -1; /* every logit was -inf or NaN */
+    float m = cands[0].logit;
+    /* greedy (PRNG untouched), and +inf as in apr_sampler_sample: the
+     * first +inf, which the order puts at the front */
+    if (p->temperature <= 0 || p->top_k == 1 || m == INFINITY)
+        return cands[0].id;
+    /* the top-k stage keeps top_k of them; more given is not an error */
+    if (p->top_k > 1 && k > p->top_k)
+        k = p->top_k;
+    if (k > ws->n_vocab)
+        k = ws->n_vocab;
+    cand *c = ws->cands;
+    for (int32_t i = 0; i < k; i++)
+        c[i] = (cand){cands[i].logit, cands[i].id, 0};
+    return sample_top(s, c, k, m);
+}
+
 int32_t apr_sampler_sample(apr_sampler *s, apr_sampler_ws *ws, const float *logits,
                            const int32_t *history, size_t n_history)
 {
@@ -512,20 +568,8 @@ int32_t apr_sampler_sample(apr_sampler *s, apr_sampler_ws *ws, const float *logi
     cand *c = ws->cands;
     int32_t k;
 
-    if (use_k) {
-        k = top_k_select(l, n, p->top_k, c);
-        if (use_p) {
-            double z = 0;
-            for (int32_t i = 0; i < k; i++)
-                z += fexp(c[i].logit - m);
-            int32_t cut = top_p_cut(c, k, m, z, p->top_p);
-            if (cut > 0)
-                k = cut;
-        }
-        if (use_min)
-            k = min_p_cut(c, k, tau_min);
-        return draw(&s->rng, c, k, m, inv_t);
-    }
+    if (use_k)
+        return sample_top(s, c, top_k_select(l, n, p->top_k, c), m);
     if (!use_p && !use_min)
         return draw_all(&s->rng, l, n, m, inv_t);
     double mass;

@@ -62,6 +62,30 @@ void apr_sampler_ws_free(apr_sampler_ws *ws);
 int32_t apr_sampler_sample(apr_sampler *s, apr_sampler_ws *ws, const float *logits,
                            const int32_t *history, size_t n_history);
 
+/* Candidates instead of the full row: a worker can send the K best logits
+ * of a row (proto.h, "candidate rows") where the sampler provably needs no
+ * more, and the coordinator samples from them the very token the full row
+ * would give, the PRNG used the same way. */
+typedef struct {
+    int32_t id;
+    float logit;
+} apr_sampler_cand;
+
+/* K for these parameters: 1 when greedy (temperature 0 or top_k 1), top_k
+ * when 1 < top_k < n_vocab and top_k <= max_k, and 0 (the full row is
+ * needed) otherwise, or when a penalty is on (it may move any logit). */
+int32_t apr_sampler_cands_needed(const apr_sampler_params *p, int32_t n_vocab, int32_t max_k);
+
+/* Picks the next token from the row's best candidates: cands[0..k) as the
+ * worker sends them for K = apr_sampler_cands_needed(&s->p, ...), that is
+ * the min(K, number of finite or +inf logits) best, higher logit first,
+ * equal logits by lower id first, no NaN or -inf among them (the caller
+ * checks this, as it checks anything from a worker). Runs apr_sampler_sample's
+ * chain from the top-k stage on and returns what it returns for the full row
+ * with the same state: -1 when k is 0 (no token possible). */
+int32_t apr_sampler_sample_cands(apr_sampler *s, apr_sampler_ws *ws, const apr_sampler_cand *cands,
+                                 int32_t k);
+
 /* Stop strings over the text generated so far (text[0..len), the completion
  * only). `emitted` is how much of it was already sent: the previous return
  * value, 0 at first. Returns how many bytes from the start may be sent now:

@@ -10,6 +10,7 @@
  * CPU backend's arithmetic per entry does not depend on the rest of the batch,
  * so a greedy output is the same whatever else is running.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -490,6 +491,45 @@ void sched_engine_restart(coord *c, worker *w, bool kv_kept)
     }
 }
 
+/* Candidate row r of the step (proto.h, "candidate rows"), read once from
+ * shared memory into st_cands and checked as anything from a worker is:
+ * count within what was asked, ids in the vocabulary and not repeated,
+ * no NaN or -inf, and the sampler's order. 0, or -1 with why. */
+static int read_cands(coord *c, const worker *w, int r, char *why, size_t cap)
+{
+    const unsigned char *row = (const unsigned char *)w->logits.base + (size_t)r * (size_t)c->n_vocab * sizeof(float);
+    int32_t n;
+    memcpy(&n, row, sizeof n);
+    if (n < 0 || n > c->st_row_k[r]) {
+        snprintf(why, cap, "candidate row %d holds %d candidates, %d asked", r, (int)n, c->st_row_k[r]);
+        return -1;
+    }
+    apr_sampler_cand *out = c->st_cands + (size_t)r * APR_TOPK_MAX;
+    int rc = 0;
+    int32_t j = 0;
+    for (; j < n; j++) {
+        apr_wcand x;
+        memcpy(&x, row + APR_TOPK_ROW_BYTES(j), sizeof x);
+        const char *bad = NULL;
+        if (x.id < 0 || x.id >= c->n_vocab) bad = "an id outside the vocabulary";
+        else if (!(x.logit > -INFINITY)) bad = "a NaN or -inf logit";
+        else if (j > 0 && !(out[j - 1].logit > x.logit || (out[j - 1].logit == x.logit && out[j - 1].id < x.id)))
+            bad = "candidates out of order";
+        else if (c->cand_seen[x.id / 64] >> (x.id % 64) & 1) bad = "an id twice";
+        if (bad) {
+            snprintf(why, cap, "candidate row %d, candidate %d (id %d): %s", r, (int)j, (int)x.id, bad);
+            rc = -1;
+            break;
+        }
+        c->cand_seen[x.id / 64] |= (uint64_t)1 << (x.id % 64);
+        out[j] = (apr_sampler_cand){x.id, x.logit};
+    }
+    for (int32_t i = 0; i < j; i++) /* leave the bitmap clear for the next row */
+        c->cand_seen[out[i].id / 64] &= ~((uint64_t)1 << (out[i].id % 64));
+    c->st_row_ncand[r] = n;
+    return rc;
+}
+
 void sched_on_done(coord *c, worker *w, const apr_wmsg *m)
 {
     if (!m->ok || m->n_logits != c->st_rows) {
@@ -501,6 +541,15 @@ void sched_on_done(coord *c, worker *w, const apr_wmsg *m)
         worker_lost(c, w, why);
         return;
     }
+    /* every candidate row is checked before any token is taken, so that a
+     * bad one leaves the sequences as they were for the rewind */
+    for (int r = 0; r < c->st_rows; r++) {
+        char why[160];
+        if (c->st_row_k[r] && read_cands(c, w, r, why, sizeof why) < 0) {
+            worker_lost(c, w, why);
+            return;
+        }
+    }
     for (int k = 0; k < c->st_n_members; k++) {
         seq *s = &c->seqs[c->st_members[k]];
         s->n_computed += s->n_step;
@@ -510,8 +559,11 @@ void sched_on_done(coord *c, worker *w, const apr_wmsg *m)
     for (int r = 0; r < c->st_rows; r++) {
         seq *s = &c->seqs[c->st_row_seq[r]];
         if (s->state != SEQ_RUNNING) continue;
-        int32_t tok = apr_sampler_sample(&s->sampler, c->ws, logits + (size_t)r * (size_t)c->n_vocab,
-                                         s->tokens, s->n_tokens);
+        int32_t tok = c->st_row_k[r]
+                          ? apr_sampler_sample_cands(&s->sampler, c->ws, c->st_cands + (size_t)r * APR_TOPK_MAX,
+                                                     c->st_row_ncand[r])
+                          : apr_sampler_sample(&s->sampler, c->ws, logits + (size_t)r * (size_t)c->n_vocab,
+                                               s->tokens, s->n_tokens);
         if (tok < 0) {
             seq_finish(c, s, APR_FINISH_ERROR);
             continue;
@@ -577,6 +629,7 @@ void sched_tick(coord *c)
     int budget = w->max_batch < c->o.chunk + c->o.max_batch ? w->max_batch : c->o.chunk + c->o.max_batch;
     int prefill_budget = c->o.chunk;
     int e = 0, rows = 0, members = 0;
+    bool any_k = false;
     for (int pass = 0; pass < 2; pass++) {
         for (int k = 0; k < n && e < budget; k++) {
             seq *s = &c->seqs[idx[k]];
@@ -602,12 +655,21 @@ void sched_tick(coord *c)
                     return;
                 }
             }
+            /* candidates instead of the row where the sampler is exact on
+             * them (and they fit the row's slot) */
+            int32_t kk = apr_sampler_cands_needed(&s->sampler.p, c->n_vocab, APR_TOPK_MAX);
+            if (APR_TOPK_ROW_BYTES(kk) > (size_t)c->n_vocab * sizeof(float)) kk = 0;
             for (size_t j = 0; j < take; j++) {
                 c->st_token[e] = s->tokens[s->n_computed + j];
                 c->st_pos[e] = (int32_t)(s->n_computed + j);
                 c->st_seq[e] = s->slot;
                 c->st_want[e] = s->n_computed + j + 1 == s->n_tokens;
-                if (c->st_want[e]) c->st_row_seq[rows++] = idx[k];
+                c->st_topk[e] = c->st_want[e] ? (uint8_t)kk : 0;
+                if (c->st_want[e]) {
+                    c->st_row_k[rows] = (uint8_t)kk;
+                    c->st_row_seq[rows++] = idx[k];
+                    any_k |= kk > 0;
+                }
                 e++;
             }
             s->n_step = take;
@@ -629,6 +691,7 @@ void sched_tick(coord *c)
     m.pos = c->st_pos;
     m.seq = c->st_seq;
     m.want = c->st_want;
+    m.topk = any_k ? c->st_topk : NULL;
     w->busy = true;
     w->step_id = m.step;
     w->step_sent = coord_now();

@@ -105,9 +105,15 @@ int coord_init(coord *c, const coord_opts *o, char err[APR_ERRLEN])
     c->st_pos = malloc((size_t)n_entries * sizeof *c->st_pos);
     c->st_seq = malloc((size_t)n_entries * sizeof *c->st_seq);
     c->st_want = malloc((size_t)n_entries);
+    c->st_topk = malloc((size_t)n_entries);
     c->st_row_seq = malloc((size_t)o->max_batch * sizeof *c->st_row_seq);
+    c->st_row_k = malloc((size_t)o->max_batch);
+    c->st_cands = malloc((size_t)o->max_batch * APR_TOPK_MAX * sizeof *c->st_cands);
+    c->st_row_ncand = malloc((size_t)o->max_batch * sizeof *c->st_row_ncand);
+    c->cand_seen = calloc(((size_t)c->n_vocab + 63) / 64, sizeof *c->cand_seen);
     c->st_members = malloc((size_t)o->max_batch * sizeof *c->st_members);
-    if (!c->seqs || !c->st_token || !c->st_pos || !c->st_seq || !c->st_want || !c->st_row_seq || !c->st_members) {
+    if (!c->seqs || !c->st_token || !c->st_pos || !c->st_seq || !c->st_want || !c->st_topk || !c->st_row_seq ||
+        !c->st_row_k || !c->st_cands || !c->st_row_ncand || !c->cand_seen || !c->st_members) {
         snprintf(err, APR_ERRLEN, "out of memory");
         return -1;
     }
@@ -271,7 +277,12 @@ void coord_free(coord *c)
     free(c->st_pos);
     free(c->st_seq);
     free(c->st_want);
+    free(c->st_topk);
     free(c->st_row_seq);
+    free(c->st_row_k);
+    free(c->st_cands);
+    free(c->st_row_ncand);
+    free(c->cand_seen);
     free(c->st_members);
     apr_sampler_ws_free(c->ws);
     apr_tok_free(c->tok);

@@ -302,6 +302,17 @@ int apr_zmq_router_send(void *router, const void *ident, size_t ident_len, const
  * "done". The coordinator validates worker messages as strictly as client
  * ones (a confused worker is restarted, never trusted).
  *
+ * Candidate rows: where the sampler needs only the K best tokens (greedy is
+ * K = 1; top-k without penalties is K = top_k), the step's optional `topk`
+ * array asks for them instead of the row: 0 = the full row, 1..APR_TOPK_MAX
+ * = the K best. Such a row's slot (still at r * n_vocab floats) starts with
+ * an int32 count, 0..K, followed by that many apr_wcand, best first: higher
+ * logit first, equal logits by lower id first (the sampler's order), NaN
+ * counted as -inf and -inf entries left out, which is why a row may hold
+ * fewer than K. The slot must hold it: 1 + 2K <= n_vocab (the worker refuses
+ * the step otherwise). The 600 KB of a 152k-vocabulary row then stay in the
+ * worker's cache, and about 0.5 KB cross to the coordinator's core.
+ *
  *   worker -> coordinator
  *     hello     {t:"hello", ok, error?, backend, pid, n_vocab, n_ctx, n_seq, max_batch, max_logits,
  *               kv_kept?} sent after the model is loaded (ok=true) or refused (ok=false, error);
@@ -309,12 +320,24 @@ int apr_zmq_router_send(void *router, const void *ident, size_t ident_len, const
  *     hb        {t:"hb", pid}                                     (on the NAME.hb socket)
  *     done      {t:"done", step, ok, error?, n_logits, ms}        one per step, in order
  *   coordinator -> worker
- *     step      {t:"step", step, token:[n], pos:[n], seq:[n], want:[n] (bools)}
+ *     step      {t:"step", step, token:[n], pos:[n], seq:[n], want:[n] (bools), topk?:[n]}
+ *               topk is sent only when some entry asks for candidates; a
+ *               non-zero topk[i] needs want[i]
  *     trim      {t:"trim", seq, from}   forget positions >= from of seq (0 clears it)
  *     shutdown  {t:"shutdown"}          exit 0 at once
  */
 #define APR_HEARTBEAT_MS 250
 #define APR_WORKER_MAX_BATCH 4096 /* entries of one step, an upper bound for parsing */
+#define APR_TOPK_MAX 64           /* candidates a row may ask for */
+
+/* One candidate of a candidate row (8 bytes, no padding). */
+typedef struct {
+    int32_t id;
+    float logit;
+} apr_wcand;
+
+/* Bytes of a candidate row of k candidates: the int32 count, then k pairs. */
+#define APR_TOPK_ROW_BYTES(k) (sizeof(int32_t) + (size_t)(k) * sizeof(apr_wcand))
 
 typedef enum {
     APR_W_NONE = 0,
@@ -347,6 +370,7 @@ typedef struct {
     int32_t n;               /* step: entries */
     int32_t *token, *pos, *seq; /* step: [n] each, owned (apr_wmsg_free) */
     uint8_t *want;           /* step: [n] 0/1, owned */
+    uint8_t *topk;           /* step: [n] 0..APR_TOPK_MAX, owned; NULL: all 0 (full rows) */
     int32_t trim_seq, trim_from; /* trim */
 } apr_wmsg;
 
@@ -354,7 +378,8 @@ const char *apr_wtype_str(apr_wtype t);
 /* 0, or -1 when out of memory. */
 int apr_wmsg_encode(msgpack_sbuffer *b, const apr_wmsg *m);
 /* Strict: right types, n <= APR_WORKER_MAX_BATCH, arrays of equal length,
- * every int in int32 range and >= 0 where it is a count, id or position.
+ * every int in int32 range and >= 0 where it is a count, id or position,
+ * topk[i] <= APR_TOPK_MAX and 0 where want[i] is false.
  * 0 and *out owns its arrays, or -1 with a message (out left freeable). */
 int apr_wmsg_parse(const void *frame, size_t len, apr_wmsg *out, char err[APR_ERRLEN]);
 void apr_wmsg_free(apr_wmsg *m);

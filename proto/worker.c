@@ -22,8 +22,8 @@
 /* A step of APR_WORKER_MAX_BATCH entries is at most ~90 KB; anything near
  * this is not one of ours. */
 #define WMSG_MAX_FRAME ((size_t)1 << 20)
-/* The four step arrays plus a generous allowance for keys and scalars. */
-#define WMSG_MAX_OBJECTS (4 * (size_t)APR_WORKER_MAX_BATCH + 256)
+/* The five step arrays plus a generous allowance for keys and scalars. */
+#define WMSG_MAX_OBJECTS (5 * (size_t)APR_WORKER_MAX_BATCH + 256)
 
 static const char *const wtype_names[APR_W_COUNT_] = {
     [APR_W_NONE] = "?",
@@ -124,7 +124,12 @@ int apr_wmsg_encode(msgpack_sbuffer *b, const apr_wmsg *m)
         break;
     case APR_W_STEP: {
         size_t n = m->n > 0 ? (size_t)m->n : 0;
-        err |= msgpack_pack_map(pk, 6);
+        /* topk only when some entry asks for candidates: full-row steps stay
+         * as they were, byte for byte */
+        bool topk = false;
+        for (size_t i = 0; m->topk && i < n && !topk; i++)
+            topk = m->topk[i] != 0;
+        err |= msgpack_pack_map(pk, topk ? 7 : 6);
         err |= KEY("t") | apr_mp_pack_cstr(pk, t);
         err |= KEY("step") | msgpack_pack_uint64(pk, m->step);
         err |= KEY("token") | pack_i32s(pk, m->token, n);
@@ -133,6 +138,11 @@ int apr_wmsg_encode(msgpack_sbuffer *b, const apr_wmsg *m)
         err |= KEY("want") | msgpack_pack_array(pk, n);
         for (size_t i = 0; i < n && !err; i++)
             err |= pack_bool(pk, m->want[i] != 0);
+        if (topk) {
+            err |= KEY("topk") | msgpack_pack_array(pk, n);
+            for (size_t i = 0; i < n && !err; i++)
+                err |= msgpack_pack_uint8(pk, m->topk[i]);
+        }
         break;
     }
     case APR_W_TRIM:
@@ -166,7 +176,7 @@ static int bad(char *err, const char *fmt, ...)
 
 enum {
     K_OK, K_ERROR, K_BACKEND, K_PID, K_N_VOCAB, K_N_CTX, K_N_SEQ, K_MAX_BATCH, K_MAX_LOGITS, K_KV_KEPT,
-    K_STEP, K_N_LOGITS, K_MS, K_TOKEN, K_POS, K_SEQ, K_WANT, K_FROM,
+    K_STEP, K_N_LOGITS, K_MS, K_TOKEN, K_POS, K_SEQ, K_WANT, K_TOPK, K_FROM,
     K_COUNT
 };
 
@@ -195,6 +205,7 @@ static const struct {
     [K_POS] = {"pos", TB(APR_W_STEP)},
     [K_SEQ] = {"seq", TB(APR_W_STEP) | TB(APR_W_TRIM)},
     [K_WANT] = {"want", TB(APR_W_STEP)},
+    [K_TOPK] = {"topk", TB(APR_W_STEP)},
     [K_FROM] = {"from", TB(APR_W_TRIM)},
 };
 
@@ -294,6 +305,27 @@ static int get_ints(const msgpack_object *v, const char *field, int32_t **out, i
     return 0;
 }
 
+/* topk: unsigned, 0..APR_TOPK_MAX each (want[i] is checked once all keys
+ * are read: the map's order is the sender's). */
+static int get_topk(const msgpack_object *v, uint8_t **out, int32_t *n, char *err)
+{
+    if (get_array(v, "topk", n, err))
+        return -1;
+    uint8_t *a = malloc((size_t)*n);
+    if (a == NULL)
+        return bad(err, "step topk: out of memory");
+    *out = a;
+    for (int32_t i = 0; i < *n; i++) {
+        int32_t k = 0;
+        char name[32];
+        snprintf(name, sizeof name, "topk[%d]", (int)i);
+        if (get_i32(&v->via.array.ptr[i], "step", name, 0, APR_TOPK_MAX, &k, err))
+            return -1;
+        a[i] = (uint8_t)k;
+    }
+    return 0;
+}
+
 static int get_bools(const msgpack_object *v, uint8_t **out, int32_t *n, char *err)
 {
     if (get_array(v, "want", n, err))
@@ -315,7 +347,7 @@ static int get_bools(const msgpack_object *v, uint8_t **out, int32_t *n, char *e
 
 /* The step array lengths, for the equal-length check. */
 typedef struct {
-    int32_t token, pos, seq, want;
+    int32_t token, pos, seq, want, topk; /* topk: -1 when absent */
 } lens;
 
 static int read_key(int k, const msgpack_object *v, apr_wmsg *m, lens *ln, char *err)
@@ -376,6 +408,8 @@ static int read_key(int k, const msgpack_object *v, apr_wmsg *m, lens *ln, char 
         return get_ints(v, "seq", &m->seq, &ln->seq, err);
     case K_WANT:
         return get_bools(v, &m->want, &ln->want, err);
+    case K_TOPK:
+        return get_topk(v, &m->topk, &ln->topk, err);
     case K_FROM:
         return get_i32(v, t, "from", 0, INT32_MAX, &m->trim_from, err);
     }
@@ -412,7 +446,7 @@ static int parse_map(const msgpack_object *root, apr_wmsg *m, char *err)
         return bad(err, "worker message has no type (key t)");
 
     unsigned got = 0;
-    lens ln = {0, 0, 0, 0};
+    lens ln = {0, 0, 0, 0, -1};
     for (uint32_t i = 0; i < n; i++) {
         for (int k = 0; k < K_COUNT; k++) {
             if (!(keys[k].types & TB(m->type)) || !apr_mp_key_is(&kv[i].key, keys[k].name))
@@ -438,6 +472,12 @@ static int parse_map(const msgpack_object *root, apr_wmsg *m, char *err)
         if (ln.pos != ln.token || ln.seq != ln.token || ln.want != ln.token)
             return bad(err, "step: token, pos, seq and want must be as long (%d, %d, %d, %d)",
                        (int)ln.token, (int)ln.pos, (int)ln.seq, (int)ln.want);
+        if (ln.topk >= 0 && ln.topk != ln.token)
+            return bad(err, "step: topk has %d entries, token %d", (int)ln.topk, (int)ln.token);
+        for (int32_t i = 0; m->topk && i < ln.token; i++)
+            if (m->topk[i] && !m->want[i])
+                return bad(err, "step topk[%d]: %d candidates for an entry without want", (int)i,
+                           (int)m->topk[i]);
         m->n = ln.token;
     }
     return 0;
@@ -472,6 +512,7 @@ void apr_wmsg_free(apr_wmsg *m)
     free(m->pos);
     free(m->seq);
     free(m->want);
+    free(m->topk);
     memset(m, 0, sizeof *m);
 }
 

@@ -57,6 +57,14 @@ int apr_backend_step(apr_backend *b, const apr_batch *batch, float *logits,
 /* Forget positions >= from_pos of a sequence (0 clears it). */
 void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos);
 
+/* The k best of n logits (1 <= k), best first: higher logit first, equal
+ * logits by lower index first; NaN and -inf are never chosen, so fewer than
+ * k come back when fewer are finite or +inf. Writes ids and values [0, ret)
+ * and returns how many. One pass whose common case is a vector compare of
+ * 32 logits against the k-th best so far. (The worker's candidate rows,
+ * proto.h; here so that it can be tested on its own.) */
+int apr_topk_select(const float *logits, int n, int k, int32_t *ids, float *vals);
+
 /* ------------------------------------------------- memory for an engine */
 /* Fault isolation of the GPU worker: a holder process allocates and loads
  * the weights and the KV cache, and writes into `exp` what an engine process

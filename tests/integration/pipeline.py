@@ -18,6 +18,11 @@ ports, driven over ZeroMQ with msgpack the way any client would.
   chat         (tiny-qwen2-a, ChatML) chat == generate on the rendered prompt
   fallback     --workers cuda,cpu serves on the CPU where there is no GPU;
                --workers cuda alone exits 1 with the worker's reason
+  candidates   greedy and top-k requests get candidate rows (the golden,
+               concurrent and crowd tests above run on them; the seeded test's
+               repeat_penalty keeps one sequence on full rows); a worker that
+               writes a bad candidate row (fake_worker.py) is replaced and the
+               request still completes
 """
 import json, os, random, signal, socket, subprocess, sys, tempfile, time
 
@@ -385,6 +390,37 @@ def test_fallback():
           f"--workers cuda without a GPU: exit {p.returncode}, {err[-300:]!r}")
 
 
+def test_bad_candidates():
+    print("candidates: bad candidate rows from a (fake) worker are refused, the worker replaced")
+    fake = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_worker.py")
+    for bad, why in [("count", "holds 2 candidates, 1 asked"), ("range", "an id outside the vocabulary"),
+                     ("order", "candidates out of order"), ("nan", "a NaN or -inf logit"),
+                     ("twice", "an id twice"), ("", None)]:
+        with tempfile.TemporaryDirectory() as d:
+            os.environ.update(APR_FAKE_BAD=bad, APR_FAKE_DIR=d)
+            srv = Server("--worker-bin", fake)
+            try:
+                s = srv.sock()
+                generate(s, "f", "Once upon a time", 4, temperature=0)
+                generate(s, "k", "Once upon a time", 4, temperature=0.8, top_k=3, seed=1)
+                r = collect(s, ["f", "k"])
+                check(r["f"]["done"] is not None and r["f"]["tokens"] == [5, 5, 5, 5],
+                      f"candidates {bad or 'good'}: greedy gave {r['f']['tokens']} ({r['f']['error']})")
+                check(r["k"]["done"] is not None and set(r["k"]["tokens"]) <= {5, 6, 7} and len(r["k"]["tokens"]) == 4,
+                      f"candidates {bad or 'good'}: top-k gave {r['k']['tokens']} ({r['k']['error']})")
+                restarts = srv.status()["restarts"]
+                s.close()
+            finally:
+                srv.stop()
+                for k in ("APR_FAKE_BAD", "APR_FAKE_DIR"):
+                    os.environ.pop(k)
+            log = srv.logtext()
+            if why:
+                check(why in log and restarts >= 1, f"candidates {bad}: restarts {restarts}, log:\n{log[-800:]}")
+            else:
+                check(restarts == 0, f"candidates: a good fake worker was restarted:\n{log[-800:]}")
+
+
 def main():
     if not os.path.exists(MODEL):
         print(f"pipeline: {MODEL} absent, skipped")
@@ -414,6 +450,7 @@ def main():
         srv.stop()
     test_chat()
     test_fallback()
+    test_bad_candidates()
     print("pipeline:", "FAILED" if failures else "ok", f"({failures} failures)")
     return 1 if failures else 0
 

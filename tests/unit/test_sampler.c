@@ -399,6 +399,185 @@ START_TEST(penalties)
 }
 END_TEST
 
+/* ------------------------------------------------- candidate rows */
+
+typedef struct {
+    float l;
+    int32_t id;
+} ref_pair;
+
+/* The sampler's order: higher logit first, ties by lower id. */
+static int cmp_pair(const void *pa, const void *pb)
+{
+    const ref_pair *a = pa, *b = pb;
+    if (a->l != b->l)
+        return a->l > b->l ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* What a worker sends for K: the min(K, finite or +inf) best, by a full sort. */
+static int32_t ref_cands(const float *l, int32_t n, int32_t k, apr_sampler_cand *out)
+{
+    ref_pair *a = malloc((size_t)n * sizeof *a);
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (l[i] > -INFINITY)
+            a[m++] = (ref_pair){l[i], i};
+    qsort(a, (size_t)m, sizeof *a, cmp_pair);
+    int32_t c = m < k ? m : k;
+    for (int32_t i = 0; i < c; i++)
+        out[i] = (apr_sampler_cand){a[i].id, a[i].l};
+    free(a);
+    return c;
+}
+
+/* A row with what real ones rarely have: ties (several ids sharing the top
+ * values and values within the candidates), -inf, NaN, now and then +inf,
+ * or almost nothing finite. */
+static void hostile_row(float *l, int32_t n, apr_rng *r, int kind)
+{
+    fill_gauss(l, n, r, kind % 3 == 0 ? 0.5f : 3.0f);
+    int32_t q = n / 50 + 1;
+    for (int32_t j = 0; j < q; j++) {
+        l[apr_rng_next(r) % (uint64_t)n] = -INFINITY;
+        l[apr_rng_next(r) % (uint64_t)n] = NAN;
+    }
+    float top = 12.0f + (float)(kind % 4);
+    for (int j = 0; j < 6; j++) /* ties at the top and just below */
+        l[apr_rng_next(r) % (uint64_t)n] = top - (float)(j / 2) * 0.25f;
+    for (int j = 0; j < 40; j++) /* ties among the rest of the candidates */
+        l[apr_rng_next(r) % (uint64_t)n] = l[apr_rng_next(r) % (uint64_t)n];
+    if (kind % 11 == 5) { /* +inf: the first of them wins */
+        l[apr_rng_next(r) % (uint64_t)n] = INFINITY;
+        l[apr_rng_next(r) % (uint64_t)n] = INFINITY;
+    }
+    if (kind % 13 == 7) /* fewer finite than any K */
+        for (int32_t i = 0; i < n; i++)
+            if (i % 97 != 3)
+                l[i] = i % 2 ? -INFINITY : NAN;
+}
+
+START_TEST(cands_equal_full_row)
+{
+    /* the same seed and parameters give the same token and leave the PRNG in
+     * the same state, over many rows (one sampler state carried through a
+     * sequence of rows, as a generation does) */
+    const int32_t sizes[3] = {300, 5000, 151936};
+    const float temps[] = {0.0f, 0.3f, 0.8f, 1.0f, 1.7f};
+    const int32_t ks[] = {1, 2, 3, 5, 17, 40, 64};
+    const float tps[] = {1.0f, 0.99f, 0.95f, 0.7f, 0.3f, 0.05f};
+    const float mps[] = {0.0f, 0.01f, 0.05f, 0.3f, 0.9f};
+    apr_rng r;
+    apr_rng_seed(&r, 77);
+    apr_sampler_cand cands[64];
+    long compared = 0, not_first = 0;
+    for (int v = 0; v < 3; v++) {
+        int32_t n = sizes[v];
+        float *l = malloc((size_t)n * sizeof *l);
+        apr_sampler_ws *ws = ws_new(n);
+        int n_params = v == 2 ? 12 : 150, n_rows = v == 2 ? 6 : 20;
+        for (int pi = 0; pi < n_params; pi++) {
+            apr_sampler_params sp = params(temps[apr_rng_next(&r) % 5], ks[apr_rng_next(&r) % 7],
+                                           tps[apr_rng_next(&r) % 6], mps[apr_rng_next(&r) % 5],
+                                           apr_rng_next(&r));
+            if (pi % 7 == 3) { /* penalties that are off leave candidates exact */
+                sp.repeat_penalty = 1.3f;
+                sp.presence_penalty = 0.5f;
+                sp.repeat_last_n = 0;
+            }
+            int32_t k = apr_sampler_cands_needed(&sp, n, 64);
+            ck_assert_int_eq(k, sp.temperature <= 0 || sp.top_k == 1 ? 1 : sp.top_k);
+            apr_sampler full, part;
+            apr_sampler_init(&full, &sp);
+            apr_sampler_init(&part, &sp);
+            for (int row = 0; row < n_rows; row++) {
+                hostile_row(l, n, &r, pi * 31 + row);
+                int32_t nc = ref_cands(l, n, k, cands);
+                int32_t a = apr_sampler_sample(&full, ws, l, NULL, 0);
+                int32_t b = apr_sampler_sample_cands(&part, ws, cands, nc);
+                ck_assert_msg(a == b, "vocab %d, T %g top_k %d top_p %g min_p %g, row %d: full row %d, "
+                              "candidates %d", n, sp.temperature, sp.top_k, sp.top_p, sp.min_p, row, a, b);
+                ck_assert_msg(!memcmp(&full.rng, &part.rng, sizeof full.rng), "PRNG states differ");
+                compared++;
+                not_first += nc > 0 && a != cands[0].id;
+            }
+        }
+        apr_sampler_ws_free(ws);
+        free(l);
+    }
+    /* the draws did more than pick the best */
+    ck_assert_msg(not_first > compared / 10, "%ld of %ld draws were not the best candidate", not_first, compared);
+    printf("cands_equal_full_row: %ld draws identical, %ld of them not the best candidate\n", compared,
+           not_first);
+}
+END_TEST
+
+START_TEST(cands_greedy)
+{
+    const int32_t n = 20000;
+    float *l = malloc(n * sizeof *l);
+    apr_sampler_ws *ws = ws_new(n);
+    apr_rng r;
+    apr_rng_seed(&r, 8);
+    apr_sampler_cand c[1];
+    for (int trial = 0; trial < 300; trial++) {
+        hostile_row(l, n, &r, trial);
+        if (trial % 3 == 0) { /* a tie for the maximum: the lower id wins */
+            int32_t a = (int32_t)(apr_rng_next(&r) % n), b = (int32_t)(apr_rng_next(&r) % n);
+            l[a] = l[b] = 1000;
+        }
+        apr_sampler_params sp = params(trial % 2 ? 0.0f : 2.0f, trial % 2 ? 40 : 1, 0.9f, 0.05f, 5);
+        ck_assert_int_eq(apr_sampler_cands_needed(&sp, n, 64), 1);
+        apr_sampler s;
+        apr_sampler_init(&s, &sp);
+        apr_rng before = s.rng;
+        int32_t nc = ref_cands(l, n, 1, c);
+        int32_t want = apr_sampler_sample(&s, ws, l, NULL, 0);
+        ck_assert_int_eq(apr_sampler_sample_cands(&s, ws, c, nc), want);
+        ck_assert(memcmp(&before, &s.rng, sizeof before) == 0); /* greedy draws nothing */
+    }
+    /* nothing finite: no token either way */
+    for (int32_t i = 0; i < n; i++)
+        l[i] = i % 2 ? NAN : -INFINITY;
+    apr_sampler_params sp = params(0.7f, 40, 1, 0, 1);
+    apr_sampler s;
+    apr_sampler_init(&s, &sp);
+    ck_assert_int_eq(apr_sampler_sample(&s, ws, l, NULL, 0), -1);
+    ck_assert_int_eq(apr_sampler_sample_cands(&s, ws, c, 0), -1);
+    apr_sampler_ws_free(ws);
+    free(l);
+}
+END_TEST
+
+START_TEST(cands_needed)
+{
+    apr_sampler_params sp = params(0.8f, 40, 0.95f, 0.05f, 1);
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 64), 40);
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 40, 64), 0);  /* top-k is off at top_k >= n */
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 41, 64), 40);
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 39), 0); /* more than the worker sends */
+    sp.top_k = 0; /* the whole distribution counts */
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 64), 0);
+    sp.temperature = 0; /* greedy, whatever top_k says */
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 64), 1);
+    sp = params(0.8f, 1, 1, 0, 1);
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 64), 1);
+    /* penalties move logits: the full row, even for greedy */
+    sp = params(0, 40, 1, 0, 1);
+    sp.repeat_last_n = 64;
+    sp.repeat_penalty = 1.1f;
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 64), 0);
+    sp.repeat_penalty = 1;
+    sp.presence_penalty = 0.1f;
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 64), 0);
+    sp.presence_penalty = 0;
+    sp.frequency_penalty = -0.1f;
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 64), 0);
+    sp.repeat_last_n = 0; /* a window of nothing: no penalty applies */
+    ck_assert_int_eq(apr_sampler_cands_needed(&sp, 151936, 64), 1);
+}
+END_TEST
+
 /* Feeds text piece by piece as generation would and returns what was emitted
  * and whether a stop matched. */
 static bool run_stops(const char *const *pieces, const char *const *stops, size_t n_stops,
@@ -514,6 +693,9 @@ int main(void)
     tcase_add_test(tc, filters_exclude);
     tcase_add_test(tc, top_p_frequencies_large);
     tcase_add_test(tc, penalties);
+    tcase_add_test(tc, cands_equal_full_row);
+    tcase_add_test(tc, cands_greedy);
+    tcase_add_test(tc, cands_needed);
     tcase_add_test(tc, stop_strings);
     tcase_add_test(tc, rng_uniform);
     suite_add_tcase(s, tc);

@@ -87,6 +87,30 @@ START_TEST(round_trip_every_type)
     ck_assert_ptr_null(r.token); /* free leaves it empty; freeing twice is safe */
     apr_wmsg_free(&r);
 
+    /* candidate rows: topk goes out only when some entry asks for them */
+    uint8_t topk[3] = {0, 0, 0};
+    m.topk = topk;
+    msgpack_sbuffer plain, zeros;
+    msgpack_sbuffer_init(&plain);
+    msgpack_sbuffer_init(&zeros);
+    apr_wmsg no_topk = m;
+    no_topk.topk = NULL;
+    ck_assert_int_eq(apr_wmsg_encode(&plain, &no_topk), 0);
+    ck_assert_int_eq(apr_wmsg_encode(&zeros, &m), 0);
+    ck_assert(plain.size == zeros.size && !memcmp(plain.data, zeros.data, plain.size));
+    msgpack_sbuffer_destroy(&plain);
+    msgpack_sbuffer_destroy(&zeros);
+    round_trip(&m, &r);
+    ck_assert_ptr_null(r.topk);
+    apr_wmsg_free(&r);
+    topk[1] = 1;
+    topk[2] = APR_TOPK_MAX;
+    round_trip(&m, &r);
+    ck_assert_ptr_nonnull(r.topk);
+    ck_assert(!memcmp(r.topk, topk, sizeof topk) && !memcmp(r.want, want, sizeof want));
+    apr_wmsg_free(&r);
+    ck_assert_ptr_null(r.topk);
+
     m = (apr_wmsg){.type = APR_W_TRIM, .trim_seq = 3, .trim_from = 10};
     round_trip(&m, &r);
     ck_assert(r.trim_seq == 3 && r.trim_from == 10);
@@ -98,6 +122,30 @@ START_TEST(round_trip_every_type)
 
     ck_assert_str_eq(apr_wtype_str(APR_W_STEP), "step");
     ck_assert_str_eq(apr_wtype_str((apr_wtype)99), "?");
+}
+END_TEST
+
+/* PROTOCOL.md's example of a step with candidate rows, byte for byte. */
+START_TEST(documented_topk_step)
+{
+    static const unsigned char doc[] = {
+        0x87, 0xa1, 0x74, 0xa4, 0x73, 0x74, 0x65, 0x70, 0xa4, 0x73, 0x74, 0x65, 0x70, 0x08, 0xa5, 0x74,
+        0x6f, 0x6b, 0x65, 0x6e, 0x92, 0xcd, 0x01, 0x1e, 0xcd, 0x01, 0x93, 0xa3, 0x70, 0x6f, 0x73, 0x92,
+        0x03, 0x05, 0xa3, 0x73, 0x65, 0x71, 0x92, 0x00, 0x01, 0xa4, 0x77, 0x61, 0x6e, 0x74, 0x92, 0xc3,
+        0xc3, 0xa4, 0x74, 0x6f, 0x70, 0x6b, 0x92, 0x01, 0x28};
+    int32_t token[2] = {286, 403}, pos[2] = {3, 5}, seq[2] = {0, 1};
+    uint8_t want[2] = {1, 1}, topk[2] = {1, 40};
+    apr_wmsg m = {.type = APR_W_STEP, .step = 8, .n = 2, .token = token, .pos = pos, .seq = seq,
+                  .want = want, .topk = topk};
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    ck_assert_int_eq(apr_wmsg_encode(&sb, &m), 0);
+    ck_assert_uint_eq(sb.size, sizeof doc);
+    ck_assert(!memcmp(sb.data, doc, sizeof doc));
+    msgpack_sbuffer_destroy(&sb);
+    /* and the candidate row's layout */
+    ck_assert_uint_eq(sizeof(apr_wcand), 8);
+    ck_assert_uint_eq(APR_TOPK_ROW_BYTES(2), 20);
 }
 END_TEST
 
@@ -132,6 +180,7 @@ static void refused(const char *text, const char *in_msg)
     ck_assert_msg(strstr(err, in_msg), "%s: message '%s' does not say '%s'", text, err, in_msg);
     ck_assert_ptr_null(m.token); /* nothing left to free */
     ck_assert_ptr_null(m.want);
+    ck_assert_ptr_null(m.topk);
     apr_wmsg_free(&m);
     msgpack_sbuffer_destroy(&sb);
 }
@@ -171,6 +220,27 @@ START_TEST(hostile_maps)
     refused("{t:'step', step:1, token:[1], token:[1], pos:[0], seq:[0], want:[true]}", "duplicate key token");
     refused("{t:'step', step:1, token:[1], pos:[0], seq:[nil], want:[true]}", "seq[0]");
 
+    /* topk: same length, 0..APR_TOPK_MAX, unsigned integers, only where want */
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[65]}", "topk[0]: 65 is out of range [0, 64]");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[-1]}", "topk[0]");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[4294967297]}", "topk[0]");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[1.0]}", "topk[0]");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[true]}", "topk[0]");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[nil]}", "topk[0]");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:1}", "topk: must be an array");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:{a:1}}", "topk: must be an array");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[]}", "topk: 0 entries");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[1, 1]}", "topk has 2 entries, token 1");
+    refused("{t:'step', step:1, token:[1, 2], pos:[0, 1], seq:[0, 0], want:[false, true], topk:[3]}",
+            "topk has 1 entries, token 2");
+    refused("{t:'step', step:1, token:[1, 2], pos:[0, 1], seq:[0, 0], want:[false, true], topk:[3, 3]}",
+            "topk[0]: 3 candidates for an entry without want");
+    /* the order of the keys does not matter to that check */
+    refused("{t:'step', topk:[2, 0], step:1, token:[1, 2], pos:[0, 1], seq:[0, 0], want:[false, true]}",
+            "topk[0]");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[1], topk:[1]}",
+            "duplicate key topk");
+
     /* the others */
     refused("{t:'trim', seq:0}", "missing key from");
     refused("{t:'trim', seq:-1, from:0}", "trim seq");
@@ -208,7 +278,15 @@ START_TEST(hostile_maps)
     apr_wmsg_free(&m);
     /* a step of one entry that wants nothing is well-formed (the backend decides) */
     accepted("{t:'step', step:0, token:[3], pos:[0], seq:[0], want:[false]}", &m);
-    ck_assert(m.n == 1 && m.want[0] == 0);
+    ck_assert(m.n == 1 && m.want[0] == 0 && m.topk == NULL);
+    apr_wmsg_free(&m);
+    /* topk first in the map, zeros and the range's ends */
+    accepted("{topk:[0, 1, 64, 0], t:'step', step:2, token:[3, 4, 5, 6], pos:[0, 0, 0, 1], seq:[0, 1, 2, 0], "
+             "want:[false, true, true, true]}", &m);
+    ck_assert(m.n == 4 && m.topk && m.topk[0] == 0 && m.topk[1] == 1 && m.topk[2] == 64 && m.topk[3] == 0);
+    apr_wmsg_free(&m);
+    /* topk means nothing to other types */
+    accepted("{t:'trim', seq:1, from:0, topk:'x'}", &m);
     apr_wmsg_free(&m);
 }
 END_TEST
@@ -265,7 +343,18 @@ START_TEST(hostile_bytes)
     ck_assert_msg(apr_wmsg_parse(sb.data, sb.size, &m, err) == 0, "%s", err);
     ck_assert_int_eq(m.n, APR_WORKER_MAX_BATCH);
     apr_wmsg_free(&m);
+    /* the largest step there is: every entry wants APR_TOPK_MAX candidates */
+    uint8_t *k = malloc((size_t)n);
+    memset(w, 1, (size_t)n);
+    memset(k, APR_TOPK_MAX, (size_t)n);
+    big.topk = k;
+    msgpack_sbuffer_clear(&sb);
+    ck_assert_int_eq(apr_wmsg_encode(&sb, &big), 0);
+    ck_assert_msg(apr_wmsg_parse(sb.data, sb.size, &m, err) == 0, "%s", err);
+    ck_assert(m.n == APR_WORKER_MAX_BATCH && m.topk[APR_WORKER_MAX_BATCH - 1] == APR_TOPK_MAX);
+    apr_wmsg_free(&m);
     msgpack_sbuffer_destroy(&sb);
+    free(k);
     free(v);
     free(w);
 
@@ -301,6 +390,8 @@ static void check_junk(const unsigned char *buf, size_t len, size_t *parsed)
     if (m.n)
         ck_assert(!memcmp(back.pos, m.pos, (size_t)m.n * sizeof *m.pos) &&
                   !memcmp(back.want, m.want, (size_t)m.n));
+    for (int32_t i = 0; i < m.n; i++) /* absent and all-zero are the same */
+        ck_assert_int_eq(m.topk ? m.topk[i] : 0, back.topk ? back.topk[i] : 0);
     apr_wmsg_free(&back);
     apr_wmsg_free(&m);
 }
@@ -323,11 +414,12 @@ START_TEST(random_bytes)
         "{t:'done', step:9, ok:false, error:'bad', n_logits:0, ms:1.5}",
         "{t:'hello', ok:true, backend:'cpu', pid:12, n_vocab:512, n_ctx:64, n_seq:2, max_batch:16, max_logits:2}",
         "{t:'trim', seq:1, from:4}",
+        "{t:'step', step:9, token:[1, 2, 3], pos:[0, 1, 2], seq:[0, 0, 1], want:[false, true, true], topk:[0, 1, 40]}",
     };
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     for (int i = 0; i < 20000; i++) {
-        mk(&sb, seeds[i % 4]);
+        mk(&sb, seeds[i % 5]);
         ck_assert(sb.size <= sizeof buf);
         memcpy(buf, sb.data, sb.size);
         int flips = 1 + (int)(rng_next(&s) % 3);
@@ -406,6 +498,7 @@ int main(void)
     TCase *tc = tcase_create("wmsg");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, round_trip_every_type);
+    tcase_add_test(tc, documented_topk_step);
     tcase_add_test(tc, error_text_is_made_valid);
     tcase_add_test(tc, hostile_maps);
     tcase_add_test(tc, hostile_bytes);

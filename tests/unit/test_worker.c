@@ -211,6 +211,7 @@ typedef struct {
     int n;
     int32_t token[MAX_BATCH + 4], pos[MAX_BATCH + 4], seq[MAX_BATCH + 4];
     uint8_t want[MAX_BATCH + 4];
+    uint8_t topk[MAX_BATCH + 4]; /* candidates asked per entry, 0: the full row */
 } batch;
 
 static void add(batch *b, int32_t seq, int32_t pos, int32_t token, bool want)
@@ -227,7 +228,8 @@ static void add(batch *b, int32_t seq, int32_t pos, int32_t token, bool want)
 static apr_wmsg run_remote(harness *h, const batch *b)
 {
     apr_wmsg step = {.type = APR_W_STEP, .step = h->next_step++, .n = b->n, .token = (int32_t *)b->token,
-                     .pos = (int32_t *)b->pos, .seq = (int32_t *)b->seq, .want = (uint8_t *)b->want};
+                     .pos = (int32_t *)b->pos, .seq = (int32_t *)b->seq, .want = (uint8_t *)b->want,
+                     .topk = (uint8_t *)b->topk};
     h_send(h, &step);
     apr_wmsg done;
     ck_assert_msg(h_next(h, DONE_MS, &done) == 1, "no done for step %llu", (unsigned long long)step.step);
@@ -237,7 +239,53 @@ static apr_wmsg run_remote(harness *h, const batch *b)
     return done;
 }
 
-/* The step on both sides; the worker's logits rows must equal ours. */
+/* The sampler's order: higher logit first, ties by lower id. */
+typedef struct {
+    float l;
+    int32_t id;
+} pair;
+
+static int cmp_pair(const void *pa, const void *pb)
+{
+    const pair *a = pa, *b = pb;
+    if (a->l != b->l)
+        return a->l > b->l ? -1 : 1;
+    return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* The k best of l by a full sort (NaN and -inf left out); returns how many. */
+static int ref_topk(const float *l, int n, int k, pair *out)
+{
+    pair *a = malloc((size_t)n * sizeof *a);
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (l[i] > -INFINITY)
+            a[m++] = (pair){l[i], i};
+    qsort(a, (size_t)m, sizeof *a, cmp_pair);
+    int c = m < k ? m : k;
+    memcpy(out, a, (size_t)c * sizeof *out);
+    free(a);
+    return c;
+}
+
+/* Candidate row `row` (proto.h) must hold exactly the k best of want[]. */
+static void check_cand_row(const void *row, const float *want, int nv, int k)
+{
+    pair best[APR_TOPK_MAX];
+    int n = ref_topk(want, nv, k, best);
+    int32_t cnt;
+    memcpy(&cnt, row, sizeof cnt);
+    ck_assert_int_eq(cnt, n);
+    for (int j = 0; j < n; j++) {
+        apr_wcand c;
+        memcpy(&c, (const unsigned char *)row + APR_TOPK_ROW_BYTES(j), sizeof c);
+        ck_assert_msg(c.id == best[j].id, "candidate %d of %d: id %d, want %d", j, k, c.id, best[j].id);
+        ck_assert_msg(c.logit == best[j].l, "candidate %d: logit %g, want %g", j, c.logit, best[j].l);
+    }
+}
+
+/* The step on both sides; the worker's logits rows must equal ours, and its
+ * candidate rows must be the top-K of ours. */
 static float run_both(harness *h, apr_backend *ref, const batch *b)
 {
     int nv = (int)apr_backend_hparams(ref)->n_vocab, rows = 0;
@@ -254,9 +302,18 @@ static float run_both(harness *h, apr_backend *ref, const batch *b)
     ck_assert_msg(apr_backend_step(ref, &ab, want, err) == 0, "reference: %s", err);
     const float *got = h->shm.base;
     float worst = 0;
-    for (size_t i = 0; i < (size_t)rows * (size_t)nv; i++) {
-        float d = fabsf(got[i] - want[i]) / fmaxf(1.0f, fabsf(want[i]));
-        worst = fmaxf(worst, d);
+    for (int i = 0, r = 0; i < b->n; i++) {
+        if (!b->want[i])
+            continue;
+        size_t at = (size_t)r++ * (size_t)nv;
+        if (b->topk[i]) {
+            check_cand_row(got + at, want + at, nv, b->topk[i]);
+            continue;
+        }
+        for (size_t j = at; j < at + (size_t)nv; j++) {
+            float d = fabsf(got[j] - want[j]) / fmaxf(1.0f, fabsf(want[j]));
+            worst = fmaxf(worst, d);
+        }
     }
     free(want);
     ck_assert_msg(worst <= 1e-6f, "logits differ from the in-process backend by %g", worst);
@@ -359,6 +416,27 @@ START_TEST(serves_like_the_backend)
     b = (batch){0};
     add(&b, 1, 0, 1, true);
     worst = fmaxf(worst, run_both(&h, ref, &b));
+
+    /* candidate rows: K of 1 (greedy), a few, APR_TOPK_MAX, beside full
+     * rows in the same step, in a prefill and in decode steps */
+    b = (batch){0};
+    add(&b, 1, 1, 1, false);
+    add(&b, 1, 2, 403, true);
+    b.topk[1] = 1;
+    add(&b, 1, 3, 407, true);
+    b.topk[2] = APR_TOPK_MAX;
+    len1 = 4;
+    add(&b, 0, len0++, 300, true);
+    b.topk[3] = 0;
+    worst = fmaxf(worst, run_both(&h, ref, &b));
+    for (int k = 0; k < 4; k++) {
+        b = (batch){0};
+        add(&b, 0, len0++, 310 + k, true);
+        b.topk[0] = (uint8_t)(k == 0 ? 1 : k == 1 ? 7 : k == 2 ? 40 : 0);
+        add(&b, 1, len1++, 320 + k, true);
+        b.topk[1] = (uint8_t)(k == 3 ? 2 : APR_TOPK_MAX - k);
+        worst = fmaxf(worst, run_both(&h, ref, &b));
+    }
     printf("worker vs in-process backend: max relative logit difference %g\n", worst);
 
     /* heartbeats came all along on NAME.hb (the first at start) */
@@ -376,6 +454,54 @@ START_TEST(serves_like_the_backend)
     h.pid = 0;
     h_close(&h);
     apr_backend_close(ref);
+}
+END_TEST
+
+/* apr_topk_select against a full sort, on rows real models rarely give:
+ * ties, NaN, -inf, +inf, fewer finite entries than k, every length around
+ * the 32-entry blocks. */
+START_TEST(topk_select_is_exact)
+{
+    uint64_t s = 0x243f6a8885a308d3ULL;
+    float *l = malloc(5000 * sizeof *l);
+    int32_t ids[APR_TOPK_MAX];
+    float vals[APR_TOPK_MAX];
+    pair best[APR_TOPK_MAX];
+    int rows = 0;
+    for (int trial = 0; trial < 3000; trial++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        int n = trial < 200 ? 1 + trial : 1 + (int)((s >> 33) % 5000);
+        int k = 1 + (int)((s >> 20) % APR_TOPK_MAX);
+        int kind = trial % 6;
+        for (int i = 0; i < n; i++) {
+            s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+            uint32_t u = (uint32_t)(s >> 32);
+            /* few distinct values in some rows, so ties are everywhere */
+            l[i] = kind == 0 ? (float)(u % 7) : ((float)u / 4294967296.0f - 0.5f) * 20.0f;
+            if (kind == 1 && u % 5 == 0)
+                l[i] = NAN;
+            if (kind == 2 && u % 3 == 0)
+                l[i] = -INFINITY;
+            if (kind == 3 && u % 97 == 0)
+                l[i] = INFINITY;
+            if (kind == 4 && u % 50 != 0) /* mostly nothing finite */
+                l[i] = u % 2 ? NAN : -INFINITY;
+        }
+        if (kind == 5 && n > 40) /* the best at the very end and ties across blocks */
+            l[n - 1] = l[n - 33] = l[5] = 1e30f;
+        int got = apr_topk_select(l, n, k, ids, vals);
+        int want = ref_topk(l, n, k, best);
+        ck_assert_msg(got == want, "n %d k %d kind %d: %d candidates, want %d", n, k, kind, got, want);
+        for (int j = 0; j < got; j++)
+            ck_assert_msg(ids[j] == best[j].id && (vals[j] == best[j].l || (isinf(vals[j]) && isinf(best[j].l))),
+                          "n %d k %d kind %d, candidate %d: %d (%g), want %d (%g)", n, k, kind, j, ids[j],
+                          vals[j], best[j].id, best[j].l);
+        rows++;
+    }
+    ck_assert_int_eq(apr_topk_select(l, 10, 0, ids, vals), 0);
+    ck_assert_int_eq(apr_topk_select(l, 0, 5, ids, vals), 0);
+    free(l);
+    printf("topk_select: %d rows equal a full sort\n", rows);
 }
 END_TEST
 
@@ -480,8 +606,25 @@ START_TEST(dies_with_its_parent)
 }
 END_TEST
 
+static int run_suite(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed;
+}
+
 int main(void)
 {
+    /* the selection needs no model */
+    Suite *ts = suite_create("topk");
+    TCase *tt = tcase_create("topk");
+    tcase_set_timeout(tt, 120);
+    tcase_add_test(tt, topk_select_is_exact);
+    suite_add_tcase(ts, tt);
+    if (run_suite(ts))
+        return 1;
     if (!have_fixtures()) {
         printf("test_worker: SKIP: fixtures under $SHARED (../shared) are absent\n");
         return 0;
@@ -501,9 +644,5 @@ int main(void)
     tcase_add_test(tc, small_logits_memory_is_refused);
     tcase_add_test(tc, dies_with_its_parent);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
+    return run_suite(s) ? 1 : 0;
 }
