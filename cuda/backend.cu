@@ -46,7 +46,6 @@ extern "C" {
 }
 
 #define CHUNK_CAP 512   /* entries per forward pass (a longer batch runs in chunks) */
-#define MAX_BATCH 4096  /* entries per step, as the CPU engine allows */
 #define N_BUCKETS 7     /* graphs for 1, 2, 4, ... 64 entries */
 #define LOGIT_ROWS 64   /* pinned logits rows (the largest bucket) */
 #define STAGE_BYTES (64u << 20)
@@ -815,36 +814,6 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     return cuda_fail(e, "cudaGraphInstantiate", err);
 }
 
-static int check_batch(const apr_cuda_model *m, const apr_batch *b, char err[APR_ERRLEN])
-{
-    if (b->n < 1 || b->n > MAX_BATCH) {
-        snprintf(err, APR_ERRLEN, "batch of %d entries (1..%d allowed)", b->n, MAX_BATCH);
-        return -1;
-    }
-    int *next = (int *)malloc((size_t)m->n_seq * sizeof(int));
-    if (!next) {
-        snprintf(err, APR_ERRLEN, "out of memory");
-        return -1;
-    }
-    memcpy(next, m->seq_len, (size_t)m->n_seq * sizeof(int));
-    int rc = 0;
-    for (int i = 0; i < b->n && !rc; i++) {
-        int s = b->seq[i], p = b->pos[i], tok = b->token[i];
-        if (s < 0 || s >= m->n_seq)
-            rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d out of range (0..%d)", i, s, m->n_seq - 1);
-        else if (tok < 0 || (uint32_t)tok >= m->hp.n_vocab)
-            rc = snprintf(err, APR_ERRLEN, "entry %d: token %d out of range", i, tok);
-        else if (p >= m->n_ctx)
-            rc = snprintf(err, APR_ERRLEN, "entry %d: position %d exceeds the context (%d)", i, p, m->n_ctx);
-        else if (p != next[s])
-            rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d expects position %d, got %d", i, s, next[s], p);
-        else
-            next[s] = p + 1;
-    }
-    free(next);
-    return rc ? -1 : 0;
-}
-
 /* One chunk of at most CHUNK_CAP entries; logits of its wanting entries are
  * appended at *out_row of the caller's buffer. */
 static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, float *logits, int *out_row,
@@ -909,7 +878,7 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
 
 extern "C" int apr_cuda_step(apr_cuda_model *m, const apr_batch *b, float *logits, char err[APR_ERRLEN])
 {
-    if (check_batch(m, b, err)) return -1;
+    if (apr_batch_check(b, m->n_seq, m->n_ctx, m->hp.n_vocab, m->seq_len, err)) return -1;
     int out_row = 0;
     for (int c0 = 0; c0 < b->n; c0 += CHUNK_CAP) {
         const int nc = b->n - c0 < CHUNK_CAP ? b->n - c0 : CHUNK_CAP;

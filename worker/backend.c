@@ -151,3 +151,35 @@ void apr_backend_hold_close(apr_backend_hold *h)
 #endif
     free(h);
 }
+
+int apr_batch_check(const apr_batch *b, int n_seq, int n_ctx, uint32_t n_vocab, const int *seq_len,
+                    char err[APR_ERRLEN])
+{
+    if (b->n < 1 || b->n > APR_BACKEND_MAX_BATCH) {
+        snprintf(err, APR_ERRLEN, "batch of %d entries (1..%d allowed)", b->n, APR_BACKEND_MAX_BATCH);
+        return -1;
+    }
+    /* next expected position per sequence, as the entries so far leave it */
+    int *next = malloc((size_t)n_seq * sizeof(int));
+    if (!next) {
+        snprintf(err, APR_ERRLEN, "out of memory");
+        return -1;
+    }
+    memcpy(next, seq_len, (size_t)n_seq * sizeof(int));
+    int rc = 0;
+    for (int i = 0; i < b->n && !rc; i++) {
+        int s = b->seq[i], p = b->pos[i], tok = b->token[i];
+        if (s < 0 || s >= n_seq)
+            rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d out of range (0..%d)", i, s, n_seq - 1);
+        else if (tok < 0 || (uint32_t)tok >= n_vocab)
+            rc = snprintf(err, APR_ERRLEN, "entry %d: token %d out of range", i, tok);
+        else if (p >= n_ctx)
+            rc = snprintf(err, APR_ERRLEN, "entry %d: position %d exceeds the context (%d)", i, p, n_ctx);
+        else if (p != next[s])
+            rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d expects position %d, got %d", i, s, next[s], p);
+        else
+            next[s] = p + 1;
+    }
+    free(next);
+    return rc ? -1 : 0;
+}

@@ -57,6 +57,14 @@ int apr_backend_step(apr_backend *b, const apr_batch *batch, float *logits,
 /* Forget positions >= from_pos of a sequence (0 clears it). */
 void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos);
 
+#define APR_BACKEND_MAX_BATCH 4096 /* entries of one step, any backend */
+
+/* For backends: checks a batch against the interface's rules (see the top of
+ * this header) given the positions each sequence holds (seq_len[n_seq]).
+ * 0, or -1 with the first offending entry named in err. */
+int apr_batch_check(const apr_batch *b, int n_seq, int n_ctx, uint32_t n_vocab, const int *seq_len,
+                    char err[APR_ERRLEN]);
+
 /* The k best of n logits (1 <= k), best first: higher logit first, equal
  * logits by lower index first; NaN and -inf are never chosen, so fewer than
  * k come back when fewer are finite or +inf. Writes ids and values [0, ret)

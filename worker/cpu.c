@@ -21,7 +21,6 @@
 #include "worker/loader.h"
 #include "worker/pool.h"
 
-#define MAX_BATCH 4096
 
 typedef struct {
     const uint8_t *data;
@@ -497,40 +496,9 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 
 /* ------------------------------------------------------------ forward */
 
-static int check_batch(const cpu_model *m, const apr_batch *b, char err[APR_ERRLEN])
-{
-    if (b->n < 1 || b->n > MAX_BATCH) {
-        snprintf(err, APR_ERRLEN, "batch of %d entries (1..%d allowed)", b->n, MAX_BATCH);
-        return -1;
-    }
-    /* next expected position per sequence, as the entries so far leave it */
-    int *next = malloc((size_t)m->n_seq * sizeof(int));
-    if (!next) {
-        snprintf(err, APR_ERRLEN, "out of memory");
-        return -1;
-    }
-    memcpy(next, m->seq_len, (size_t)m->n_seq * sizeof(int));
-    int rc = 0;
-    for (int i = 0; i < b->n && !rc; i++) {
-        int s = b->seq[i], p = b->pos[i], tok = b->token[i];
-        if (s < 0 || s >= m->n_seq)
-            rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d out of range (0..%d)", i, s, m->n_seq - 1);
-        else if (tok < 0 || (uint32_t)tok >= m->hp.n_vocab)
-            rc = snprintf(err, APR_ERRLEN, "entry %d: token %d out of range", i, tok);
-        else if (p >= m->n_ctx)
-            rc = snprintf(err, APR_ERRLEN, "entry %d: position %d exceeds the context (%d)", i, p, m->n_ctx);
-        else if (p != next[s])
-            rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d expects position %d, got %d", i, s, next[s], p);
-        else
-            next[s] = p + 1;
-    }
-    free(next);
-    return rc ? -1 : 0;
-}
-
 int cpu_model_step(cpu_model *m, const apr_batch *b, float *logits, char err[APR_ERRLEN])
 {
-    if (check_batch(m, b, err)) return -1;
+    if (apr_batch_check(b, m->n_seq, m->n_ctx, m->hp.n_vocab, m->seq_len, err)) return -1;
     if (scratch_reserve(m, b->n)) {
         snprintf(err, APR_ERRLEN, "out of memory for a batch of %d", b->n);
         return -1;
