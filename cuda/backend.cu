@@ -635,12 +635,13 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
         const char *pdl = getenv("APR_CUDA_PDL");
         m->cu.pdl = !(pdl && !strcmp(pdl, "0"));
         /* "0": the one-token step as separate kernels (norm/quantize, bias+RoPE+KV).
-         * Default, as measured on the H100 (docs/PERF.md, 2026-11-26): RoPE + KV
-         * append in attention always (1.5B +4%); the GEMVs that quantize their
-         * own input only for models wider than 2048 (7B +10% with them, 1.5B
-         * -7%: there the prologue costs more than the kernel it replaces) */
+         * Default, as measured (docs/PERF.md, 2026-11-26): RoPE + KV append in
+         * attention (1.5B +4%). The GEMVs that quantize their own input were
+         * the 7B's default until the one-token GEMV (apr_cu_gemv's gemv1)
+         * streamed weights well enough that their prologue became the larger
+         * cost (H200: 7B 367 tok/s without, 164 with) */
         const char *fu = getenv("APR_CUDA_FUSE");
-        m->fuse = fu ? (int)strtol(fu, NULL, 0) & FUSE_ALL : hp->n_embd > 2048 ? FUSE_ALL : FUSE_ROPE;
+        m->fuse = fu ? (int)strtol(fu, NULL, 0) & FUSE_ALL : FUSE_ROPE;
         const char *f16 = getenv("APR_CUDA_F16_ACC"); /* "1": the CPU's attention numerics (parity checks) */
         m->ash.f16_acc = f16 && !strcmp(f16, "1");
     }

@@ -897,40 +897,151 @@ static __device__ __forceinline__ void gemv_group(const gemv_params &p, const ac
     }
 }
 
-/* How many of a warp's groups the fused GEMV sends towards L2 before it
- * waits: enough to cover the wait and the prologue, few enough that the
- * prefetches of all resident warps stay far below L2's 50 MB. */
-#define PRO_PREFETCH_GROUPS 2
+/* ------------------------------------------------ the one-token GEMV */
+/* Decode reads every weight once and does little else with it, so what
+ * counts is how many weight loads are in flight across the GPU. A block of
+ * GEMV_WARPS warps takes GEMV_WARPS / WPR rows; the WPR warps of a row split
+ * its chunks (lane l of slice s: chunks 32 s + l, then every 32 WPR), so the
+ * long rows (8960, 18944 weights) still give every multiprocessor several
+ * blocks instead of a warp walking 280 chunks alone (the 1.5B's down: 96
+ * blocks for 132 multiprocessors, 0.66 TB/s under ncu). WAIT: the first
+ * round of weight loads is issued before griddepcontrol.wait, since weights
+ * do not depend on the previous kernel; under programmatic dependent launch
+ * they are in flight while it finishes (the small q/k/v and o products are
+ * then mostly loaded before their input exists). With WPR = 1 a lane sums
+ * the same chunks in the same order as apr_cu_gemv's NT = 1 path. */
+template <class K, int U, int WPR, bool SWIGLU, bool WAIT>
+static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, int r, int slice, int lane,
+                                                 float (&acc)[2][1])
+{
+    constexpr int STEP = 32 * WPR;
+    const int nch = K::chunks(s.n_in);
+    const size_t nbt = K::blocks(s.n_in, s.n_out);
+    const int tt[1] = {0};
+    typename K::W x[U], y[U];
+    for (int c0 = slice * 32 + lane, round = 0;; round++) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = min(c0 + STEP * u, nch - 1);
+            x[u] = K::load(s.w, nbt, r, s.n_in, c);
+            if (SWIGLU) y[u] = K::load(s.w2, nbt, r, s.n_in, c);
+        }
+        if (WAIT && round == 0) griddep();
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (c0 + STEP * u < nch) {
+                K::template dot<1>(x[u], c0 + STEP * u, a, tt, acc[0]);
+                if (SWIGLU) K::template dot<1>(y[u], c0 + STEP * u, a, tt, acc[1]);
+            }
+        c0 += STEP * U;
+        if (c0 >= nch) break;
+    }
+}
 
-/* PRO (the fused decode GEMV): the block quantizes its input first
- * (quantize_block), and since that costs every block the same, the grid is
- * only as large as fits on the GPU at once and each warp strides over the
- * groups (grid.y * GEMV_WARPS apart) instead of one block per 8 groups. */
-template <int NT, int U, int NR, bool SWIGLU, bool PRO>
+/* Row g (over all segments) of this block: its sums reduced across the WPR
+ * slices in a fixed order, the epilogue written by the row's first lane.
+ * Every thread of the block calls it (it may synchronize). */
+template <int U, int WPR, bool SWIGLU, bool WAIT>
+static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const act_dev &a, int g)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
+    const seg_dev &s = seg_of(p, min(g, p.rows - 1));
+    const int r = min(g, p.rows - 1) - s.row0;
+    float acc[2][1] = {{0.f}, {0.f}};
+    switch (s.type) { /* uniform across the warps of a row */
+    case APR_TYPE_Q4_K: gemv1_row<K_Q4_K, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
+    case APR_TYPE_Q6_K: gemv1_row<K_Q6_K, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
+    case APR_TYPE_Q5_0: gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
+    case APR_TYPE_Q4_0: gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
+    case APR_TYPE_Q8_0: gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
+    }
+    float v = warp_sum(acc[0][0]), u = SWIGLU ? warp_sum(acc[1][0]) : 0.f;
+    if (WPR > 1) {
+        __shared__ float part[GEMV_WARPS][2];
+        if (lane == 0) {
+            part[warp][0] = v;
+            part[warp][1] = u;
+        }
+        __syncthreads();
+        if (slice == 0) {
+            v = 0.f;
+            u = 0.f;
+#pragma unroll
+            for (int i = 0; i < WPR; i++) {
+                v += part[warp + i][0];
+                u += part[warp + i][1];
+            }
+        }
+        __syncthreads(); /* the fused kernel's blocks come back for more rows */
+        if (slice != 0) return;
+    }
+    if (lane != 0 || g >= p.rows) return;
+    float *o = s.out + r;
+    if (SWIGLU) *o = v / (1.0f + expf(-v)) * u;
+    else if (s.mode == APR_CU_ADD) *o += v;
+    else *o = v;
+}
+
+template <int U, int WPR, bool SWIGLU>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv1_kernel(const __grid_constant__ gemv_params p)
+{
+    gemv1_block<U, WPR, SWIGLU, true>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
+}
+
+/* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200):
+ * rows of over 64 chunks, two warps walking the row in rounds (for 152-592
+ * chunks 10-30% faster than 4 or 8: fewer blocks, each streaming longer, less
+ * reduction); rows of 33-64 chunks, two warps too while the matrix has under
+ * 4096 rows (o, q/k/v: twice the blocks of a latency-bound product), one for
+ * the big ones (gate/up, the output matrix); rows of up to 32 chunks, one. */
+static int gemv1_wpr(int nch, int rows) { return nch > 64 || (nch > 32 && rows < 4096) ? 2 : 1; }
+
+static int chunks_of(uint32_t type, int n_in)
+{
+    return type == APR_TYPE_Q4_K || type == APR_TYPE_Q6_K ? n_in / 256 * 8 : n_in / 32;
+}
+
+
+template <int NT, int U, int NR, bool SWIGLU>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, NT >= 4 ? 2 : 1)
     gemv_kernel(const __grid_constant__ gemv_params p)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int first = blockIdx.y * GEMV_WARPS + warp, stride = gridDim.y * GEMV_WARPS;
-    if (!PRO) {
-        griddep();
-        if (first < p.rows) gemv_group<NT, U, NR, SWIGLU>(p, p.a, first, lane);
-        return;
-    }
+    const int g = blockIdx.y * GEMV_WARPS + warp;
+    griddep();
+    if (g < p.rows) gemv_group<NT, U, NR, SWIGLU>(p, p.a, g, lane);
+}
+
+/* How many of a block's row sets the fused GEMV sends towards L2 before it
+ * waits: enough to cover the wait and the prologue, few enough that the
+ * prefetches of all resident blocks stay far below L2's 50 MB. */
+#define PRO_PREFETCH_GROUPS 2
+
+/* The fused decode GEMV: the block quantizes its input first
+ * (quantize_block), and since that costs every block the same, the grid is
+ * only as large as fits on the GPU at once and each block strides over the
+ * row sets of apr_cu_gemv's one-token kernel (gemv1_block, so the sums are
+ * the same to the bit). */
+template <int WPR, bool SWIGLU>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_pro_kernel(const __grid_constant__ gemv_params p)
+{
+    const int warp = threadIdx.x >> 5, per_block = GEMV_WARPS / WPR;
+    const int nblk = (p.rows + per_block - 1) / per_block;
     /* weights do not depend on the previous kernel: start them towards L2
      * while it finishes and while this block quantizes its input */
-    if (lane == 0)
-        for (int g = first, k = 0; g < p.rows && k < p.pro.prefetch; g += stride, k++) {
+    if ((threadIdx.x & 31) == 0 && warp % WPR == 0)
+        for (int b = blockIdx.x, k = 0; b < nblk && k < p.pro.prefetch; b += gridDim.x, k++) {
+            const int g = b * per_block + warp / WPR;
+            if (g >= p.rows) break;
             const seg_dev &s = seg_of(p, g);
-            const int rb = (g - s.row0) * (SWIGLU ? 1 : NR), nr = min(SWIGLU ? 1 : NR, s.n_out - rb);
-            prefetch_rows(s.w, s.type, s.n_in, s.n_out, rb, nr);
-            if (SWIGLU) prefetch_rows(s.w2, s.type, s.n_in, s.n_out, rb, nr);
+            prefetch_rows(s.w, s.type, s.n_in, s.n_out, g - s.row0, 1);
+            if (SWIGLU) prefetch_rows(s.w2, s.type, s.n_in, s.n_out, g - s.row0, 1);
         }
     extern __shared__ __align__(16) uint8_t pro_smem[];
     act_dev a = p.a;
     quantize_block(p.pro, pro_smem, a); /* waits for the previous kernel (griddep) itself */
     __syncthreads();
-    for (int g = first; g < p.rows; g += stride) gemv_group<NT, U, NR, SWIGLU>(p, a, g, lane);
+    for (int b = blockIdx.x; b < nblk; b += gridDim.x) gemv1_block<2, WPR, SWIGLU, false>(p, a, b * per_block + warp / WPR);
 }
 
 /* Checks the segments and fills p (per_group: rows a warp writes); -1 on a bad argument. */
@@ -965,12 +1076,72 @@ static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
     return m;
 }
 
+/* APR_CUDA_GEMV1=0 (read by apr_cu_init): one-token products on the general
+ * kernel instead, to measure what this one buys. */
+static int gemv1_on = 1;
+/* apr_cu_gemv1_force: chunks a lane loads at once (1, 2) and warps a row (1,
+ * 2, 4, 8) instead of gemv1's choice; 0: its choice. */
+static int gemv1_u, gemv1_w;
+
+extern "C" void apr_cu_gemv1_force(int u, int wpr)
+{
+    gemv1_u = u;
+    gemv1_w = wpr;
+}
+
+/* The one-token product for quantized weights; 1 where a segment's type has
+ * no such path (F32, F16: apr_cu_gemv's general kernel takes it). */
+static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, const apr_cu_ctx *c)
+{
+    int nch = 0;
+    for (int i = 0; i < n_seg; i++) {
+        const uint32_t t = seg[i].w.type;
+        if (t == APR_TYPE_F32 || t == APR_TYPE_F16) return 1;
+        nch = max(nch, chunks_of(t, seg[i].w.n_in));
+    }
+    gemv_params p = {};
+    if (gemv_setup(seg, n_seg, 1, a->ld, a->qk != NULL, 1, p)) return -1;
+    p.a.f = a->f;
+    p.a.qk = a->qk;
+    p.a.dsk = (const float2 *)a->dsk;
+    p.a.q0 = a->q0;
+    p.a.ds0 = (const float2 *)a->ds0;
+    p.a.ld = a->ld;
+    const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
+    const int u = gemv1_u ? gemv1_u : 2, wpr = gemv1_w ? gemv1_w : gemv1_wpr(nch, p.rows);
+    const int per_block = GEMV_WARPS / wpr;
+    const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block)), block(GEMV_WARPS * 32);
+#define GEMV1(U, WPR)                                                                           \
+    do {                                                                                        \
+        if (swiglu) launch(c, gemv1_kernel<U, WPR, true>, grid, block, p);                     \
+        else launch(c, gemv1_kernel<U, WPR, false>, grid, block, p);                           \
+    } while (0)
+#define GEMV1_W(U)                       \
+    do {                                 \
+        switch (wpr) {                   \
+        case 1: GEMV1(U, 1); break;      \
+        case 2: GEMV1(U, 2); break;      \
+        case 4: GEMV1(U, 4); break;      \
+        default: GEMV1(U, 8); break;     \
+        }                                \
+    } while (0)
+    if (u == 1) GEMV1_W(1);
+    else GEMV1_W(2);
+#undef GEMV1_W
+#undef GEMV1
+    return 0;
+}
+
 extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
 {
     if (n_seg < 1) return -1;
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
     /* decode: 2 rows a warp, 2 chunks of each in flight, 4 when rows are long
      * (over 2048 weights: more than 64 chunks of 32) */
+    if (ntok == 1 && gemv1_on) {
+        const int rc = gemv1(seg, n_seg, a, c);
+        if (rc <= 0) return rc;
+    }
     const int per_group = swiglu ? 1 : ntok == 1 ? 2 : 1; /* rows a warp writes */
     gemv_params p = {};
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, per_group, p)) return -1;
@@ -985,8 +1156,8 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
     const bool long_rows = max_n_in(seg, n_seg) > 2048;
 #define GEMV(NT, U, NR, GX)                                                                 \
     do {                                                                                    \
-        if (swiglu) launch(c, gemv_kernel<NT, U, 2, true, false>, dim3(GX, gy), block, p);   \
-        else launch(c, gemv_kernel<NT, U, NR, false, false>, dim3(GX, gy), block, p);        \
+        if (swiglu) launch(c, gemv_kernel<NT, U, 2, true>, dim3(GX, gy), block, p);          \
+        else launch(c, gemv_kernel<NT, U, NR, false>, dim3(GX, gy), block, p);               \
     } while (0)
     if (ntok == 1) {
         if (long_rows) GEMV(1, 4, 2, 1);
@@ -1001,17 +1172,16 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
 /* Most shared memory a fused GEMV block may ask for without opting in. */
 #define PRO_SMEM_MAX (48 * 1024)
 
-/* The fused GEMV's kernels, and how many blocks of each the GPU holds at
- * once (with the most shared memory a launch may ask for: registers limit
- * them to 1-2 a multiprocessor before shared memory does). */
-#define PRO_KERNEL(U, SWIGLU) ((const void *)gemv_kernel<1, U, 2, SWIGLU, true>)
-static const void *pro_kernel[4];
-static int pro_resident[4], pro_sms = 1;
-/* Measurement knobs (environment): APR_CUDA_PREFETCH=N prefetches N groups
- * a warp (0: none; default PRO_PREFETCH_GROUPS); APR_CUDA_PRO_GRID=N caps the
+/* The fused GEMV's kernels (by gemv1_wpr's choice: 1, 2, 4, 8 warps a
+ * row; plain, SwiGLU) and how many blocks of each the GPU holds at once (with
+ * the most shared memory a launch may ask for). */
+static const void *pro_kernel[8];
+static int pro_resident[8], pro_sms = 1;
+/* Measurement knobs (environment): APR_CUDA_PREFETCH=N prefetches N row sets
+ * a block (0: none; default PRO_PREFETCH_GROUPS); APR_CUDA_PRO_GRID=N caps the
  * grid at N blocks a multiprocessor (fewer leave room for the next kernel's
- * blocks to start early and prefetch), 0 launches one block per GEMV_WARPS
- * groups (every block quantizes); default: as many as fit. */
+ * blocks to start early and prefetch), 0 launches one block per row set
+ * (every block quantizes); default: as many as fit. */
 static int pro_prefetch = PRO_PREFETCH_GROUPS, pro_per_sm = -1;
 
 static int env_int(const char *name, int dflt)
@@ -1025,15 +1195,19 @@ extern "C" void apr_cu_init(void)
     if (pro_kernel[0]) return;
     pro_prefetch = env_int("APR_CUDA_PREFETCH", PRO_PREFETCH_GROUPS);
     pro_per_sm = env_int("APR_CUDA_PRO_GRID", -1);
-    const void *k[4] = {PRO_KERNEL(2, false), PRO_KERNEL(2, true), PRO_KERNEL(4, false), PRO_KERNEL(4, true)};
+    gemv1_on = env_int("APR_CUDA_GEMV1", 1);
+    const void *k[8] = {(const void *)gemv_pro_kernel<1, false>, (const void *)gemv_pro_kernel<1, true>,
+                        (const void *)gemv_pro_kernel<2, false>, (const void *)gemv_pro_kernel<2, true>,
+                        (const void *)gemv_pro_kernel<4, false>, (const void *)gemv_pro_kernel<4, true>,
+                        (const void *)gemv_pro_kernel<8, false>, (const void *)gemv_pro_kernel<8, true>};
     int dev = 0, sms = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    for (int i = 0; i < 4; i++) {
+    pro_sms = sms > 0 ? sms : 1;
+    for (int i = 0; i < 8; i++) {
         int per_sm = 0;
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k[i], GEMV_WARPS * 32, PRO_SMEM_MAX);
-        pro_resident[i] = (sms > 0 ? sms : 1) * (per_sm > 0 ? per_sm : 1);
-        pro_sms = sms > 0 ? sms : 1;
+        pro_resident[i] = pro_sms * (per_sm > 0 ? per_sm : 1);
         pro_kernel[i] = k[i];
     }
 }
@@ -1070,14 +1244,16 @@ extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const ap
     }
     if (off > PRO_SMEM_MAX) return 1;
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
-    if (gemv_setup(seg, n_seg, 1, npad, need_k, swiglu ? 1 : 2, p)) return -1;
+    if (gemv_setup(seg, n_seg, 1, npad, need_k, 1, p)) return -1;
     apr_cu_init();
-    const int ki = (max_n_in(seg, n_seg) > 2048 ? 2 : 0) + (swiglu ? 1 : 0);
+    int nch = 0;
+    for (int i = 0; i < n_seg; i++) nch = max(nch, chunks_of(seg[i].w.type, n));
+    const int wpr = gemv1_wpr(nch, p.rows), ki = 2 * (wpr == 1 ? 0 : wpr == 2 ? 1 : wpr == 4 ? 2 : 3) + (swiglu ? 1 : 0);
     p.pro.prefetch = pro_prefetch;
-    const int blocks = (p.rows + GEMV_WARPS - 1) / GEMV_WARPS;
+    const int blocks = (p.rows + GEMV_WARPS / wpr - 1) / (GEMV_WARPS / wpr);
     const int cap = pro_per_sm < 0 ? pro_resident[ki] : pro_per_sm == 0 ? blocks : min(pro_per_sm * pro_sms, pro_resident[ki]);
-    const unsigned gy = (unsigned)min(blocks, cap);
-    launch_smem(c, (size_t)off, (void (*)(gemv_params))pro_kernel[ki], dim3(1, gy), dim3(GEMV_WARPS * 32), p);
+    launch_smem(c, (size_t)off, (void (*)(gemv_params))pro_kernel[ki], dim3((unsigned)min(blocks, cap)),
+                dim3(GEMV_WARPS * 32), p);
     return 0;
 }
 

@@ -137,6 +137,9 @@ int apr_cu_matmul(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, in
 /* Tests: 1 (64 rows x 64 tokens), 2 (64 x 32), 3 (64 x 32, K split in two)
  * forces apr_cu_mma's block shape; 0 lets it choose. */
 void apr_cu_mma_force_shape(int shape);
+/* Tests and benchmarks: the one-token GEMV's chunks a lane loads at once (1,
+ * 2) and warps a row (1, 2, 4, 8) instead of its own choice; zeros restore it. */
+void apr_cu_gemv1_force(int u, int wpr);
 
 /* ---------------------------------------------------------- the rest */
 /* out[t][0..n_in) = dequantized row ids[t] of w (embedding lookup). */
