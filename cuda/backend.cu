@@ -17,18 +17,19 @@
  * Steps of up to 64 entries replay a CUDA graph captured once per
  * batch-size bucket, so a decode token costs one graph launch. A one-entry
  * step (decode) fuses further: the attention kernel does bias + RoPE + KV
- * append, and for wide models each GEMV quantizes its own input (five
- * kernels a layer instead of ten; which fusions pay was measured, see the
- * default of APR_CUDA_FUSE below and docs/PERF.md).
+ * append (GEMVs that quantize their own input exist too, off by default:
+ * which fusions pay was measured, see the default of APR_CUDA_FUSE below and
+ * docs/PERF.md).
  *
  * Environment, for measurements and checks (all default to the fast path):
  *   APR_CUDA_GRAPHS=0   plain launches instead of graphs
- *   APR_CUDA_PDL=0      no programmatic dependent launch
+ *   APR_CUDA_PDL=0      no programmatic dependent launch (default: in steps of up to 64
+ *                       entries; 2: in the larger prefill steps too)
  *   APR_CUDA_PROFILE=1  per-kernel-class times of plain-launch steps, printed at close
  *   APR_CUDA_F16_ACC=1  attention with the CPU engine's F16 V accumulator (parity checks)
  *   APR_CUDA_FUSE=0     one-token steps as separate kernels too (norm/quantize before each
  *                       GEMV, bias + RoPE + KV append before attention); a mask of FUSE_*
- *                       chooses fusions (63: all; default: by model width, see open_model)
+ *                       chooses fusions (63: all; default: RoPE only, see open_model)
  *   APR_CUDA_PREFETCH=N, APR_CUDA_PRO_GRID=N  knobs of the fused GEMV (cuda/kernels.cu)
  */
 #include <cuda_runtime.h>
@@ -91,6 +92,7 @@ struct apr_cuda_model {
     cudaGraphExec_t graph[N_BUCKETS];
     bool use_graphs;
     int fuse; /* one-token steps: which fusions (FUSE_*) are on */
+    int pdl;  /* APR_CUDA_PDL: 0 never, 1 steps of up to 64 entries, 2 always */
     /* APR_CUDA_PROFILE=1: events between the launches of plain (graph-less)
      * steps, summed per kernel class, printed at close */
     bool profile;
@@ -631,9 +633,13 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
         const char *pr = getenv("APR_CUDA_PROFILE");
         m->profile = pr && !strcmp(pr, "1");
         if (m->profile) m->use_graphs = false; /* events between kernels need plain launches */
-        /* programmatic dependent launch: on unless "0" (+6% on 1.5B decode, H100, same logits) */
+        /* programmatic dependent launch: on unless "0" (1.5B decode +13%, H100,
+         * same logits), but not in prefill steps of over 64 entries unless "2"
+         * (there 3% slower with it: its early blocks sit on multiprocessors
+         * that the big products' last waves could use) */
         const char *pdl = getenv("APR_CUDA_PDL");
-        m->cu.pdl = !(pdl && !strcmp(pdl, "0"));
+        m->pdl = pdl && !strcmp(pdl, "0") ? 0 : pdl && !strcmp(pdl, "2") ? 2 : 1;
+        m->cu.pdl = m->pdl != 0;
         /* "0": the one-token step as separate kernels (norm/quantize, bias+RoPE+KV).
          * Default, as measured (docs/PERF.md, 2026-11-26): RoPE + KV append in
          * attention (1.5B +4%). The GEMVs that quantize their own input were
@@ -855,7 +861,10 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
     if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, 4 * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s),
                   "cudaMemcpyAsync", err))
         return -1;
-    if (enqueue_forward(m, nc, n_out)) {
+    m->cu.pdl = m->pdl == 2 || (m->pdl == 1 && nc <= 64);
+    const int bad = enqueue_forward(m, nc, n_out);
+    m->cu.pdl = m->pdl != 0; /* what graph captures use */
+    if (bad) {
         snprintf(err, APR_ERRLEN, "internal error: a kernel refused its arguments");
         cudaStreamSynchronize(s);
         return -1;
