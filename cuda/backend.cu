@@ -49,6 +49,8 @@ extern "C" {
 #define CHUNK_CAP 512   /* entries per forward pass (a longer batch runs in chunks) */
 #define N_BUCKETS 7     /* graphs for 1, 2, 4, ... 64 entries */
 #define LOGIT_ROWS 64   /* pinned logits rows (the largest bucket) */
+#define BATCH_ROWS 5    /* rows of the batch block uploaded each step */
+#define CAND_STRIDE APR_CU_TOPK_STRIDE /* bytes of a candidate row on the device */
 #define STAGE_BYTES (64u << 20)
 #define HEADROOM (512ull << 20) /* context, graphs, and what the estimate misses */
 
@@ -85,9 +87,12 @@ struct apr_cuda_model {
     /* views of the scratch region */
     float *x, *qkv, *att, *hb, *logits;
     apr_cu_act act;
-    int32_t *d_batch; /* [4][CHUNK_CAP]: token, pos, seq, logits row source */
+    int32_t *d_batch; /* [BATCH_ROWS][CHUNK_CAP]: token, pos, seq, logits row source, candidates wanted */
     int32_t *h_batch; /* pinned mirror */
     float *h_logits;  /* pinned [LOGIT_ROWS][n_vocab] */
+    uint8_t *d_cands; /* [LOGIT_ROWS][CAND_STRIDE]: a graph step's candidate rows (apr_cu_topk) */
+    uint8_t *d_cand_work; /* apr_cu_topk's, for rows split across blocks */
+    uint8_t *h_cands; /* pinned mirror */
     int *seq_len;
     cudaGraphExec_t graph[N_BUCKETS];
     bool use_graphs;
@@ -360,7 +365,9 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     CARVE(m->act.q0, int8_t, C * (size_t)ld);
     CARVE(m->act.dsk, float, C * (size_t)(ld / 32) * 2);
     CARVE(m->act.ds0, float, C * (size_t)(ld / 32) * 2);
-    CARVE(m->d_batch, int32_t, 4 * C);
+    CARVE(m->d_batch, int32_t, BATCH_ROWS * C);
+    CARVE(m->d_cands, uint8_t, (size_t)LOGIT_ROWS * CAND_STRIDE);
+    CARVE(m->d_cand_work, uint8_t, apr_cu_topk_work_bytes(LOGIT_ROWS));
 #undef CARVE
     m->act.ld = ld;
     return off;
@@ -387,6 +394,7 @@ extern "C" void apr_cuda_close(apr_cuda_model *m)
     cudaFree(m->d_scratch);
     cudaFreeHost(m->h_batch);
     cudaFreeHost(m->h_logits);
+    cudaFreeHost(m->h_cands);
     if (m->stream) cudaStreamDestroy(m->stream);
     free(m->layers);
     free(m->seq_len);
@@ -411,12 +419,13 @@ static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
     h[CHUNK_CAP] = 0;
     h[2 * CHUNK_CAP] = -1;
     h[3 * CHUNK_CAP] = 0;
+    h[4 * CHUNK_CAP] = 0;
     if (m->use_graphs) {
         for (int bi = 0; bi < N_BUCKETS; bi++)
             if (get_graph(m, bi, err)) return -1;
         if (cuda_fail(cudaGraphLaunch(m->graph[0], m->stream), "cudaGraphLaunch", err)) return -1;
     } else {
-        if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, 4 * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice,
+        if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice,
                                       m->stream),
                       "cudaMemcpyAsync", err))
             return -1;
@@ -565,10 +574,12 @@ static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
 {
     const apr_hparams *hp = &m->hp;
     if (cuda_fail(cudaMalloc((void **)&m->d_scratch, m->scratch_bytes), "cudaMalloc (scratch)", err) ||
-        cuda_fail(cudaHostAlloc((void **)&m->h_batch, 4 * CHUNK_CAP * sizeof(int32_t), cudaHostAllocDefault),
+        cuda_fail(cudaHostAlloc((void **)&m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaHostAllocDefault),
                   "cudaHostAlloc", err) ||
         cuda_fail(cudaHostAlloc((void **)&m->h_logits, (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float),
                                 cudaHostAllocDefault),
+                  "cudaHostAlloc", err) ||
+        cuda_fail(cudaHostAlloc((void **)&m->h_cands, (size_t)LOGIT_ROWS * CAND_STRIDE, cudaHostAllocDefault),
                   "cudaHostAlloc", err))
         return -1;
     carve_scratch(m, m->d_scratch);
@@ -796,7 +807,9 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
 }
 
 /* The graph of bucket bi: batch upload, forward of bucket_size[bi] entries
- * with logits for all of them, logits download into h_logits. */
+ * with logits for all of them, the candidate rows the batch block asks for
+ * (row 4: 0 for none) and their download into h_cands. Whole rows are
+ * downloaded after the graph, only when some entry wants one. */
 static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
 {
     if (m->graph[bi]) return 0;
@@ -805,9 +818,12 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     cudaGraph_t g = NULL;
     if (cuda_fail(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture", err))
         return -1;
-    cudaMemcpyAsync(m->d_batch, m->h_batch, 4 * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
+    cudaMemcpyAsync(m->d_batch, m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
     int frc = enqueue_forward(m, B, B);
-    cudaMemcpyAsync(m->h_logits, m->logits, (size_t)B * m->hp.n_vocab * sizeof(float), cudaMemcpyDeviceToHost, s);
+    if (!frc)
+        frc = apr_cu_topk(m->logits, (int)m->hp.n_vocab, B, m->d_batch + 4 * CHUNK_CAP, 0, m->d_cands, CAND_STRIDE,
+                          m->d_cand_work, &m->cu);
+    cudaMemcpyAsync(m->h_cands, m->d_cands, (size_t)B * CAND_STRIDE, cudaMemcpyDeviceToHost, s);
     cudaError_t e = cudaStreamEndCapture(s, &g);
     if (frc) {
         if (g) cudaGraphDestroy(g);
@@ -831,7 +847,7 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
     int32_t *h = m->h_batch;
     cudaStream_t s = m->stream;
 #define WANT(i) (b->want_logits ? b->want_logits[i] != 0 : (i) == last)
-    int bi = 0;
+    int bi = 0, whole = 0;
     while (bi < N_BUCKETS && bucket_size[bi] < nc) bi++;
     if (m->use_graphs && bi < N_BUCKETS) {
         const int B = bucket_size[bi];
@@ -841,13 +857,32 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
             h[CHUNK_CAP + i] = real ? b->pos[c0 + i] : 0;
             h[2 * CHUNK_CAP + i] = real ? b->seq[c0 + i] : -1; /* padding: skipped by the kernels */
             h[3 * CHUNK_CAP + i] = i;
+            h[4 * CHUNK_CAP + i] = real && b->topk && WANT(c0 + i) ? b->topk[c0 + i] : 0;
+            if (real && WANT(c0 + i) && !h[4 * CHUNK_CAP + i]) whole++;
         }
         if (get_graph(m, bi, err)) return -1;
         if (cuda_fail(cudaGraphLaunch(m->graph[bi], s), "cudaGraphLaunch", err) ||
+            (whole && cuda_fail(cudaMemcpyAsync(m->h_logits, m->logits, (size_t)nc * V * sizeof(float),
+                                                cudaMemcpyDeviceToHost, s),
+                                "cudaMemcpyAsync (logits)", err)) ||
             cuda_fail(cudaStreamSynchronize(s), "the forward pass", err))
             return -1;
-        for (int i = 0; i < nc; i++)
-            if (WANT(c0 + i)) memcpy(logits + (size_t)(*out_row)++ * V, m->h_logits + (size_t)i * V, V * sizeof(float));
+        for (int i = 0; i < nc; i++) {
+            if (!WANT(c0 + i)) continue;
+            uint8_t *dst = (uint8_t *)(logits + (size_t)(*out_row)++ * V);
+            const int k = h[4 * CHUNK_CAP + i];
+            if (!k) {
+                memcpy(dst, m->h_logits + (size_t)i * V, V * sizeof(float));
+                continue;
+            }
+            /* the GPU picked min(k, 64) best: the first k of them are the k best */
+            const uint8_t *src = m->h_cands + (size_t)i * CAND_STRIDE;
+            int32_t cnt;
+            memcpy(&cnt, src, 4);
+            if (cnt > k) cnt = k;
+            memcpy(dst, &cnt, 4);
+            memcpy(dst + 4, src + 4, 8 * (size_t)cnt);
+        }
         return 0;
     }
     int n_out = 0;
@@ -857,8 +892,7 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
         h[2 * CHUNK_CAP + i] = b->seq[c0 + i];
         if (WANT(c0 + i)) h[3 * CHUNK_CAP + n_out++] = i;
     }
-#undef WANT
-    if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, 4 * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s),
+    if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s),
                   "cudaMemcpyAsync", err))
         return -1;
     m->cu.pdl = m->pdl == 2 || (m->pdl == 1 && nc <= 64);
@@ -880,10 +914,19 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
         memcpy(logits + (size_t)*out_row * V, m->h_logits, (size_t)rows * V * sizeof(float));
         *out_row += rows;
     }
+    /* candidate rows of a graph-less step (prefill chunks, plain launches):
+     * picked here from the whole rows, in place */
+    if (b->topk)
+        for (int i = 0, r = *out_row - n_out; i < nc; i++)
+            if (WANT(c0 + i)) {
+                float *row = logits + (size_t)r++ * V;
+                if (b->topk[c0 + i]) apr_cand_row((uint8_t *)row, row, (uint32_t)V, b->topk[c0 + i]);
+            }
     /* h_batch is read by the upload above: it must be done before the next chunk refills it */
     if (cuda_fail(cudaStreamSynchronize(s), "the forward pass", err)) return -1;
     if (m->profile) profile_collect(m, nc);
     return 0;
+#undef WANT
 }
 
 extern "C" int apr_cuda_step(apr_cuda_model *m, const apr_batch *b, float *logits, char err[APR_ERRLEN])

@@ -1214,6 +1214,8 @@ extern "C" void apr_cu_init(void)
     }
 }
 
+extern "C" int apr_cu_sms(void) { return pro_sms; }
+
 extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src,
                                  const apr_cu_ctx *c)
 {

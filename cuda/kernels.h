@@ -141,6 +141,23 @@ void apr_cu_mma_force_shape(int shape);
  * 2) and warps a row (1, 2, 4, 8) instead of its own choice; zeros restore it. */
 void apr_cu_gemv1_force(int u, int wpr);
 
+/* ---------------------------------------------------- candidate rows */
+/* For each of nrows rows of n logits: ks[r] (device memory; NULL: k_all for
+ * every row) candidates, 0 skipping the row, at most APR_CU_TOPK_MAX; row r's
+ * answer at out + r * stride bytes (stride >= APR_CU_TOPK_STRIDE): an int32
+ * count, then that many {int32 id, float logit}, exactly apr_topk_select's
+ * (worker/backend.h). work (apr_cu_topk_work_bytes(nrows) of device memory,
+ * or NULL) lets a row be split across several blocks when rows are few. -1 on
+ * a bad argument. */
+#define APR_CU_TOPK_MAX 64
+#define APR_CU_TOPK_STRIDE (4 + 8 * APR_CU_TOPK_MAX)
+#define APR_CU_TOPK_PARTS 16
+size_t apr_cu_topk_work_bytes(int nrows);
+/* The device's multiprocessors, as apr_cu_init found them (1 before it ran). */
+int apr_cu_sms(void);
+int apr_cu_topk(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out, size_t stride,
+                void *work, const apr_cu_ctx *c);
+
 /* ---------------------------------------------------------- the rest */
 /* out[t][0..n_in) = dequantized row ids[t] of w (embedding lookup). */
 void apr_cu_get_rows(const apr_cu_weight *w, const int32_t *ids, int ntok, float *out, int ldo,

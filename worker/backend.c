@@ -86,7 +86,40 @@ int apr_backend_n_seq(const apr_backend *b) { DISPATCH(apr_cuda_n_seq(b->cuda), 
 
 int apr_backend_step(apr_backend *b, const apr_batch *batch, float *logits, char err[APR_ERRLEN])
 {
-    DISPATCH(apr_cuda_step(b->cuda, batch, logits, err), cpu_model_step(b->cpu, batch, logits, err));
+#ifdef APR_HAVE_CUDA
+    if (b->cuda) return apr_cuda_step(b->cuda, batch, logits, err); /* picks candidates on the GPU */
+#endif
+    int rc = cpu_model_step(b->cpu, batch, logits, err);
+    if (rc == 0 && batch->topk) apr_cand_rows_inplace(batch, logits, cpu_model_hparams(b->cpu)->n_vocab);
+    return rc;
+}
+
+void apr_cand_row(void *dst, const float *row, uint32_t n, int k)
+{
+    int32_t ids[APR_BACKEND_TOPK_MAX];
+    float vals[APR_BACKEND_TOPK_MAX];
+    if (k > APR_BACKEND_TOPK_MAX)
+        k = APR_BACKEND_TOPK_MAX;
+    int32_t cnt = apr_topk_select(row, (int)n, k, ids, vals);
+    unsigned char *o = dst;
+    memcpy(o, &cnt, 4);
+    for (int32_t j = 0; j < cnt; j++) {
+        memcpy(o + APR_CAND_ROW_BYTES(j), &ids[j], 4);
+        memcpy(o + APR_CAND_ROW_BYTES(j) + 4, &vals[j], 4);
+    }
+}
+
+void apr_cand_rows_inplace(const apr_batch *b, float *logits, uint32_t n_vocab)
+{
+    int r = 0;
+    for (int i = 0; i < b->n; i++) {
+        bool want = b->want_logits ? b->want_logits[i] != 0 : i == b->n - 1;
+        if (!want)
+            continue;
+        float *row = logits + (size_t)r++ * n_vocab;
+        if (b->topk && b->topk[i])
+            apr_cand_row(row, row, n_vocab, b->topk[i]);
+    }
 }
 
 void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos)
@@ -177,6 +210,14 @@ int apr_batch_check(const apr_batch *b, int n_seq, int n_ctx, uint32_t n_vocab, 
             rc = snprintf(err, APR_ERRLEN, "entry %d: position %d exceeds the context (%d)", i, p, n_ctx);
         else if (p != next[s])
             rc = snprintf(err, APR_ERRLEN, "entry %d: sequence %d expects position %d, got %d", i, s, next[s], p);
+        else if (b->topk && b->topk[i] > APR_BACKEND_TOPK_MAX)
+            rc = snprintf(err, APR_ERRLEN, "entry %d: %d candidates asked for (at most %d)", i, b->topk[i],
+                          APR_BACKEND_TOPK_MAX);
+        else if (b->topk && b->topk[i] && !(b->want_logits ? b->want_logits[i] : i == b->n - 1))
+            rc = snprintf(err, APR_ERRLEN, "entry %d: candidates asked for without logits", i);
+        else if (b->topk && APR_CAND_ROW_BYTES(b->topk[i]) > (size_t)n_vocab * sizeof(float))
+            rc = snprintf(err, APR_ERRLEN, "entry %d: %d candidates do not fit a row of %u logits", i, b->topk[i],
+                          n_vocab);
         else
             next[s] = p + 1;
     }

@@ -35,7 +35,19 @@ typedef struct {
     const int32_t *pos;         /* [n] */
     const int32_t *seq;         /* [n], 0 <= seq < n_seq */
     const uint8_t *want_logits; /* [n]; NULL: only the last entry */
+    /* [n] or NULL: 1..APR_BACKEND_TOPK_MAX asks for that entry's candidate
+     * row (below) instead of its logits; 0 (and NULL) the full row. Non-zero
+     * only where the entry wants logits. */
+    const uint8_t *topk;
 } apr_batch;
+
+/* A candidate row, in the slot of n_vocab floats where the entry's logits
+ * would have gone: an int32 count (0..k), then that many {int32 id, float
+ * logit}, apr_topk_select's k best. The worker hands these rows to the
+ * coordinator as they are (proto.h, "candidate rows": the same layout). The
+ * slot must hold it: 1 + 2 k <= n_vocab. */
+#define APR_BACKEND_TOPK_MAX 64
+#define APR_CAND_ROW_BYTES(k) (4 + 8 * (size_t)(k))
 
 typedef struct apr_backend apr_backend;
 
@@ -48,7 +60,8 @@ const apr_hparams *apr_backend_hparams(const apr_backend *b);
 int apr_backend_n_ctx(const apr_backend *b);
 int apr_backend_n_seq(const apr_backend *b);
 
-/* logits: n_vocab floats for each entry that wants them, in batch order.
+/* logits: n_vocab floats for each entry that wants them, in batch order (a
+ * candidate row in that slot where batch->topk asks for one).
  * 0; -1 when the step was refused (err says why; the backend still serves);
  * -2 when the device failed (err says how; the backend is unusable, and an
  * engine process exits so that its holder starts a fresh one). */
@@ -72,6 +85,15 @@ int apr_batch_check(const apr_batch *b, int n_seq, int n_ctx, uint32_t n_vocab, 
  * 32 logits against the k-th best so far. (The worker's candidate rows,
  * proto.h; here so that it can be tested on its own.) */
 int apr_topk_select(const float *logits, int n, int k, int32_t *ids, float *vals);
+
+/* The candidate row of the k best of row[0..n) written at dst (which may be
+ * row itself: the candidates are picked before anything is written). */
+void apr_cand_row(void *dst, const float *row, uint32_t n, int k);
+
+/* For backends that compute whole rows: turns the rows of `logits` (the
+ * step's output, as apr_backend_step lays it out) that b->topk asks for into
+ * candidate rows, in place. */
+void apr_cand_rows_inplace(const apr_batch *b, float *logits, uint32_t n_vocab);
 
 /* ------------------------------------------------- memory for an engine */
 /* Fault isolation of the GPU worker: a holder process allocates and loads

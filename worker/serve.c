@@ -233,34 +233,28 @@ static int send_msg(worker *w, const apr_wmsg *m)
     return rc;
 }
 
-/* The step's rows from scratch into shared memory, in batch order: each
- * either whole or as its candidate row. */
+_Static_assert(APR_TOPK_MAX == APR_BACKEND_TOPK_MAX && APR_TOPK_ROW_BYTES(3) == APR_CAND_ROW_BYTES(3),
+               "the backend's candidate rows are the protocol's");
+
+/* The step's rows from scratch into shared memory, in batch order: whole, or
+ * as much of the slot as the candidate row the backend left there holds. */
 static void write_rows(worker *w, const apr_wmsg *m)
 {
     size_t nv = (size_t)w->n_vocab;
-    int32_t ids[APR_TOPK_MAX];
-    float vals[APR_TOPK_MAX];
-    unsigned char row[APR_TOPK_ROW_BYTES(APR_TOPK_MAX)];
     int r = 0;
     for (int i = 0; i < m->n; i++) {
         if (!m->want[i])
             continue;
-        const float *src = w->scratch + (size_t)r * nv;
+        const unsigned char *src = (const unsigned char *)(w->scratch + (size_t)r * nv);
         unsigned char *dst = (unsigned char *)w->logits.base + (size_t)r * nv * sizeof(float);
         r++;
-        int k = m->topk ? m->topk[i] : 0;
-        if (k == 0) {
-            memcpy(dst, src, nv * sizeof(float));
-            continue;
+        size_t bytes = nv * sizeof(float);
+        if (m->topk && m->topk[i]) {
+            int32_t cnt;
+            memcpy(&cnt, src, sizeof cnt); /* the backend's: 0..topk[i] */
+            bytes = APR_TOPK_ROW_BYTES(cnt);
         }
-        /* built here, then one copy: the shared lines are written once */
-        int32_t cnt = apr_topk_select(src, (int)nv, k, ids, vals);
-        memcpy(row, &cnt, sizeof cnt);
-        for (int32_t j = 0; j < cnt; j++) {
-            apr_wcand c = {ids[j], vals[j]};
-            memcpy(row + APR_TOPK_ROW_BYTES(j), &c, sizeof c);
-        }
-        memcpy(dst, row, APR_TOPK_ROW_BYTES(cnt));
+        memcpy(dst, src, bytes);
     }
 }
 
@@ -286,7 +280,7 @@ static int run_step(worker *w, const apr_wmsg *m)
                  max_k, w->n_vocab);
     } else {
         apr_batch batch = {.n = m->n, .token = m->token, .pos = m->pos, .seq = m->seq,
-                           .want_logits = m->want};
+                           .want_logits = m->want, .topk = max_k > 0 ? m->topk : NULL};
         t0 = mono_ns();
         live_busy(w->alive, true);
         /* full rows only: straight into shared memory, no copy */

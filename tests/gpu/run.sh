@@ -206,6 +206,11 @@ if has bench; then
                 while read -r bs bt; do
                     row "qwen2.5-$s batched decode, $bs streams" "$bt" "$([ "$bs" = 64 ] && echo 8400 || echo 0)" 0
                 done
+            # the same with candidate rows of 40 picked on the GPU (what apr-coord asks for top-k sampling)
+            sed -n 's/batched decode, candidate rows of 40: *\([0-9]*\) streams x [0-9]* steps: *\([0-9.]*\) tok.*/\1 \2/p' \
+                "$LOG/batched.txt" | while read -r bs bt; do
+                    row "qwen2.5-$s batched decode, $bs streams, top-40 rows" "$bt" "$([ "$bs" = 64 ] && echo 8400 || echo 0)" 0
+                done
         fi
     done
 fi

@@ -713,6 +713,80 @@ static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox,
     cudaFree(dseq);
 }
 
+/* ------------------------------------------------------ candidate rows */
+
+/* apr_cu_topk against apr_topk_select on rows made to be hard: coarse
+ * values (many ties), NaN, -inf, +inf, -0 beside +0, rows with fewer valid
+ * entries than k, a constant row, the best entries at the very end. */
+static void test_topk(rng *r)
+{
+    apr_cu_init(); /* the multiprocessor count the split is sized by */
+    const int ns[] = {151936, 40000, 4099, 65, 32};
+    const int ks[] = {1, 5, 40, 64};
+    const size_t stride = APR_CU_TOPK_STRIDE;
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        const int n = ns[ni], rows = 8;
+        float *l = malloc(sizeof(float) * (size_t)n * rows);
+        int32_t kk[8];
+        for (int row = 0; row < rows; row++) {
+            float *x = l + (size_t)row * n;
+            for (int i = 0; i < n; i++) {
+                switch (row) {
+                case 0: x[i] = rng_unif(r) * 10; break;                          /* distinct */
+                case 1: x[i] = (float)(int)(rng_unif(r) * 8); break;             /* heavy ties */
+                case 2: x[i] = 1.5f; break;                                      /* constant */
+                case 3: x[i] = rng_next(r) % 3 ? NAN : rng_unif(r); break;       /* mostly NaN */
+                case 4: x[i] = rng_next(r) % 50 ? -INFINITY : (float)(rng_next(r) % 4); break; /* few valid */
+                case 5: x[i] = rng_next(r) % 2 ? 0.0f : -0.0f; break;            /* signed zeros */
+                case 6: x[i] = rng_next(r) % 997 ? rng_unif(r) : INFINITY; break; /* +inf among them */
+                default: x[i] = (float)i / n; break;                             /* best at the end */
+                }
+            }
+            kk[row] = ks[(row + ni) % 4];
+        }
+        float *dl = dev_upload(l, sizeof(float) * (size_t)n * rows);
+        int32_t *dk = dev_upload(kk, sizeof kk);
+        uint8_t *dout = NULL, *got = malloc(stride * rows);
+        CK(cudaMalloc((void **)&dout, stride * rows));
+        for (int split = 0; split < 2; split++) { /* one block a row; rows in parts, merged */
+        void *work = NULL;
+        if (split) CK(cudaMalloc(&work, apr_cu_topk_work_bytes(rows)));
+        CK(cudaMemset(dout, 0xee, stride * rows));
+        if (apr_cu_topk(dl, n, rows, dk, 0, dout, stride, work, &cu0)) failures++;
+        CK_LAUNCH();
+        cudaFree(work);
+        CK(cudaMemcpy(got, dout, stride * rows, cudaMemcpyDeviceToHost));
+        int bad = 0;
+        for (int row = 0; row < rows; row++) {
+            int32_t ids[64], gi;
+            float vals[64], gv;
+            int32_t cnt = apr_topk_select(l + (size_t)row * n, n, kk[row], ids, vals), gc;
+            memcpy(&gc, got + stride * row, 4);
+            if (gc != cnt) {
+                bad++;
+                continue;
+            }
+            for (int j = 0; j < cnt; j++) {
+                memcpy(&gi, got + stride * row + 4 + 8 * j, 4);
+                memcpy(&gv, got + stride * row + 8 + 8 * j, 4);
+                if (gi != ids[j] || memcmp(&gv, &vals[j], 4)) {
+                    bad++;
+                    break;
+                }
+            }
+        }
+        printf("%-4s topk rows of %6d, k 1..64, ties/NaN/inf/zeros%s: %d of %d rows differ\n", bad ? "FAIL" : "ok", n,
+               split ? ", split" : "", bad, rows);
+        if (bad) failures++;
+        }
+        cudaFree(dl);
+        cudaFree(dk);
+        cudaFree(dout);
+        free(l);
+        free(got);
+    }
+}
+
 /* ---------------------------------------------- tensor-core benchmark */
 
 /* Median of 9 timed launches (after 2 untimed), in ms. */
@@ -980,12 +1054,16 @@ static double now_s(void)
 static int batched_bench(const char *path, int steps)
 {
     const int sizes[] = {1, 8, 16, 32, 64}, P = 4;
-    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+    /* cand 0: every entry's whole row (39 MB a step at 64); 1: candidate rows
+     * of 40, as apr-coord asks for top-k sampling (picked on the GPU); 2: one
+     * stream in a cache sized as apr-worker's defaults (16 sequences of 4096) */
+    for (int cand = 0; cand < 3; cand++)
+    for (size_t si = 0; si < (cand == 2 ? 1 : sizeof sizes / sizeof sizes[0]); si++) {
         const int S = sizes[si];
         char err[APR_ERRLEN];
         apr_backend_opts o = {0};
-        o.n_ctx = P + steps + 8;
-        o.n_seq = S;
+        o.n_ctx = cand == 2 ? 4096 : P + steps + 8;
+        o.n_seq = cand == 2 ? 16 : S;
         apr_cuda_model *m = apr_cuda_open(path, &o, err);
         if (!m) {
             fprintf(stderr, "batched: %s\n", err);
@@ -994,15 +1072,16 @@ static int batched_bench(const char *path, int steps)
         const size_t V = apr_cuda_hparams(m)->n_vocab;
         const int n = S * P;
         int32_t *tok = malloc(sizeof(int32_t) * n), *pos = malloc(sizeof(int32_t) * n), *seq = malloc(sizeof(int32_t) * n);
-        uint8_t *want = malloc((size_t)n);
+        uint8_t *want = malloc((size_t)n), *topk = malloc((size_t)n);
         float *logits = malloc(sizeof(float) * V * S);
         for (int i = 0; i < n; i++) {
             seq[i] = i / P;
             pos[i] = i % P;
             tok[i] = 1000 + 37 * i % 5000;
             want[i] = pos[i] == P - 1;
+            topk[i] = cand == 1 && want[i] ? 40 : 0;
         }
-        apr_batch b = {n, tok, pos, seq, want};
+        apr_batch b = {.n = n, .token = tok, .pos = pos, .seq = seq, .want_logits = want, .topk = topk};
         int rc = apr_cuda_step(m, &b, logits, err);
         double t0 = 0;
         for (int st = 0; st <= steps && !rc; st++) {
@@ -1012,19 +1091,22 @@ static int batched_bench(const char *path, int steps)
                 pos[i] = P + st;
                 tok[i] = 100 + (st * 131 + i * 17) % 20000;
                 want[i] = 1;
+                topk[i] = cand == 1 ? 40 : 0;
             }
-            apr_batch d = {S, tok, pos, seq, want};
+            apr_batch d = {.n = S, .token = tok, .pos = pos, .seq = seq, .want_logits = want, .topk = topk};
             rc = apr_cuda_step(m, &d, logits, err);
         }
         const double dt = now_s() - t0;
         if (rc) fprintf(stderr, "batched: %s\n", err);
-        else printf("batched decode: %2d streams x %d steps: %8.1f tok/s total, %.3f ms a step\n", S, steps,
+        else printf("batched decode%s: %2d streams x %d steps: %8.1f tok/s total, %.3f ms a step\n",
+                    cand == 2 ? ", cache of 16 x 4096" : cand ? ", candidate rows of 40" : "", S, steps,
                     S * steps / dt, dt * 1e3 / steps);
         apr_cuda_close(m);
         free(tok);
         free(pos);
         free(seq);
         free(want);
+        free(topk);
         free(logits);
         if (rc) return 1;
     }
@@ -1079,6 +1161,7 @@ int main(int argc, char **argv)
     test_get_rows(&r, APR_TYPE_F16, 172, 10);
     test_gemv_segments(&r, 1);
     test_gemv_segments(&r, 11);
+    test_topk(&r);
 
     /* tensor-core products: every type, odd row counts, token counts 16..512,
      * rows of one block and last stages of one block, long rows; each block

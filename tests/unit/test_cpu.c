@@ -122,10 +122,34 @@ START_TEST(bad_batches_are_refused)
     ck_assert_int_ne(apr_backend_step(b, &past_ctx, logits, err), 0);
     apr_batch empty = {.n = 0, .token = &tok, .pos = &pos, .seq = &seq};
     ck_assert_int_ne(apr_backend_step(b, &empty, logits, err), 0);
+    uint8_t no = 0, k65 = APR_BACKEND_TOPK_MAX + 1, k3 = 3;
+    apr_batch too_many = {.n = 1, .token = &tok, .pos = &pos, .seq = &seq, .topk = &k65};
+    ck_assert_int_ne(apr_backend_step(b, &too_many, logits, err), 0);
+    ck_assert_ptr_nonnull(strstr(err, "candidates"));
+    apr_batch unwanted = {.n = 1, .token = &tok, .pos = &pos, .seq = &seq, .want_logits = &no, .topk = &k3};
+    ck_assert_int_ne(apr_backend_step(b, &unwanted, logits, err), 0);
+    ck_assert_ptr_nonnull(strstr(err, "without logits"));
     /* still works afterwards */
     apr_batch ok = {.n = 1, .token = &tok, .pos = &pos, .seq = &seq};
     ck_assert_msg(apr_backend_step(b, &ok, logits, err) == 0, "%s", err);
     for (int i = 0; i < nv; i++) ck_assert(isfinite(logits[i]));
+    /* the same step asking for its 3 best: the candidate row of those logits */
+    apr_backend_seq_trim(b, 0, 0);
+    float *cands = malloc(sizeof(float) * (size_t)nv);
+    apr_batch top3 = {.n = 1, .token = &tok, .pos = &pos, .seq = &seq, .topk = &k3};
+    ck_assert_msg(apr_backend_step(b, &top3, cands, err) == 0, "%s", err);
+    int32_t ids[3], cnt, id;
+    float vals[3], v;
+    ck_assert_int_eq(apr_topk_select(logits, nv, 3, ids, vals), 3);
+    memcpy(&cnt, cands, 4);
+    ck_assert_int_eq(cnt, 3);
+    for (int j = 0; j < 3; j++) {
+        memcpy(&id, (uint8_t *)cands + 4 + 8 * j, 4);
+        memcpy(&v, (uint8_t *)cands + 8 + 8 * j, 4);
+        ck_assert_int_eq(id, ids[j]);
+        ck_assert(v == vals[j]);
+    }
+    free(cands);
     free(logits);
     apr_backend_close(b);
 }

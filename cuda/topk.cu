@@ -1,0 +1,236 @@
+/* Candidate rows on the GPU: the k best logits of each row, so that a
+ * sampling step copies a few hundred bytes a row to the host instead of the
+ * whole 600 KB row (152k vocabulary), which at 64 rows a step is 39 MB.
+ *
+ * Exactly apr_topk_select's answer (worker/topk.c): higher logit first, equal
+ * logits by lower id, NaN and -inf never chosen. One block a row; each warp
+ * scans a contiguous part of the row keeping its own sorted best-64 (lane l
+ * holds places l and l + 32), admitting an element only when it beats the
+ * k-th kept one, which after the first few thousand elements almost none
+ * does, so the scan runs at the speed of the loads; then one warp merges the
+ * warps' lists. */
+#include <climits>
+#include <cstdint>
+
+#include "cuda/kernels.h"
+
+#define TOPK_WARPS 16
+#define TOPK_MAX 64
+#define FULL 0xffffffffu
+
+static_assert(APR_CU_TOPK_MAX == TOPK_MAX, "one limit");
+
+/* The sampler's order: a before b. */
+static __device__ __forceinline__ bool better(float av, int ai, float bv, int bi)
+{
+    return av > bv || (av == bv && ai < bi);
+}
+
+/* A warp's sorted list of up to 64 entries: places l (av, ai) and l + 32
+ * (bv, bi) in lane l; empty places hold (-inf, INT_MAX), which nothing
+ * admitted is worse than. */
+struct wlist {
+    float av, bv;
+    int ai, bi;
+    int h;      /* entries kept, <= k */
+    float tv;   /* the k-th entry once h == k (the bar) */
+    int ti;
+};
+
+/* Inserts (v, i) (warp-uniform) at its place; the entry at place k falls out
+ * of what counts (places >= k are never read). */
+static __device__ __forceinline__ void insert(wlist &w, float v, int i, int k, int lane)
+{
+    const int p = __popc(__ballot_sync(FULL, better(w.av, w.ai, v, i))) +
+                  __popc(__ballot_sync(FULL, better(w.bv, w.bi, v, i)));
+    float au = __shfl_up_sync(FULL, w.av, 1), bu = __shfl_up_sync(FULL, w.bv, 1);
+    int aiu = __shfl_up_sync(FULL, w.ai, 1), biu = __shfl_up_sync(FULL, w.bi, 1);
+    const float a31 = __shfl_sync(FULL, w.av, 31);
+    const int ai31 = __shfl_sync(FULL, w.ai, 31);
+    if (lane == 0) {
+        bu = a31;
+        biu = ai31;
+    }
+    if (lane > p) {
+        w.av = au;
+        w.ai = aiu;
+    } else if (lane == p) {
+        w.av = v;
+        w.ai = i;
+    }
+    if (lane + 32 > p) {
+        w.bv = bu;
+        w.bi = biu;
+    } else if (lane + 32 == p) {
+        w.bv = v;
+        w.bi = i;
+    }
+    if (w.h < k) w.h++;
+    if (w.h == k) {
+        const int q = (k - 1) & 31;
+        w.tv = __shfl_sync(FULL, k - 1 < 32 ? w.av : w.bv, q);
+        w.ti = __shfl_sync(FULL, k - 1 < 32 ? w.ai : w.bi, q);
+    }
+}
+
+/* Offers 32 elements, one a lane (v, i; invalid lanes pass -inf). */
+static __device__ __forceinline__ void offer(wlist &w, float v, int i, int k, int lane)
+{
+    const bool pass = v > -INFINITY && (w.h < k || better(v, i, w.tv, w.ti));
+    unsigned m = __ballot_sync(FULL, pass);
+    while (m) {
+        const int src = __ffs(m) - 1;
+        m &= m - 1;
+        const float nv = __shfl_sync(FULL, v, src);
+        const int ni = __shfl_sync(FULL, i, src);
+        if (w.h == k && !better(nv, ni, w.tv, w.ti)) continue; /* an earlier insert raised the bar */
+        insert(w, nv, ni, k, lane);
+    }
+}
+
+/* One warp merges nl (<= TOPK_WARPS) sorted lists into the first k of their
+ * union, written at o as a candidate row. */
+static __device__ void merge_write(const float (*lv)[TOPK_MAX], const int (*li)[TOPK_MAX], const int *lh, int nl,
+                                   int k, uint8_t *o, int lane)
+{
+    int head = 0;
+    int32_t cnt = 0;
+    for (; cnt < k; cnt++) {
+        const bool has = lane < nl && head < lh[lane];
+        float bv = has ? lv[lane][head] : -INFINITY;
+        int bi = has ? li[lane][head] : INT_MAX, bl = has ? lane : -1;
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const float ov = __shfl_xor_sync(FULL, bv, off);
+            const int oi = __shfl_xor_sync(FULL, bi, off), ol = __shfl_xor_sync(FULL, bl, off);
+            if (ol >= 0 && (bl < 0 || better(ov, oi, bv, bi))) {
+                bv = ov;
+                bi = oi;
+                bl = ol;
+            }
+        }
+        if (bl < 0) break; /* every list is used up: fewer than k valid */
+        if (lane == bl) head++;
+        if (lane == 0) {
+            int32_t *pair = (int32_t *)(o + 4 + 8 * (size_t)cnt);
+            pair[0] = bi;
+            ((float *)pair)[1] = bv;
+        }
+    }
+    if (lane == 0) *(int32_t *)o = cnt;
+}
+
+static __device__ __forceinline__ void pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/* ks[r] (or k_all where ks is NULL): candidates of row r; 0 skips the row.
+ * Block b takes part b % parts of row b / parts (a row in several parts
+ * keeps the GPU busy when rows are few) and writes its best k as a candidate
+ * row: the answer (out + r * stride) where parts == 1, else into work for
+ * topk_merge_kernel. */
+static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const float *logits, int n, const int32_t *ks,
+                                                                      int k_all, uint8_t *out, size_t stride,
+                                                                      int parts, uint8_t *work)
+{
+    __shared__ float lv[TOPK_WARPS][TOPK_MAX];
+    __shared__ int li[TOPK_WARPS][TOPK_MAX], lh[TOPK_WARPS];
+    const int row = blockIdx.x / parts, part = blockIdx.x % parts, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    pdl_wait();
+    int k = ks ? ks[row] : k_all;
+    if (k <= 0) return;
+    k = min(k, TOPK_MAX);
+    const float *l = logits + (size_t)row * n;
+    wlist w = {-INFINITY, -INFINITY, INT_MAX, INT_MAX, 0, -INFINITY, INT_MAX};
+    const int plen = (n + parts - 1) / parts, p0 = part * plen, p1 = min(n, p0 + plen);
+    const int per = (p1 - p0 + TOPK_WARPS - 1) / TOPK_WARPS, s0 = p0 + warp * per, s1 = min(p1, s0 + per);
+    /* four loads in flight a lane, then the four offers */
+    int base = s0;
+    for (; base + 128 <= s1; base += 128) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) v[u] = l[base + 32 * u + lane];
+#pragma unroll
+        for (int u = 0; u < 4; u++) offer(w, v[u], base + 32 * u + lane, k, lane);
+    }
+    for (; base < s1; base += 32) {
+        const int i = base + lane;
+        offer(w, i < s1 ? l[i] : -INFINITY, i, k, lane);
+    }
+    lv[warp][lane] = w.av;
+    li[warp][lane] = w.ai;
+    lv[warp][lane + 32] = w.bv;
+    li[warp][lane + 32] = w.bi;
+    if (lane == 0) lh[warp] = w.h;
+    __syncthreads();
+    if (warp != 0) return;
+    uint8_t *o = parts == 1 ? out + (size_t)row * stride : work + ((size_t)row * parts + part) * stride;
+    merge_write(lv, li, lh, TOPK_WARPS, k, o, lane);
+}
+
+/* The parts' candidate rows of each row (work) merged into its answer. */
+static __global__ void __launch_bounds__(32) topk_merge_kernel(const int32_t *ks, int k_all, uint8_t *out,
+                                                               size_t stride, int parts, const uint8_t *work)
+{
+    __shared__ float lv[TOPK_WARPS][TOPK_MAX];
+    __shared__ int li[TOPK_WARPS][TOPK_MAX], lh[TOPK_WARPS];
+    const int row = blockIdx.x, lane = threadIdx.x;
+    pdl_wait();
+    int k = ks ? ks[row] : k_all;
+    if (k <= 0) return;
+    k = min(k, TOPK_MAX);
+    for (int j = 0; j < parts; j++) {
+        const uint8_t *src = work + ((size_t)row * parts + j) * stride;
+        const int cnt = *(const int32_t *)src;
+        for (int e = lane; e < cnt; e += 32) {
+            li[j][e] = ((const int32_t *)(src + 4))[2 * e];
+            lv[j][e] = ((const float *)(src + 4))[2 * e + 1];
+        }
+        if (lane == 0) lh[j] = cnt;
+    }
+    __syncwarp();
+    merge_write(lv, li, lh, parts, k, out + (size_t)row * stride, lane);
+}
+
+template <typename... KArgs, typename... Args>
+static void launch(const apr_cu_ctx *c, void (*kernel)(KArgs...), unsigned grid, unsigned block, Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(block);
+    cfg.stream = c->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = c->pdl ? 1 : 0;
+    cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+extern "C" size_t apr_cu_topk_work_bytes(int nrows) { return (size_t)nrows * APR_CU_TOPK_PARTS * APR_CU_TOPK_STRIDE; }
+
+extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out,
+                           size_t stride, void *work, const apr_cu_ctx *c)
+{
+    if (n < 1 || nrows < 1 || stride < APR_CU_TOPK_STRIDE || stride % 4) return -1;
+    /* parts a row: about two blocks a multiprocessor in all (a 152k row in
+     * one block takes ~60 us on an H100, mostly load latency), each part
+     * still thousands of elements */
+    int parts = 1;
+    if (work) {
+        parts = 2 * apr_cu_sms() / nrows;
+        if (parts > APR_CU_TOPK_PARTS) parts = APR_CU_TOPK_PARTS;
+        if (parts > n / 4096) parts = n / 4096;
+        if (parts < 1) parts = 1;
+    }
+    launch(c, topk_kernel, (unsigned)(nrows * parts), TOPK_WARPS * 32, logits, n, ks, k_all, (uint8_t *)out, stride,
+           parts, (uint8_t *)work);
+    if (parts > 1)
+        launch(c, topk_merge_kernel, (unsigned)nrows, 32u, ks, k_all, (uint8_t *)out, stride, parts,
+               (const uint8_t *)work);
+    return 0;
+}
