@@ -26,6 +26,7 @@
  *   APR_CUDA_PDL=0      no programmatic dependent launch (default: in steps of up to 64
  *                       entries; 2: in the larger prefill steps too)
  *   APR_CUDA_PROFILE=1  per-kernel-class times of plain-launch steps, printed at close
+ *   APR_CUDA_PROFILE=2  GPU and wall time of graph steps per bucket, printed at close
  *   APR_CUDA_F16_ACC=1  attention with the CPU engine's F16 V accumulator (parity checks)
  *   APR_CUDA_FUSE=0     one-token steps as separate kernels too (norm/quantize before each
  *                       GEMV, bias + RoPE + KV append before attention); a mask of FUSE_*
@@ -39,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "cuda/cuda.h"
 #include "cuda/kernels.h"
@@ -76,6 +78,7 @@ struct apr_cuda_model {
     cudaStream_t stream;
     apr_cu_ctx cu;      /* the stream, and programmatic dependent launch on or off */
     uint8_t *d_weights; /* region 1 */
+    uint8_t *d_weights_ipc; /* an engine's: the holder's weights as imported (d_weights: its own copy, or this) */
     uint16_t *d_kv;     /* region 2: K [n_layer][n_seq][n_ctx][kv_dim], then V alike */
     uint8_t *d_scratch; /* region 3 */
     bool imported;      /* regions 1 and 2 are a holder's (CUDA IPC), not ours to free */
@@ -101,6 +104,12 @@ struct apr_cuda_model {
     /* APR_CUDA_PROFILE=1: events between the launches of plain (graph-less)
      * steps, summed per kernel class, printed at close */
     bool profile;
+    /* APR_CUDA_PROFILE=2: GPU time of each graph step (events around the
+     * launch) against its wall time, summed per bucket and printed at close:
+     * whether a step's time is the device's or the host's */
+    cudaEvent_t gev[2];
+    double g_gpu_ms[N_BUCKETS], g_wall_ms[N_BUCKETS];
+    long g_n[N_BUCKETS];
     cudaEvent_t *pev;
     uint8_t *pcls;
     int pn, pcap, psteps[2];
@@ -378,6 +387,12 @@ extern "C" void apr_cuda_close(apr_cuda_model *m)
     if (!m) return;
     if (m->stream) cudaStreamSynchronize(m->stream);
     if (m->profile) profile_print(m);
+    for (int i = 0; i < N_BUCKETS; i++)
+        if (m->g_n[i])
+            fprintf(stderr, "cuda: %ld graph steps of bucket %d: %.3f ms on the GPU, %.3f ms launch to synchronized\n",
+                    m->g_n[i], bucket_size[i], m->g_gpu_ms[i] / m->g_n[i], m->g_wall_ms[i] / m->g_n[i]);
+    if (m->gev[0]) cudaEventDestroy(m->gev[0]);
+    if (m->gev[1]) cudaEventDestroy(m->gev[1]);
     for (int i = 0; i < m->pcap; i++)
         if (m->pev[i]) cudaEventDestroy(m->pev[i]);
     free(m->pev);
@@ -385,7 +400,8 @@ extern "C" void apr_cuda_close(apr_cuda_model *m)
     for (int i = 0; i < N_BUCKETS; i++)
         if (m->graph[i]) cudaGraphExecDestroy(m->graph[i]);
     if (m->imported) {
-        if (m->d_weights) cudaIpcCloseMemHandle(m->d_weights);
+        if (m->d_weights != m->d_weights_ipc) cudaFree(m->d_weights);
+        if (m->d_weights_ipc) cudaIpcCloseMemHandle(m->d_weights_ipc);
         if (m->d_kv) cudaIpcCloseMemHandle(m->d_kv);
     } else {
         cudaFree(m->d_weights);
@@ -522,7 +538,29 @@ static int import_regions(apr_cuda_model *m, const char *path, const cuda_export
     if (cuda_fail(cudaIpcOpenMemHandle(&w, x->weights, cudaIpcMemLazyEnablePeerAccess),
                   "cudaIpcOpenMemHandle (weights)", err))
         return -1;
-    m->d_weights = (uint8_t *)w;
+    m->d_weights = m->d_weights_ipc = (uint8_t *)w;
+    /* Kernels read weights imported through CUDA IPC ~18% slower than
+     * weights of this process's own allocation (H100, 1.5B decode step 1.342
+     * against 1.138 ms on the GPU; the importer's mapping, not the bytes).
+     * Where the GPU has room for a second copy, the engine works from its
+     * own (a device-to-device copy: ~1 ms a GB, redone by every engine
+     * restart); the holder's stays the one that survives a crash.
+     * APR_CUDA_ENGINE_COPY=0 keeps the mapping. */
+    const char *cp = getenv("APR_CUDA_ENGINE_COPY");
+    size_t free_b = 0, total_b = 0;
+    void *own = NULL;
+    if (!(cp && !strcmp(cp, "0")) && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess &&
+        free_b > m->weights_bytes + m->scratch_bytes + HEADROOM && cudaMalloc(&own, m->weights_bytes) == cudaSuccess) {
+        if (cuda_fail(cudaMemcpy(own, w, m->weights_bytes, cudaMemcpyDeviceToDevice), "copying the weights", err)) {
+            cudaFree(own);
+            return -1;
+        }
+        m->d_weights = (uint8_t *)own;
+    }
+    cudaGetLastError(); /* a refused cudaMalloc leaves its error behind: the mapping serves */
+    fprintf(stderr, "cuda: engine reads %s (%.2f GB)\n",
+            own ? "its own copy of the weights" : "the holder's weights through CUDA IPC (no room for a copy)",
+            (double)m->weights_bytes / 1e9);
     if (cuda_fail(cudaIpcOpenMemHandle(&kv, x->kv, cudaIpcMemLazyEnablePeerAccess),
                   "cudaIpcOpenMemHandle (KV cache)", err))
         return -1;
@@ -643,6 +681,9 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
         m->use_graphs = !(g && !strcmp(g, "0"));
         const char *pr = getenv("APR_CUDA_PROFILE");
         m->profile = pr && !strcmp(pr, "1");
+        if (pr && !strcmp(pr, "2") &&
+            (cudaEventCreate(&m->gev[0]) != cudaSuccess || cudaEventCreate(&m->gev[1]) != cudaSuccess))
+            m->gev[0] = m->gev[1] = NULL;
         if (m->profile) m->use_graphs = false; /* events between kernels need plain launches */
         /* programmatic dependent launch: on unless "0" (1.5B decode +13%, H100,
          * same logits), but not in prefill steps of over 64 entries unless "2"
@@ -861,12 +902,26 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
             if (real && WANT(c0 + i) && !h[4 * CHUNK_CAP + i]) whole++;
         }
         if (get_graph(m, bi, err)) return -1;
+        struct timespec w0, w1;
+        if (m->gev[1]) {
+            clock_gettime(CLOCK_MONOTONIC, &w0);
+            cudaEventRecord(m->gev[0], s);
+        }
         if (cuda_fail(cudaGraphLaunch(m->graph[bi], s), "cudaGraphLaunch", err) ||
+            (m->gev[1] && cuda_fail(cudaEventRecord(m->gev[1], s), "cudaEventRecord", err)) ||
             (whole && cuda_fail(cudaMemcpyAsync(m->h_logits, m->logits, (size_t)nc * V * sizeof(float),
                                                 cudaMemcpyDeviceToHost, s),
                                 "cudaMemcpyAsync (logits)", err)) ||
             cuda_fail(cudaStreamSynchronize(s), "the forward pass", err))
             return -1;
+        if (m->gev[1]) {
+            float ms = 0;
+            clock_gettime(CLOCK_MONOTONIC, &w1);
+            cudaEventElapsedTime(&ms, m->gev[0], m->gev[1]);
+            m->g_gpu_ms[bi] += ms;
+            m->g_wall_ms[bi] += (double)(w1.tv_sec - w0.tv_sec) * 1e3 + (double)(w1.tv_nsec - w0.tv_nsec) / 1e6;
+            m->g_n[bi]++;
+        }
         for (int i = 0; i < nc; i++) {
             if (!WANT(c0 + i)) continue;
             uint8_t *dst = (uint8_t *)(logits + (size_t)(*out_row)++ * V);
