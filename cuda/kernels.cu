@@ -897,27 +897,26 @@ static __device__ __forceinline__ void gemv_group(const gemv_params &p, const ac
     }
 }
 
-/* ------------------------------------------------ the one-token GEMV */
+/* ------------------------------------- the GEMV of decode-sized batches */
 /* Decode reads every weight once and does little else with it, so what
  * counts is how many weight loads are in flight across the GPU. A block of
- * GEMV_WARPS warps takes GEMV_WARPS / WPR rows; the WPR warps of a row split
- * its chunks (lane l of slice s: chunks 32 s + l, then every 32 WPR), so the
- * long rows (8960, 18944 weights) still give every multiprocessor several
- * blocks instead of a warp walking 280 chunks alone (the 1.5B's down: 96
- * blocks for 132 multiprocessors, 0.66 TB/s under ncu). WAIT: the first
- * round of weight loads is issued before griddepcontrol.wait, since weights
- * do not depend on the previous kernel; under programmatic dependent launch
- * they are in flight while it finishes (the small q/k/v and o products are
- * then mostly loaded before their input exists). With WPR = 1 a lane sums
- * the same chunks in the same order as apr_cu_gemv's NT = 1 path. */
-template <class K, int U, int WPR, bool SWIGLU, bool WAIT>
-static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, int r, int slice, int lane,
-                                                 float (&acc)[2][1])
+ * GEMV_WARPS warps takes GEMV_WARPS / WPR rows for a tile of NT tokens; the
+ * WPR warps of a row split its chunks (lane l of slice s: chunks 32 s + l,
+ * then every 32 WPR), so the long rows (8960, 18944 weights) still give every
+ * multiprocessor several blocks instead of a warp walking 280 chunks alone
+ * (the 1.5B's down: 96 blocks for 132 multiprocessors, 0.66 TB/s under ncu).
+ * WAIT: the first round of weight loads is issued before
+ * griddepcontrol.wait, since weights do not depend on the previous kernel;
+ * under programmatic dependent launch they are in flight while it finishes
+ * (the small q/k/v and o products are then mostly loaded before their input
+ * exists). */
+template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT>
+static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, int r, const int (&tt)[NT],
+                                                 int slice, int lane, float (&acc)[2][NT])
 {
     constexpr int STEP = 32 * WPR;
     const int nch = K::chunks(s.n_in);
     const size_t nbt = K::blocks(s.n_in, s.n_out);
-    const int tt[1] = {0};
     typename K::W x[U], y[U];
     for (int c0 = slice * 32 + lane, round = 0;; round++) {
 #pragma unroll
@@ -930,62 +929,85 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
 #pragma unroll
         for (int u = 0; u < U; u++)
             if (c0 + STEP * u < nch) {
-                K::template dot<1>(x[u], c0 + STEP * u, a, tt, acc[0]);
-                if (SWIGLU) K::template dot<1>(y[u], c0 + STEP * u, a, tt, acc[1]);
+                K::template dot<NT>(x[u], c0 + STEP * u, a, tt, acc[0]);
+                if (SWIGLU) K::template dot<NT>(y[u], c0 + STEP * u, a, tt, acc[1]);
             }
         c0 += STEP * U;
         if (c0 >= nch) break;
     }
 }
 
-/* Row g (over all segments) of this block: its sums reduced across the WPR
- * slices in a fixed order, the epilogue written by the row's first lane.
- * Every thread of the block calls it (it may synchronize). */
-template <int U, int WPR, bool SWIGLU, bool WAIT>
+/* Row g (over all segments) of this block for the tile of NT tokens from
+ * blockIdx.y * NT: its sums reduced across the WPR slices in a fixed order,
+ * the epilogue written by the row's first lane. Every thread of the block
+ * calls it (it may synchronize). A token's sums do not depend on NT (each
+ * lane takes the same chunks in the same order for every token of the tile),
+ * so a sequence's logits are the same bits whatever else shares its step. */
+template <int U, int WPR, int NT, bool SWIGLU, bool WAIT>
 static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const act_dev &a, int g)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
     const seg_dev &s = seg_of(p, min(g, p.rows - 1));
     const int r = min(g, p.rows - 1) - s.row0;
-    float acc[2][1] = {{0.f}, {0.f}};
-    switch (s.type) { /* uniform across the warps of a row */
-    case APR_TYPE_Q4_K: gemv1_row<K_Q4_K, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
-    case APR_TYPE_Q6_K: gemv1_row<K_Q6_K, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
-    case APR_TYPE_Q5_0: gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
-    case APR_TYPE_Q4_0: gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
-    case APR_TYPE_Q8_0: gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, SWIGLU, WAIT>(s, a, r, slice, lane, acc); break;
-    }
-    float v = warp_sum(acc[0][0]), u = SWIGLU ? warp_sum(acc[1][0]) : 0.f;
-    if (WPR > 1) {
-        __shared__ float part[GEMV_WARPS][2];
-        if (lane == 0) {
-            part[warp][0] = v;
-            part[warp][1] = u;
-        }
-        __syncthreads();
-        if (slice == 0) {
-            v = 0.f;
-            u = 0.f;
+    const int t0 = blockIdx.y * NT, nt = min(NT, p.ntok - t0);
+    int tt[NT];
 #pragma unroll
-            for (int i = 0; i < WPR; i++) {
-                v += part[warp + i][0];
-                u += part[warp + i][1];
+    for (int t = 0; t < NT; t++) tt[t] = min(t0 + t, p.ntok - 1); /* past the batch: throwaway sums */
+    float acc[2][NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = 0.f;
+    switch (s.type) { /* uniform across the warps of a row */
+    case APR_TYPE_Q4_K: gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
+    case APR_TYPE_Q6_K: gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
+    case APR_TYPE_Q5_0: gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
+    case APR_TYPE_Q4_0: gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
+    case APR_TYPE_Q8_0: gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
+    }
+    float v[NT], u[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        v[t] = warp_sum(acc[0][t]);
+        u[t] = SWIGLU ? warp_sum(acc[1][t]) : 0.f;
+    }
+    if (WPR > 1) {
+        __shared__ float part[GEMV_WARPS][2][NT];
+        if (lane == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                part[warp][0][t] = v[t];
+                part[warp][1][t] = u[t];
             }
-        }
+        __syncthreads();
+        if (slice == 0)
+#pragma unroll
+            for (int t = 0; t < NT; t++) {
+                v[t] = 0.f;
+                u[t] = 0.f;
+#pragma unroll
+                for (int i = 0; i < WPR; i++) {
+                    v[t] += part[warp + i][0][t];
+                    u[t] += part[warp + i][1][t];
+                }
+            }
         __syncthreads(); /* the fused kernel's blocks come back for more rows */
         if (slice != 0) return;
     }
     if (lane != 0 || g >= p.rows) return;
-    float *o = s.out + r;
-    if (SWIGLU) *o = v / (1.0f + expf(-v)) * u;
-    else if (s.mode == APR_CU_ADD) *o += v;
-    else *o = v;
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t >= nt) break;
+        float *o = s.out + (size_t)(t0 + t) * s.ldo + r;
+        if (SWIGLU) *o = v[t] / (1.0f + expf(-v[t])) * u[t];
+        else if (s.mode == APR_CU_ADD) *o += v[t];
+        else *o = v[t];
+    }
 }
 
-template <int U, int WPR, bool SWIGLU>
-static __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) gemv1_kernel(const __grid_constant__ gemv_params p)
+/* grid.x: blocks of GEMV_WARPS / WPR rows; grid.y: tiles of NT tokens. */
+template <int U, int WPR, int NT, bool SWIGLU>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, NT >= 4 ? 2 : 3) gemv1_kernel(const __grid_constant__ gemv_params p)
 {
-    gemv1_block<U, WPR, SWIGLU, true>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
+    gemv1_block<U, WPR, NT, SWIGLU, true>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
 
 /* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200):
@@ -1041,7 +1063,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_pro_kernel(con
     act_dev a = p.a;
     quantize_block(p.pro, pro_smem, a); /* waits for the previous kernel (griddep) itself */
     __syncthreads();
-    for (int b = blockIdx.x; b < nblk; b += gridDim.x) gemv1_block<2, WPR, SWIGLU, false>(p, a, b * per_block + warp / WPR);
+    for (int b = blockIdx.x; b < nblk; b += gridDim.x) gemv1_block<2, WPR, 1, SWIGLU, false>(p, a, b * per_block + warp / WPR);
 }
 
 /* Checks the segments and fills p (per_group: rows a warp writes); -1 on a bad argument. */
@@ -1076,8 +1098,9 @@ static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
     return m;
 }
 
-/* APR_CUDA_GEMV1=0 (read by apr_cu_init): one-token products on the general
- * kernel instead, to measure what this one buys. */
+/* APR_CUDA_GEMV1=0 (read by apr_cu_init): quantized products on the older
+ * kernel (warp a row, token tiles in grid.x) instead, to measure what this
+ * one buys. */
 static int gemv1_on = 1;
 /* apr_cu_gemv1_force: chunks a lane loads at once (1, 2) and warps a row (1,
  * 2, 4, 8) instead of gemv1's choice; 0: its choice. */
@@ -1091,7 +1114,7 @@ extern "C" void apr_cu_gemv1_force(int u, int wpr)
 
 /* The one-token product for quantized weights; 1 where a segment's type has
  * no such path (F32, F16: apr_cu_gemv's general kernel takes it). */
-static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, const apr_cu_ctx *c)
+static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
 {
     int nch = 0;
     for (int i = 0; i < n_seg; i++) {
@@ -1100,7 +1123,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, con
         nch = max(nch, chunks_of(t, seg[i].w.n_in));
     }
     gemv_params p = {};
-    if (gemv_setup(seg, n_seg, 1, a->ld, a->qk != NULL, 1, p)) return -1;
+    if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
     p.a.f = a->f;
     p.a.qk = a->qk;
     p.a.dsk = (const float2 *)a->dsk;
@@ -1109,23 +1132,37 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, con
     p.a.ld = a->ld;
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
     /* one chunk a lane where that covers the row (a second would be a
-     * clamped, wasted load: 1.5B q/k/v 3.2 -> 1.9 us, 0.5B 1.6 -> 1.4) */
-    const int wpr = gemv1_w ? gemv1_w : gemv1_wpr(nch, p.rows), u = gemv1_u ? gemv1_u : nch <= 32 * wpr ? 1 : 2;
-    const int per_block = GEMV_WARPS / wpr;
-    const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block)), block(GEMV_WARPS * 32);
-#define GEMV1(U, WPR)                                                                           \
+     * clamped, wasted load: 1.5B q/k/v 3.2 -> 1.9 us, 0.5B 1.6 -> 1.4); the
+     * forced shapes of 4 and 8 warps a row exist for one-token tiles only */
+    int wpr = gemv1_w ? gemv1_w : gemv1_wpr(nch, p.rows);
+    if (ntok > 1 && wpr > 2) wpr = 2;
+    const int u = gemv1_u ? gemv1_u : nch <= 32 * wpr ? 1 : 2;
+    /* tiles of up to 8 tokens: 16 (one pass over the weights for a bucket of
+     * 16) measured 2.5x slower on the H100 (128 registers, half the blocks) */
+    const int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8, per_block = GEMV_WARPS / wpr;
+    const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt));
+    const dim3 block(GEMV_WARPS * 32);
+#define GEMV1(U, WPR, NT)                                                                       \
     do {                                                                                        \
-        if (swiglu) launch(c, gemv1_kernel<U, WPR, true>, grid, block, p);                     \
-        else launch(c, gemv1_kernel<U, WPR, false>, grid, block, p);                           \
+        if (swiglu) launch(c, gemv1_kernel<U, WPR, NT, true>, grid, block, p);                 \
+        else launch(c, gemv1_kernel<U, WPR, NT, false>, grid, block, p);                       \
     } while (0)
-#define GEMV1_W(U)                       \
-    do {                                 \
-        switch (wpr) {                   \
-        case 1: GEMV1(U, 1); break;      \
-        case 2: GEMV1(U, 2); break;      \
-        case 4: GEMV1(U, 4); break;      \
-        default: GEMV1(U, 8); break;     \
-        }                                \
+#define GEMV1_W(U)                                                   \
+    do {                                                             \
+        if (nt == 1) {                                               \
+            switch (wpr) {                                           \
+            case 1: GEMV1(U, 1, 1); break;                           \
+            case 2: GEMV1(U, 2, 1); break;                           \
+            case 4: GEMV1(U, 4, 1); break;                           \
+            default: GEMV1(U, 8, 1); break;                          \
+            }                                                        \
+        } else if (nt == 2) {                                        \
+            if (wpr == 1) GEMV1(U, 1, 2); else GEMV1(U, 2, 2);       \
+        } else if (nt == 4) {                                        \
+            if (wpr == 1) GEMV1(U, 1, 4); else GEMV1(U, 2, 4);       \
+        } else {                                                     \
+            if (wpr == 1) GEMV1(U, 1, 8); else GEMV1(U, 2, 8);       \
+        }                                                            \
     } while (0)
     if (u == 1) GEMV1_W(1);
     else GEMV1_W(2);
@@ -1138,10 +1175,11 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
 {
     if (n_seg < 1) return -1;
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
-    /* decode: 2 rows a warp, 2 chunks of each in flight, 4 when rows are long
-     * (over 2048 weights: more than 64 chunks of 32) */
-    if (ntok == 1 && gemv1_on) {
-        const int rc = gemv1(seg, n_seg, a, c);
+    /* F32/F16 (and everything with APR_CUDA_GEMV1=0): 2 rows a warp in
+     * decode, 2 chunks of each in flight, 4 when rows are long (over 2048
+     * weights: more than 64 chunks of 32) */
+    if (gemv1_on) {
+        const int rc = gemv1(seg, n_seg, a, ntok, c);
         if (rc <= 0) return rc;
     }
     const int per_group = swiglu ? 1 : ntok == 1 ? 2 : 1; /* rows a warp writes */
@@ -1263,6 +1301,25 @@ extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const ap
 
 /* ------------------------------------------- bias + RoPE + KV append */
 
+/* One RoPE rotation, written out so that both paths (qkv_post_kernel for
+ * steps of several entries, rope_decode inside one-token attention) round
+ * exactly alike: the compiler may not contract these into different fused
+ * multiply-adds, so a sequence's keys, and its tokens, do not depend on
+ * whether its step had company. */
+static __device__ __forceinline__ float rope_theta(int p, int i, float theta_scale)
+{
+    float theta = (float)p;
+    for (int k = 0; k < i; k++) theta = __fmul_rn(theta, theta_scale);
+    return theta;
+}
+
+static __device__ __forceinline__ void rope_rotate(float x0, float x1, float theta, float &y0, float &y1)
+{
+    const float c = cosf(theta), s = sinf(theta);
+    y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
+    y1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+}
+
 static __global__ void qkv_post_kernel(float *qkv, int ld, const float *bq, const float *bk, const float *bv,
                                        const int32_t *pos, const int32_t *seq, apr_cu_attn_shape sh,
                                        uint16_t *kc, uint16_t *vc)
@@ -1282,13 +1339,8 @@ static __global__ void qkv_post_kernel(float *qkv, int ld, const float *bq, cons
     for (int pi = threadIdx.x; pi < pairs; pi += blockDim.x) {
         const int h = pi / half, i = pi % half;
         float *v = row + (size_t)h * hd; /* k heads follow the q heads */
-        float theta = (float)p;
-        for (int k = 0; k < i; k++) theta *= sh.theta_scale;
-        const float c = cosf(theta), s = sinf(theta);
         const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
-        const float x0 = v[ia], x1 = v[ib];
-        v[ia] = x0 * c - x1 * s;
-        v[ib] = x0 * s + x1 * c;
+        rope_rotate(v[ia], v[ib], rope_theta(p, i, sh.theta_scale), v[ia], v[ib]);
     }
     __syncthreads();
     const size_t off = (size_t)sq * sh.seq_stride + (size_t)p * kv_dim;
@@ -1376,13 +1428,8 @@ static __device__ __forceinline__ void rope_decode(const float *row, const apr_c
     }
     for (int j = tid; j < 2 * half; j += blockDim.x) {
         const int which = j / half, i = j % half;
-        float theta = (float)p;
-        for (int k = 0; k < i; k++) theta *= sh.theta_scale;
-        const float c = cosf(theta), s = sinf(theta);
         const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
-        const float x0 = raw[which][ia], x1 = raw[which][ib];
-        rot[which][ia] = x0 * c - x1 * s;
-        rot[which][ib] = x0 * s + x1 * c;
+        rope_rotate(raw[which][ia], raw[which][ib], rope_theta(p, i, sh.theta_scale), rot[which][ia], rot[which][ib]);
     }
     __syncthreads();
     const bool writer = h % (sh.n_head / sh.n_head_kv) == 0;

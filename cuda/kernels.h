@@ -129,8 +129,12 @@ int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int n
  * and there are APR_CU_MMA_ALL_TOK tokens or more, or APR_CU_MMA_MIN_TOK or
  * more and the product is wide (APR_CU_MMA_WIDE_ROWS output rows, SwiGLU's
  * counted twice); apr_cu_gemv otherwise (decode, small batches), and always
- * when the environment has APR_CUDA_MMA=0. */
-#define APR_CU_MMA_MIN_TOK 16
+ * when the environment has APR_CUDA_MMA=0. The tensor cores' sums round
+ * differently from the GEMV's, which give a token the same bits in any batch
+ * they take: MIN_TOK 17 keeps steps of up to 16 entries (the graph buckets
+ * up to 16, which pad the batch) on the GEMV, so that a sequence decoding
+ * beside a few others or a short prompt gets the tokens it would get alone. */
+#define APR_CU_MMA_MIN_TOK 17
 #define APR_CU_MMA_ALL_TOK 64
 #define APR_CU_MMA_WIDE_ROWS 4096
 int apr_cu_matmul(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);

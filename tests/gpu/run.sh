@@ -248,15 +248,21 @@ engine_of() { grep -l "^PPid:[[:space:]]*$1\$" /proc/[0-9]*/status 2>/dev/null |
 
 PROMPTS="Once upon a time|The quick brown fox|def fibonacci(n):|Write a haiku about GPUs.|In the beginning|import numpy as np|Dear diary, today|The capital of France is"
 NTOK=256
-# streams NAME: 8 greedy streams of NTOK tokens at once through apr-coord;
-# their token ids to $LOG/NAME-i.tok. Fails when one failed, or its token
-# indices are not 0, 1, 2 ... (a lost or repeated token).
+# streams NAME: 8 greedy streams of NTOK tokens through apr-coord, started
+# 10 ms apart; their token ids to $LOG/NAME-i.tok. Fails when one failed, or
+# its token indices are not 0, 1, 2 ... (a lost or repeated token). Why
+# apart: each prompt then gets a step of its own. A step of more than 16
+# entries runs its wide products on the tensor cores, whose sums round
+# differently from the GEMV's (steps of up to 16 are the same bits whatever
+# their size), so 8 prompts arriving together would make a stream's tokens
+# depend on the clients' timing rather than on the faults.
 streams() {
     st_pids=""
     for st_i in 1 2 3 4 5 6 7 8; do
         "$APR" generate --endpoint "$EP" -p "$(echo "$PROMPTS" | cut -d'|' -f$st_i)" -n $NTOK --temperature 0 \
             --json --timeout 60 >"$LOG/$1-$st_i.json" 2>"$LOG/$1-$st_i.err" &
         st_pids="$st_pids $!"
+        sleep 0.01
     done
     st_bad=0
     for st_p in $st_pids; do wait "$st_p" || st_bad=$((st_bad + 1)); done
@@ -268,9 +274,14 @@ streams() {
     [ $st_bad -eq 0 ] || echo "$1: $st_bad streams failed or lost/repeated a token"
     return $st_bad
 }
-same() { # A B: how many of the 8 streams of B equal A's
+same() { # A B: how many of the 8 streams of B equal A's (where the others first differ: $LOG/B.diff)
     sm_n=0
-    for sm_i in 1 2 3 4 5 6 7 8; do cmp -s "$LOG/$1-$sm_i.tok" "$LOG/$2-$sm_i.tok" && sm_n=$((sm_n + 1)); done
+    : >"$LOG/$2.diff"
+    for sm_i in 1 2 3 4 5 6 7 8; do
+        if cmp -s "$LOG/$1-$sm_i.tok" "$LOG/$2-$sm_i.tok"; then sm_n=$((sm_n + 1))
+        else echo "stream $sm_i first differs at token $(cmp "$LOG/$1-$sm_i.tok" "$LOG/$2-$sm_i.tok" 2>&1 |
+            sed -n 's/.*line \([0-9]*\).*/\1/p')" >>"$LOG/$2.diff"; fi
+    done
     echo $sm_n
 }
 # fault SIGNAL NAME: the streams of NAME, with SIGNAL sent to the engine once
@@ -294,7 +305,9 @@ fault() {
     fa_same=$(same serve-ref "$2")
     if [ ! -f "$LOG/$2.killed" ]; then r="FAIL engine $1: the signal was not sent"; fails=$((fails + 1))
     elif [ "$fa_new" = "$fa_engine" ] || [ -z "$fa_new" ]; then r="FAIL engine $1: no new engine"; fails=$((fails + 1))
-    elif [ "$fa_same" -ne 8 ]; then r="FAIL engine $1: $fa_same/8 streams equal the fault-free run"; fails=$((fails + 1))
+    elif [ "$fa_same" -ne 8 ]; then
+        r="FAIL engine $1: $fa_same/8 streams equal the fault-free run ($(paste -sd';' "$LOG/$2.diff"))"
+        fails=$((fails + 1))
     else r="ok engine $1 mid-stream: 8/8 streams equal the fault-free run, serving again in $fa_ms ms"; fi
     echo "$r (engine $fa_engine -> $fa_new)"
     echo "parity  $r" >>"$TABLE"

@@ -336,6 +336,68 @@ static void test_mma_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
     test_product(r, apr_cu_mma, "mma ", type, n_in, n_out, ntok);
 }
 
+/* A token's products must be the same bits whether it runs alone or in a
+ * batch of any size up to the tensor-core threshold: a sequence's greedy
+ * tokens then do not depend on what shares its steps (the engine-restart
+ * tests compare whole streams token for token). */
+static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_out, int mode)
+{
+    const int ntoks[] = {2, 3, 5, 8, 13, APR_CU_MMA_MIN_TOK - 1};
+    const int T = APR_CU_MMA_MIN_TOK - 1;
+    float *x = malloc(sizeof(float) * (size_t)n_in * T);
+    fill_acts(r, x, (size_t)n_in * T);
+    uint8_t *w = malloc(apr_cu_weight_bytes(type, n_in, n_out)), *w2 = malloc(apr_cu_weight_bytes(type, n_in, n_out));
+    fill_rows(r, type, w, n_in, n_out);
+    fill_rows(r, type, w2, n_in, n_out);
+    apr_cu_weight dw = weight_upload(type, n_in, n_out, w), dw2 = weight_upload(type, n_in, n_out, w2);
+    float *dx = dev_upload(x, sizeof(float) * (size_t)n_in * T), *dout = NULL, *done = NULL;
+    CK(cudaMalloc((void **)&dout, sizeof(float) * (size_t)n_out * T));
+    CK(cudaMalloc((void **)&done, sizeof(float) * (size_t)n_out * T));
+    apr_cu_act a = act_alloc(T, n_in);
+    apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, T, &a, &cu0);
+    const apr_cu_weight none = {NULL, 0, 0, 0};
+    /* each token alone (ADD starts from zeros, as in the batched runs) */
+    CK(cudaMemset(done, 0, sizeof(float) * (size_t)n_out * T));
+    for (int t = 0; t < T; t++) {
+        apr_cu_act at = a;
+        at.f += (size_t)t * n_in;
+        at.qk += (size_t)t * n_in;
+        at.q0 += (size_t)t * n_in;
+        at.dsk += (size_t)t * (n_in / 32) * 2;
+        at.ds0 += (size_t)t * (n_in / 32) * 2;
+        apr_cu_gemv_seg g = {dw, mode == APR_CU_SWIGLU ? dw2 : none, done + (size_t)t * n_out, n_out, mode};
+        if (apr_cu_matmul(&g, 1, &at, 1, &cu0)) failures++;
+    }
+    float *one = malloc(sizeof(float) * (size_t)n_out * T), *got = malloc(sizeof(float) * (size_t)n_out * T);
+    CK_LAUNCH();
+    CK(cudaMemcpy(one, done, sizeof(float) * (size_t)n_out * T, cudaMemcpyDeviceToHost));
+    int bad = 0;
+    for (size_t ni = 0; ni < sizeof ntoks / sizeof ntoks[0]; ni++) {
+        const int n = ntoks[ni];
+        CK(cudaMemset(dout, 0, sizeof(float) * (size_t)n_out * T));
+        apr_cu_gemv_seg g = {dw, mode == APR_CU_SWIGLU ? dw2 : none, dout, n_out, mode};
+        if (apr_cu_matmul(&g, 1, &a, n, &cu0)) failures++; /* as the forward pass routes it */
+        CK_LAUNCH();
+        CK(cudaMemcpy(got, dout, sizeof(float) * (size_t)n_out * n, cudaMemcpyDeviceToHost));
+        if (memcmp(got, one, sizeof(float) * (size_t)n_out * n)) bad++;
+    }
+    printf("%-4s matmul %-4s %5d x %-5d %-6s: batches of 2..%d tokens equal one token at a time, bit for bit%s\n",
+           bad ? "FAIL" : "ok", apr_type_get(type)->name, n_in, n_out,
+           mode == APR_CU_SWIGLU ? "swiglu" : mode == APR_CU_ADD ? "add" : "store", T, bad ? " (differ)" : "");
+    if (bad) failures++;
+    act_free(&a);
+    cudaFree((void *)dw.data);
+    cudaFree((void *)dw2.data);
+    cudaFree(dx);
+    cudaFree(dout);
+    cudaFree(done);
+    free(x);
+    free(w);
+    free(w2);
+    free(one);
+    free(got);
+}
+
 /* q, k, v of mixed types in one launch, into one strided row (as the forward pass does). */
 static void test_segments(rng *r, product_fn fn, const char *name, const uint32_t types[3], int ntok)
 {
@@ -787,6 +849,83 @@ static void test_topk(rng *r)
     }
 }
 
+/* A one-token step through the fused path (bias + RoPE + KV append inside
+ * attention) must give the same bits, output and cache, as the two-kernel
+ * path that steps of several entries take: otherwise a sequence's tokens
+ * would depend on whether its steps had company. */
+static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias)
+{
+    const int n_ctx = 64, P = 37, steps = 5, kv_dim = n_head_kv * hd, q_dim = n_head * hd, ld = q_dim + 2 * kv_dim;
+    apr_cu_attn_shape sh = {n_head, n_head_kv, hd, hd, neox ? 1 : 0, powf(10000.0f, -2.0f / (float)hd),
+                            (size_t)n_ctx * kv_dim, 0};
+    const size_t cache = (size_t)n_ctx * kv_dim * 2;
+    uint16_t *ka, *va, *kb, *vb;
+    CK(cudaMalloc((void **)&ka, cache));
+    CK(cudaMalloc((void **)&va, cache));
+    CK(cudaMalloc((void **)&kb, cache));
+    CK(cudaMalloc((void **)&vb, cache));
+    float *b = malloc(sizeof(float) * ld), *qkv = malloc(sizeof(float) * ld * P);
+    for (int i = 0; i < ld; i++) b[i] = bias ? 0.5f * rng_unif(r) : 0.f;
+    float *db = dev_upload(b, sizeof(float) * ld);
+    const float *dbq = bias ? db : NULL, *dbk = bias ? db + q_dim : NULL, *dbv = bias ? db + q_dim + kv_dim : NULL;
+    int32_t pos[P], seq[P];
+    for (int i = 0; i < P; i++) pos[i] = i, seq[i] = 0;
+    for (int i = 0; i < ld * P; i++) qkv[i] = rng_unif(r) * 2;
+    float *dq = dev_upload(qkv, sizeof(float) * ld * P), *dq2 = NULL, *oa = NULL, *ob = NULL;
+    int32_t *dpos = dev_upload(pos, sizeof pos), *dseq = dev_upload(seq, sizeof seq);
+    CK(cudaMalloc((void **)&dq2, sizeof(float) * ld));
+    CK(cudaMalloc((void **)&oa, sizeof(float) * q_dim * P));
+    CK(cudaMalloc((void **)&ob, sizeof(float) * q_dim));
+    CK(cudaMemset(ka, 0, cache));
+    CK(cudaMemset(va, 0, cache));
+    apr_cu_qkv_post(dq, ld, dbq, dbk, dbv, dpos, dseq, P, &sh, ka, va, &cu0); /* a prompt of P tokens */
+    CK_LAUNCH();
+    CK(cudaMemcpy(kb, ka, cache, cudaMemcpyDeviceToDevice));
+    CK(cudaMemcpy(vb, va, cache, cudaMemcpyDeviceToDevice));
+    int bad = 0;
+    float *ga = malloc(sizeof(float) * q_dim), *gb = malloc(sizeof(float) * q_dim);
+    uint16_t *ca = malloc(cache), *cb = malloc(cache);
+    for (int st = 0; st < steps; st++) {
+        const int32_t p1 = P - steps + st; /* positions P-5.. rewritten: the caches stay comparable */
+        for (int i = 0; i < ld; i++) qkv[i] = rng_unif(r) * 2;
+        CK(cudaMemcpy(dq, qkv, sizeof(float) * ld, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dq2, qkv, sizeof(float) * ld, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dpos, &p1, sizeof p1, cudaMemcpyHostToDevice));
+        if (apr_cu_attention_rope(dq, ld, dbq, dbk, dbv, dpos, dseq, &sh, ka, va, oa, q_dim, &cu0)) failures++;
+        apr_cu_qkv_post(dq2, ld, dbq, dbk, dbv, dpos, dseq, 1, &sh, kb, vb, &cu0);
+        if (apr_cu_attention(dq2, ld, kb, vb, dpos, dseq, 1, &sh, ob, q_dim, &cu0)) failures++;
+        CK_LAUNCH();
+        CK(cudaMemcpy(ga, oa, sizeof(float) * q_dim, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(gb, ob, sizeof(float) * q_dim, cudaMemcpyDeviceToHost));
+        if (memcmp(ga, gb, sizeof(float) * q_dim)) bad++;
+        for (int kvv = 0; kvv < 2; kvv++) {
+            CK(cudaMemcpy(ca, kvv ? va : ka, cache, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(cb, kvv ? vb : kb, cache, cudaMemcpyDeviceToHost));
+            if (memcmp(ca, cb, cache)) bad++;
+        }
+    }
+    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-4s: one-token fused path equals the two-kernel path, bit for bit\n",
+           bad ? "FAIL" : "ok", n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "");
+    if (bad) failures++;
+    cudaFree(ka);
+    cudaFree(va);
+    cudaFree(kb);
+    cudaFree(vb);
+    cudaFree(db);
+    cudaFree(dq);
+    cudaFree(dq2);
+    cudaFree(oa);
+    cudaFree(ob);
+    cudaFree(dpos);
+    cudaFree(dseq);
+    free(b);
+    free(qkv);
+    free(ga);
+    free(gb);
+    free(ca);
+    free(cb);
+}
+
 /* ---------------------------------------------- tensor-core benchmark */
 
 /* Median of 9 timed launches (after 2 untimed), in ms. */
@@ -1055,15 +1194,17 @@ static int batched_bench(const char *path, int steps)
 {
     const int sizes[] = {1, 8, 16, 32, 64}, P = 4;
     /* cand 0: every entry's whole row (39 MB a step at 64); 1: candidate rows
-     * of 40, as apr-coord asks for top-k sampling (picked on the GPU); 2: one
-     * stream in a cache sized as apr-worker's defaults (16 sequences of 4096) */
-    for (int cand = 0; cand < 3; cand++)
-    for (size_t si = 0; si < (cand == 2 ? 1 : sizeof sizes / sizeof sizes[0]); si++) {
+     * of 40, as apr-coord asks for top-k sampling (picked on the GPU); 2-4: one
+     * stream in caches of other shapes: apr-worker's defaults (16 sequences
+     * of 4096), one sequence as long (the same layer stride), 16 short ones */
+    const int cache_seq[3] = {16, 1, 16}, cache_ctx[3] = {4096, 65536, 256};
+    for (int cand = 0; cand < 5; cand++)
+    for (size_t si = 0; si < (cand >= 2 ? 1 : sizeof sizes / sizeof sizes[0]); si++) {
         const int S = sizes[si];
         char err[APR_ERRLEN];
         apr_backend_opts o = {0};
-        o.n_ctx = cand == 2 ? 4096 : P + steps + 8;
-        o.n_seq = cand == 2 ? 16 : S;
+        o.n_ctx = cand >= 2 ? cache_ctx[cand - 2] : P + steps + 8;
+        o.n_seq = cand >= 2 ? cache_seq[cand - 2] : S;
         apr_cuda_model *m = apr_cuda_open(path, &o, err);
         if (!m) {
             fprintf(stderr, "batched: %s\n", err);
@@ -1098,9 +1239,13 @@ static int batched_bench(const char *path, int steps)
         }
         const double dt = now_s() - t0;
         if (rc) fprintf(stderr, "batched: %s\n", err);
-        else printf("batched decode%s: %2d streams x %d steps: %8.1f tok/s total, %.3f ms a step\n",
-                    cand == 2 ? ", cache of 16 x 4096" : cand ? ", candidate rows of 40" : "", S, steps,
-                    S * steps / dt, dt * 1e3 / steps);
+        else {
+            char what[64] = "";
+            if (cand == 1) snprintf(what, sizeof what, ", candidate rows of 40");
+            if (cand >= 2) snprintf(what, sizeof what, ", cache of %d x %d", o.n_seq, o.n_ctx);
+            printf("batched decode%s: %2d streams x %d steps: %8.1f tok/s total, %.3f ms a step\n", what, S, steps,
+                   S * steps / dt, dt * 1e3 / steps);
+        }
         apr_cuda_close(m);
         free(tok);
         free(pos);
@@ -1161,6 +1306,13 @@ int main(int argc, char **argv)
     test_get_rows(&r, APR_TYPE_F16, 172, 10);
     test_gemv_segments(&r, 1);
     test_gemv_segments(&r, 11);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 67, APR_CU_STORE);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 40, APR_CU_SWIGLU);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 8960, 40, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 8960, 33, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q8_0, 4864, 29, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 896, 45, APR_CU_STORE);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 4100, APR_CU_SWIGLU); /* wide: routed by batch size */
     test_topk(&r);
 
     /* tensor-core products: every type, odd row counts, token counts 16..512,
@@ -1204,6 +1356,10 @@ int main(int argc, char **argv)
         test_attention(&r, 4, 4, 256, true, false, false, fused);
         test_attention(&r, 6, 2, 40, false, true, false, fused);
     }
+    test_attention_paths_agree(&r, 12, 2, 128, true, true); /* qwen2.5-1.5b */
+    test_attention_paths_agree(&r, 14, 2, 64, true, true);  /* qwen2.5-0.5b */
+    test_attention_paths_agree(&r, 8, 4, 8, false, false);  /* stories260K */
+    test_attention_paths_agree(&r, 4, 4, 256, true, false);
     test_attention(&r, 12, 2, 128, true, true, true, false);
     test_attention(&r, 8, 4, 8, false, false, true, false);
     test_fused_all(&r);
