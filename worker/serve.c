@@ -200,9 +200,10 @@ typedef struct {
     apr_shm logits;
     int n_vocab, n_seq;
     /* max_logits * n_vocab floats of this process's own: where a step that
-     * asks for candidate rows has the backend write its logits, so that the
-     * rows stay in this core's cache while the candidates are picked and
-     * only those cross to the coordinator (proto.h, "candidate rows") */
+     * asks for candidate rows has the backend write its output (the CPU
+     * backend picks them from rows that stay in this core's cache, the CUDA
+     * backend on the GPU), so that only the candidates cross to the
+     * coordinator (proto.h, "candidate rows") */
     float *scratch;
     /* an engine's: the block shared with its holder, and its liveness
      * (alive points at live once its thread runs) */
