@@ -377,6 +377,12 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     CARVE(m->d_batch, int32_t, BATCH_ROWS * C);
     CARVE(m->d_cands, uint8_t, (size_t)LOGIT_ROWS * CAND_STRIDE);
     CARVE(m->d_cand_work, uint8_t, apr_cu_topk_work_bytes(LOGIT_ROWS));
+    /* partial sums of products split across blocks (batched decode): every
+     * product but the output matrix's */
+    int split_rows = (int)hp->n_ff > m->ldqkv ? (int)hp->n_ff : m->ldqkv;
+    if ((int)hp->n_embd > split_rows) split_rows = (int)hp->n_embd;
+    CARVE(m->cu.mma_work, float, APR_CU_MMA_WORK_BYTES(split_rows) / sizeof(float));
+    m->cu.mma_work_rows = split_rows;
 #undef CARVE
     m->act.ld = ld;
     return off;

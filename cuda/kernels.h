@@ -27,6 +27,11 @@ extern "C" {
 typedef struct {
     cudaStream_t stream;
     int pdl;
+    /* device memory apr_cu_mma may use for partial sums when it splits a
+     * product's K across blocks (NULL: it never does): APR_CU_MMA_WORK_BYTES
+     * of mma_work_rows, for products of up to that many output rows */
+    float *mma_work;
+    int mma_work_rows;
 } apr_cu_ctx;
 
 /* ------------------------------------------------------------ weights */
@@ -135,12 +140,17 @@ int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int n
  * up to 16, which pad the batch) on the GEMV, so that a sequence decoding
  * beside a few others or a short prompt gets the tokens it would get alone. */
 #define APR_CU_MMA_MIN_TOK 17
+#define APR_CU_MMA_SPLIT_MAX 4 /* blocks a product's K is split across, at most */
+#define APR_CU_MMA_WORK_BYTES(max_rows) ((size_t)APR_CU_MMA_SPLIT_MAX * 64 * 2 * (size_t)(max_rows) * sizeof(float))
 #define APR_CU_MMA_ALL_TOK 64
 #define APR_CU_MMA_WIDE_ROWS 4096
 int apr_cu_matmul(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
 /* Tests: 1 (64 rows x 64 tokens), 2 (64 x 32), 3 (64 x 32, K split in two)
  * forces apr_cu_mma's block shape; 0 lets it choose. */
 void apr_cu_mma_force_shape(int shape);
+/* Tests: split K across this many blocks (2..APR_CU_MMA_SPLIT_MAX, where the
+ * context has a workspace and the product allows), 1 never; 0 lets it choose. */
+void apr_cu_mma_force_split(int split);
 /* Tests and benchmarks: the one-token GEMV's chunks a lane loads at once (1,
  * 2) and warps a row (1, 2, 4, 8) instead of its own choice; zeros restore it. */
 void apr_cu_gemv1_force(int u, int wpr);

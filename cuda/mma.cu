@@ -135,6 +135,11 @@ struct mma_params {
     int n_seg, ntok, ld;
     const int8_t *q;  /* activation quants: Q8_K-style for the K-quants, Q8_0-style otherwise */
     const float2 *ds; /* their (d, sum of quants) per 32 */
+    /* split > 1: blockIdx.z takes that share of the stages and writes its raw
+     * sums to part[z][tok][2 * n_out] (SwiGLU's up at n_out + r), which
+     * mma_split_kernel adds in z order and finishes (one segment only) */
+    int split;
+    float *part;
 };
 
 /* Shared memory of one block, in bytes from the start:
@@ -559,7 +564,9 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
     const int t0 = (int)blockIdx.x * T::BN;
     const int nbr = is_kquant(TYPE) ? s.n_in / 256 : s.n_in / 32; /* blocks per row */
     const size_t nbt = (size_t)s.n_out * nbr;
-    const int n_stage = is_kquant(TYPE) ? nbr : (nbr + 7) / 8;
+    const int n_all = is_kquant(TYPE) ? nbr : (nbr + 7) / 8;
+    /* this block's share of the stages (all of them unless K is split) */
+    const int st0 = (int)((long)n_all * blockIdx.z / p.split), n_stage = (int)((long)n_all * (blockIdx.z + 1) / p.split);
 
     /* this lane's ldmatrix rows and fragment coordinates */
     const int a_off = (32 * wm + (lane & 15)) * T::AS + 16 * (lane >> 4);
@@ -575,12 +582,12 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
             for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
 
     meta_regs m;
-    load_stage<TYPE, WM, WN, KS, SWIGLU>(p, s, r0, t0, nbr, nbt, 0, smem, 0, tid, m);
+    load_stage<TYPE, WM, WN, KS, SWIGLU>(p, s, r0, t0, nbr, nbt, st0, smem, st0 & 1, tid, m);
     cp_async_wait_all();
     __syncthreads();
-    store_meta<TYPE, WM, WN, KS>(smem, 0, m, tid, ri, rf, tf);
+    store_meta<TYPE, WM, WN, KS>(smem, st0 & 1, m, tid, ri, rf, tf);
     __syncthreads();
-    for (int st = 0; st < n_stage; st++) {
+    for (int st = st0; st < n_stage; st++) {
         const int buf = st & 1;
         if (st + 1 < n_stage) load_stage<TYPE, WM, WN, KS, SWIGLU>(p, s, r0, t0, nbr, nbt, st + 1, smem, buf ^ 1, tid, m);
         mma_stage<TYPE, WM, WN, KS>(sA + buf * T::BM * T::AS + a_off, sB + buf * T::BN * T::BS + b_off, ri, rf, tf, ra,
@@ -615,6 +622,27 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
         for (int odd = 0; odd < 2; odd++) {
             const int tok = t0 + tn + 8 * ni + odd;
             if (tok >= p.ntok) continue;
+            if (p.split > 1) { /* raw sums, for mma_split_kernel */
+                float *prow = p.part + ((size_t)blockIdx.z * p.ntok + tok) * 2 * (size_t)s.n_out;
+                if (SWIGLU) {
+#pragma unroll
+                    for (int half = 0; half < 2; half++) {
+                        const int r = r0 + 16 * wm + g + 8 * half;
+                        if (r >= s.n_out) continue;
+                        prow[r] = acc[0][ni][2 * half + odd];
+                        prow[s.n_out + r] = acc[1][ni][2 * half + odd];
+                    }
+                } else {
+#pragma unroll
+                    for (int mi = 0; mi < 2; mi++)
+#pragma unroll
+                        for (int half = 0; half < 2; half++) {
+                            const int r = r0 + ra + 16 * mi + 8 * half;
+                            if (r < s.n_out) prow[r] = acc[mi][ni][2 * half + odd];
+                        }
+                }
+                continue;
+            }
             float *orow = s.out + (size_t)tok * s.ldo;
             if (SWIGLU) {
 #pragma unroll
@@ -639,6 +667,27 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
         }
 }
 
+/* The split product's sums: part[0] + part[1] + ... in that order, then the
+ * epilogue mma_kernel would have applied. One thread an output. */
+static __global__ void mma_split_kernel(const __grid_constant__ mma_params p)
+{
+    mma_griddep();
+    const mma_seg &s = p.seg[0];
+    const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)p.ntok * s.n_out) return;
+    const int tok = (int)(i / s.n_out), r = (int)(i % s.n_out);
+    float v = 0.f, u = 0.f;
+    for (int z = 0; z < p.split; z++) {
+        const float *prow = p.part + ((size_t)z * p.ntok + tok) * 2 * (size_t)s.n_out;
+        v += prow[r];
+        if (s.mode == APR_CU_SWIGLU) u += prow[s.n_out + r];
+    }
+    float *o = s.out + (size_t)tok * s.ldo + r;
+    if (s.mode == APR_CU_SWIGLU) *o = v / (1.0f + expf(-v)) * u;
+    else if (s.mode == APR_CU_ADD) *o += v;
+    else *o = v;
+}
+
 /* ---------------------------------------------------------- launchers */
 
 template <int TYPE, int WM, int WN, int KS, bool SWIGLU>
@@ -653,7 +702,7 @@ static cudaError_t launch_mma(const mma_params &p, int row_blocks, const apr_cu_
         ready = true;
     }
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((p.ntok + T::BN - 1) / T::BN), (unsigned)row_blocks);
+    cfg.gridDim = dim3((unsigned)((p.ntok + T::BN - 1) / T::BN), (unsigned)row_blocks, (unsigned)p.split);
     cfg.blockDim = dim3(T::NTHR);
     cfg.dynamicSmemBytes = T::BYTES;
     cfg.stream = c->stream;
@@ -662,7 +711,13 @@ static cudaError_t launch_mma(const mma_params &p, int row_blocks, const apr_cu_
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = c->pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kernel, p);
+    cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, p);
+    if (e != cudaSuccess || p.split <= 1) return e;
+    const long outs = (long)p.ntok * p.seg[0].n_out;
+    cfg.gridDim = dim3((unsigned)((outs + 255) / 256));
+    cfg.blockDim = dim3(256);
+    cfg.dynamicSmemBytes = 0;
+    return cudaLaunchKernelEx(&cfg, mma_split_kernel, p);
 }
 
 /* The block shapes: 64 rows x 64 tokens (4 warps); 64 x 32 (2 warps) for
@@ -689,10 +744,16 @@ static cudaError_t launch_type(uint32_t type, const mma_params &p, int shape, in
 }
 
 static int mma_forced_shape; /* tests: one of the shapes, or SHAPE_AUTO */
+static int mma_forced_split; /* tests: blocks K is split across (1: never), or 0: choose */
 
 extern "C" void apr_cu_mma_force_shape(int shape)
 {
     mma_forced_shape = shape >= SHAPE_64x64 && shape <= SHAPE_64x32_SPLIT ? shape : SHAPE_AUTO;
+}
+
+extern "C" void apr_cu_mma_force_split(int split)
+{
+    mma_forced_split = split >= 1 && split <= APR_CU_MMA_SPLIT_MAX ? split : 0;
 }
 
 static int sm_count(void)
@@ -761,6 +822,24 @@ extern "C" int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_ac
         if ((long)blk * ((ntok + 31) / 32) <= 3L * sm_count()) shape = SHAPE_64x32_SPLIT;
         if (mma_forced_shape) shape = mma_forced_shape;
         if (blk > 65535) return -1;
+        /* Few blocks even so (batched decode: the 1.5B's down product at 64
+         * tokens is 24 row blocks x 2 for 132 multiprocessors): split K across
+         * up to APR_CU_MMA_SPLIT_MAX blocks, whose raw sums a second kernel
+         * adds in a fixed order. One segment, a workspace, and at least 4
+         * stages a block. */
+        const long blocks = (long)blk * ((ntok + 31) / 32);
+        const int n_stages = kq ? p.seg[0].n_in / 256 : (p.seg[0].n_in / 32 + 7) / 8;
+        p.split = 1;
+        if (c->mma_work && p.n_seg == 1 && ntok <= 64 && mma_forced_split != 1) {
+            int sp = mma_forced_split ? mma_forced_split : (int)(2L * sm_count() / (blocks > 0 ? blocks : 1));
+            if (sp > APR_CU_MMA_SPLIT_MAX) sp = APR_CU_MMA_SPLIT_MAX;
+            if (!mma_forced_split && sp > n_stages / 4) sp = n_stages / 4;
+            if (sp > n_stages) sp = n_stages;
+            if (sp > 1 && p.seg[0].n_out <= c->mma_work_rows) {
+                p.split = sp;
+                p.part = c->mma_work;
+            }
+        }
         const cudaError_t e = swiglu ? launch_type<true>(type, p, shape, blk, c) : launch_type<false>(type, p, shape, blk, c);
         if (e != cudaSuccess) return -1;
     }

@@ -27,7 +27,7 @@
 #include "worker/kernels.h"
 
 static int failures;
-static const apr_cu_ctx cu0 = {0, 0}; /* default stream, plain launches */
+static const apr_cu_ctx cu0 = {0, 0, NULL, 0}; /* default stream, plain launches, no split products */
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -926,6 +926,68 @@ static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd
     free(cb);
 }
 
+/* Products split across blocks (a K share each, raw sums added in a fixed
+ * order by a second kernel) against the same product unsplit, which the
+ * cases above check against the CPU; every epilogue, K-quant and legacy. */
+static void test_mma_split(rng *r, uint32_t type, int n_in, int n_out, int ntok, int mode)
+{
+    float *x = malloc(sizeof(float) * (size_t)n_in * ntok);
+    fill_acts(r, x, (size_t)n_in * ntok);
+    uint8_t *w = malloc(apr_cu_weight_bytes(type, n_in, n_out)), *w2 = malloc(apr_cu_weight_bytes(type, n_in, n_out));
+    fill_rows(r, type, w, n_in, n_out);
+    fill_rows(r, type, w2, n_in, n_out);
+    apr_cu_weight dw = weight_upload(type, n_in, n_out, w), dw2 = weight_upload(type, n_in, n_out, w2);
+    const apr_cu_weight none = {NULL, 0, 0, 0};
+    float *dx = dev_upload(x, sizeof(float) * (size_t)n_in * ntok), *o1 = NULL, *o2 = NULL, *work = NULL;
+    const size_t ob = sizeof(float) * (size_t)n_out * ntok;
+    CK(cudaMalloc((void **)&o1, ob));
+    CK(cudaMalloc((void **)&o2, ob));
+    CK(cudaMalloc((void **)&work, APR_CU_MMA_WORK_BYTES(n_out)));
+    apr_cu_act a = act_alloc(ntok, n_in);
+    apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, ntok, &a, &cu0);
+    const apr_cu_ctx split_ctx = {0, 0, work, n_out};
+    float *ref = malloc(ob), *got = malloc(ob);
+    double worst = 0;
+    for (int sp = 2; sp <= APR_CU_MMA_SPLIT_MAX; sp++) {
+        CK(cudaMemset(o1, 0, ob));
+        CK(cudaMemset(o2, 0, ob));
+        apr_cu_gemv_seg g1 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, o1, n_out, mode};
+        apr_cu_gemv_seg g2 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, o2, n_out, mode};
+        apr_cu_mma_force_split(1);
+        if (apr_cu_mma(&g1, 1, &a, ntok, &split_ctx)) failures++;
+        apr_cu_mma_force_split(sp);
+        if (apr_cu_mma(&g2, 1, &a, ntok, &split_ctx)) failures++;
+        CK_LAUNCH();
+        CK(cudaMemcpy(ref, o1, ob, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(got, o2, ob, cudaMemcpyDeviceToHost));
+        double num = 0, den = 0;
+        for (size_t i = 0; i < (size_t)n_out * ntok; i++) {
+            num += ((double)got[i] - ref[i]) * ((double)got[i] - ref[i]);
+            den += (double)ref[i] * ref[i];
+        }
+        const double rel = sqrt(num / (den > 0 ? den : 1));
+        if (!(rel <= worst)) worst = rel; /* NaN stays */
+    }
+    apr_cu_mma_force_split(0);
+    const bool ok = worst <= 1e-6;
+    printf("%-4s mma split K over 2..%d blocks %-4s %5d x %-5d ntok %-3d %-6s: rel %.2e against unsplit\n",
+           ok ? "ok" : "FAIL", APR_CU_MMA_SPLIT_MAX, apr_type_get(type)->name, n_in, n_out, ntok,
+           mode == APR_CU_SWIGLU ? "swiglu" : mode == APR_CU_ADD ? "add" : "store", worst);
+    if (!ok) failures++;
+    act_free(&a);
+    cudaFree((void *)dw.data);
+    cudaFree((void *)dw2.data);
+    cudaFree(dx);
+    cudaFree(o1);
+    cudaFree(o2);
+    cudaFree(work);
+    free(x);
+    free(w);
+    free(w2);
+    free(ref);
+    free(got);
+}
+
 /* ---------------------------------------------- tensor-core benchmark */
 
 /* Median of 9 timed launches (after 2 untimed), in ms. */
@@ -1032,7 +1094,7 @@ static int gemv_bench(void)
     rng r = {0x2545f4914f6cdd1dull};
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    const apr_cu_ctx ctx = {s, 1};
+    const apr_cu_ctx ctx = {s, 1, NULL, 0};
     const int F = 18944;
     float *x = malloc(sizeof(float) * F);
     fill_acts(&r, x, F);
@@ -1314,6 +1376,11 @@ int main(int argc, char **argv)
     test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 896, 45, APR_CU_STORE);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 4100, APR_CU_SWIGLU); /* wide: routed by batch size */
     test_topk(&r);
+    test_mma_split(&r, APR_TYPE_Q4_K, 8960, 1536, 64, APR_CU_ADD);   /* the 1.5B's down at 64 streams */
+    test_mma_split(&r, APR_TYPE_Q6_K, 8960, 200, 33, APR_CU_ADD);
+    test_mma_split(&r, APR_TYPE_Q4_K, 1536, 328, 64, APR_CU_SWIGLU);
+    test_mma_split(&r, APR_TYPE_Q8_0, 4864, 136, 17, APR_CU_STORE);
+    test_mma_split(&r, APR_TYPE_Q5_0, 4864, 96, 50, APR_CU_ADD);
 
     /* tensor-core products: every type, odd row counts, token counts 16..512,
      * rows of one block and last stages of one block, long rows; each block
