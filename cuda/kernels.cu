@@ -21,6 +21,7 @@ extern "C" {
 #include "model/model.h"
 }
 #include "cuda/kernels.h"
+#include "cuda/launch.cuh"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -42,41 +43,6 @@ static __device__ __forceinline__ float warp_max(float v)
 }
 
 static __device__ __forceinline__ int dp4a(int a, int b, int c) { return __dp4a(a, b, c); }
-
-/* Programmatic dependent launch (sm_90): wait until the previous kernel in
- * the stream has finished and its writes are visible, then let the next one
- * be scheduled (it waits the same way, so triggering at once is safe). Both
- * are no-ops for a kernel launched without the attribute. */
-static __device__ __forceinline__ void griddep(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
-}
-
-template <typename... KArgs, typename... Args>
-static void launch_smem(const apr_cu_ctx *c, size_t smem, void (*kernel)(KArgs...), dim3 grid, dim3 block,
-                        Args... args)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = c->stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = c->pdl ? 1 : 0;
-    cudaLaunchKernelEx(&cfg, kernel, args...); /* errors surface in cudaGetLastError() */
-}
-
-template <typename... KArgs, typename... Args>
-static void launch(const apr_cu_ctx *c, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args)
-{
-    launch_smem(c, 0, kernel, grid, block, args...);
-}
 
 /* Two halves packed in a word, as floats. */
 static __device__ __forceinline__ float2 half2_bits(uint32_t u)
@@ -1090,6 +1056,12 @@ static int gemv_setup(const apr_cu_gemv_seg *seg, int n_seg, int ntok, int ld, b
     return 0;
 }
 
+/* The kernels' view of an activation buffer. */
+static act_dev act_of(const apr_cu_act *a)
+{
+    return act_dev{a->f, a->qk, (const float2 *)a->dsk, a->q0, (const float2 *)a->ds0, a->ld};
+}
+
 static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
 {
     int m = 0;
@@ -1124,12 +1096,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     }
     gemv_params p = {};
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
-    p.a.f = a->f;
-    p.a.qk = a->qk;
-    p.a.dsk = (const float2 *)a->dsk;
-    p.a.q0 = a->q0;
-    p.a.ds0 = (const float2 *)a->ds0;
-    p.a.ld = a->ld;
+    p.a = act_of(a);
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
     /* one chunk a lane where that covers the row (a second would be a
      * clamped, wasted load: 1.5B q/k/v 3.2 -> 1.9 us, 0.5B 1.6 -> 1.4); the
@@ -1185,12 +1152,7 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
     const int per_group = swiglu ? 1 : ntok == 1 ? 2 : 1; /* rows a warp writes */
     gemv_params p = {};
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, per_group, p)) return -1;
-    p.a.f = a->f;
-    p.a.qk = a->qk;
-    p.a.dsk = (const float2 *)a->dsk;
-    p.a.q0 = a->q0;
-    p.a.ds0 = (const float2 *)a->ds0;
-    p.a.ld = a->ld;
+    p.a = act_of(a);
     const unsigned gy = (unsigned)((p.rows + GEMV_WARPS - 1) / GEMV_WARPS);
     const dim3 block(GEMV_WARPS * 32);
     const bool long_rows = max_n_in(seg, n_seg) > 2048;

@@ -53,20 +53,11 @@ extern "C" {
 #include "model/model.h"
 }
 #include "cuda/kernels.h"
+#include "cuda/launch.cuh"
 
 /* ------------------------------------------------------------ helpers */
 
 static __device__ __forceinline__ float mma_h2f(uint16_t h) { return __half2float(__ushort_as_half(h)); }
-
-/* Programmatic dependent launch, as in kernels.cu: wait for the previous
- * kernel's results, then let the next one be scheduled. */
-static __device__ __forceinline__ void mma_griddep(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
-}
 
 static __device__ __forceinline__ uint32_t smem_u32(const void *p)
 {
@@ -553,7 +544,7 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
     int *ri = (int *)(smem + T::RI_OFF);
     float *rf = (float *)(smem + T::RF_OFF), *tf = (float *)(smem + T::TF_OFF);
 
-    mma_griddep();
+    griddep();
     const int tid = threadIdx.x, lane = tid & 31, warp = (tid >> 5) % (WM * WN), kg = (tid >> 5) / (WM * WN);
     const int wm = warp % WM, wn = warp / WM, g = lane >> 2, tq = lane & 3;
     int si = 0;
@@ -622,27 +613,8 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
         for (int odd = 0; odd < 2; odd++) {
             const int tok = t0 + tn + 8 * ni + odd;
             if (tok >= p.ntok) continue;
-            if (p.split > 1) { /* raw sums, for mma_split_kernel */
-                float *prow = p.part + ((size_t)blockIdx.z * p.ntok + tok) * 2 * (size_t)s.n_out;
-                if (SWIGLU) {
-#pragma unroll
-                    for (int half = 0; half < 2; half++) {
-                        const int r = r0 + 16 * wm + g + 8 * half;
-                        if (r >= s.n_out) continue;
-                        prow[r] = acc[0][ni][2 * half + odd];
-                        prow[s.n_out + r] = acc[1][ni][2 * half + odd];
-                    }
-                } else {
-#pragma unroll
-                    for (int mi = 0; mi < 2; mi++)
-#pragma unroll
-                        for (int half = 0; half < 2; half++) {
-                            const int r = r0 + ra + 16 * mi + 8 * half;
-                            if (r < s.n_out) prow[r] = acc[mi][ni][2 * half + odd];
-                        }
-                }
-                continue;
-            }
+            /* split: raw sums for mma_split_kernel, SwiGLU's up at n_out + r */
+            float *prow = p.split > 1 ? p.part + ((size_t)blockIdx.z * p.ntok + tok) * 2 * (size_t)s.n_out : NULL;
             float *orow = s.out + (size_t)tok * s.ldo;
             if (SWIGLU) {
 #pragma unroll
@@ -650,7 +622,11 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
                     const int r = r0 + 16 * wm + g + 8 * half;
                     if (r >= s.n_out) continue;
                     const float gt = acc[0][ni][2 * half + odd], up = acc[1][ni][2 * half + odd];
-                    orow[r] = gt / (1.0f + expf(-gt)) * up;
+                    if (prow) {
+                        prow[r] = gt;
+                        prow[s.n_out + r] = up;
+                    } else
+                        orow[r] = gt / (1.0f + expf(-gt)) * up;
                 }
             } else {
 #pragma unroll
@@ -660,7 +636,8 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
                         const int r = r0 + ra + 16 * mi + 8 * half;
                         if (r >= s.n_out) continue;
                         const float v = acc[mi][ni][2 * half + odd];
-                        if (s.mode == APR_CU_ADD) orow[r] += v;
+                        if (prow) prow[r] = v;
+                        else if (s.mode == APR_CU_ADD) orow[r] += v;
                         else orow[r] = v;
                     }
             }
@@ -671,7 +648,7 @@ static __global__ void __launch_bounds__(32 * WM * WN * KS, WM * WN * KS <= 2 ? 
  * epilogue mma_kernel would have applied. One thread an output. */
 static __global__ void mma_split_kernel(const __grid_constant__ mma_params p)
 {
-    mma_griddep();
+    griddep();
     const mma_seg &s = p.seg[0];
     const long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)p.ntok * s.n_out) return;
@@ -701,23 +678,13 @@ static cudaError_t launch_mma(const mma_params &p, int row_blocks, const apr_cu_
         if (e != cudaSuccess) return e;
         ready = true;
     }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((p.ntok + T::BN - 1) / T::BN), (unsigned)row_blocks, (unsigned)p.split);
-    cfg.blockDim = dim3(T::NTHR);
-    cfg.dynamicSmemBytes = T::BYTES;
-    cfg.stream = c->stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = c->pdl ? 1 : 0;
-    cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, p);
+    const cudaError_t e = launch_smem(c, T::BYTES, kernel,
+                                      dim3((unsigned)((p.ntok + T::BN - 1) / T::BN), (unsigned)row_blocks,
+                                           (unsigned)p.split),
+                                      dim3(T::NTHR), p);
     if (e != cudaSuccess || p.split <= 1) return e;
     const long outs = (long)p.ntok * p.seg[0].n_out;
-    cfg.gridDim = dim3((unsigned)((outs + 255) / 256));
-    cfg.blockDim = dim3(256);
-    cfg.dynamicSmemBytes = 0;
-    return cudaLaunchKernelEx(&cfg, mma_split_kernel, p);
+    return launch(c, mma_split_kernel, dim3((unsigned)((outs + 255) / 256)), dim3(256), p);
 }
 
 /* The block shapes: 64 rows x 64 tokens (4 warps); 64 x 32 (2 warps) for

@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "cuda/kernels.h"
+#include "cuda/launch.cuh"
 
 #define TOPK_WARPS 16
 #define TOPK_MAX 64
@@ -120,14 +121,6 @@ static __device__ void merge_write(const float (*lv)[TOPK_MAX], const int (*li)[
     if (lane == 0) *(int32_t *)o = cnt;
 }
 
-static __device__ __forceinline__ void pdl_wait(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
-}
-
 /* ks[r] (or k_all where ks is NULL): candidates of row r; 0 skips the row.
  * Block b takes part b % parts of row b / parts (a row in several parts
  * keeps the GPU busy when rows are few) and writes its best k as a candidate
@@ -140,7 +133,7 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const floa
     __shared__ float lv[TOPK_WARPS][TOPK_MAX];
     __shared__ int li[TOPK_WARPS][TOPK_MAX], lh[TOPK_WARPS];
     const int row = blockIdx.x / parts, part = blockIdx.x % parts, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    pdl_wait();
+    griddep();
     int k = ks ? ks[row] : k_all;
     if (k <= 0) return;
     k = min(k, TOPK_MAX);
@@ -179,7 +172,7 @@ static __global__ void __launch_bounds__(32) topk_merge_kernel(const int32_t *ks
     __shared__ float lv[TOPK_WARPS][TOPK_MAX];
     __shared__ int li[TOPK_WARPS][TOPK_MAX], lh[TOPK_WARPS];
     const int row = blockIdx.x, lane = threadIdx.x;
-    pdl_wait();
+    griddep();
     int k = ks ? ks[row] : k_all;
     if (k <= 0) return;
     k = min(k, TOPK_MAX);
@@ -194,21 +187,6 @@ static __global__ void __launch_bounds__(32) topk_merge_kernel(const int32_t *ks
     }
     __syncwarp();
     merge_write(lv, li, lh, parts, k, out + (size_t)row * stride, lane);
-}
-
-template <typename... KArgs, typename... Args>
-static void launch(const apr_cu_ctx *c, void (*kernel)(KArgs...), unsigned grid, unsigned block, Args... args)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(block);
-    cfg.stream = c->stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = c->pdl ? 1 : 0;
-    cudaLaunchKernelEx(&cfg, kernel, args...);
 }
 
 extern "C" size_t apr_cu_topk_work_bytes(int nrows) { return (size_t)nrows * APR_CU_TOPK_PARTS * APR_CU_TOPK_STRIDE; }
@@ -227,10 +205,10 @@ extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t 
         if (parts > n / 4096) parts = n / 4096;
         if (parts < 1) parts = 1;
     }
-    launch(c, topk_kernel, (unsigned)(nrows * parts), TOPK_WARPS * 32, logits, n, ks, k_all, (uint8_t *)out, stride,
-           parts, (uint8_t *)work);
+    launch(c, topk_kernel, dim3((unsigned)(nrows * parts)), dim3(TOPK_WARPS * 32), logits, n, ks, k_all,
+           (uint8_t *)out, stride, parts, (uint8_t *)work);
     if (parts > 1)
-        launch(c, topk_merge_kernel, (unsigned)nrows, 32u, ks, k_all, (uint8_t *)out, stride, parts,
+        launch(c, topk_merge_kernel, dim3((unsigned)nrows), dim3(32), ks, k_all, (uint8_t *)out, stride, parts,
                (const uint8_t *)work);
     return 0;
 }

@@ -1,0 +1,46 @@
+/* cuda/ (private, for the .cu files): how every kernel is launched and how
+ * it waits for its predecessor under programmatic dependent launch. */
+#ifndef APR_CUDA_LAUNCH_CUH
+#define APR_CUDA_LAUNCH_CUH
+#include <cuda_runtime.h>
+
+#include "cuda/kernels.h"
+
+/* Programmatic dependent launch (sm_90): wait until the previous kernel in
+ * the stream has finished and its writes are visible, then let the next one
+ * be scheduled (it waits the same way, so triggering at once is safe). Both
+ * are no-ops for a kernel launched without the attribute. */
+static __device__ __forceinline__ void griddep(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+/* A launch on c's stream, with the programmatic-serialization attribute
+ * where c asks for it. Errors also surface in cudaGetLastError(). */
+template <typename... KArgs, typename... Args>
+static cudaError_t launch_smem(const apr_cu_ctx *c, size_t smem, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                               Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = c->pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+template <typename... KArgs, typename... Args>
+static cudaError_t launch(const apr_cu_ctx *c, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args... args)
+{
+    return launch_smem(c, 0, kernel, grid, block, args...);
+}
+
+#endif
