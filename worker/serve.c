@@ -253,6 +253,8 @@ static void write_rows(worker *w, const apr_wmsg *m)
         if (m->topk && m->topk[i]) {
             int32_t cnt;
             memcpy(&cnt, src, sizeof cnt); /* the backend's: 0..topk[i] */
+            if (cnt < 0 || cnt > m->topk[i])
+                cnt = m->topk[i]; /* never copy past the slot; the coordinator checks the row */
             bytes = APR_TOPK_ROW_BYTES(cnt);
         }
         memcpy(dst, src, bytes);
