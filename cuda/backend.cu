@@ -27,6 +27,7 @@
  *                       entries; 2: in the larger prefill steps too)
  *   APR_CUDA_PROFILE=1  per-kernel-class times of plain-launch steps, printed at close
  *   APR_CUDA_PROFILE=2  GPU and wall time of graph steps per bucket, printed at close
+ *   APR_CUDA_PROFILE=3  per-kernel-class times inside the one-entry graph (GPU clock stamps)
  *   APR_CUDA_F16_ACC=1  attention with the CPU engine's F16 V accumulator (parity checks)
  *   APR_CUDA_FUSE=0     one-token steps as separate kernels too (norm/quantize before each
  *                       GEMV, bias + RoPE + KV append before attention); a mask of FUSE_*
@@ -111,6 +112,13 @@ struct apr_cuda_model {
     double g_gpu_ms[N_BUCKETS], g_wall_ms[N_BUCKETS];
     long g_n[N_BUCKETS];
     cudaEvent_t *pev;
+    /* APR_CUDA_PROFILE=3: a one-thread kernel after each kernel of the
+     * one-entry graph writes %globaltimer to d_stamps (in the graph, with
+     * PDL, so each class's time is what it adds to the chain, plus one
+     * stamp's cost: the class "stamp alone") */
+    bool stamps, stamping;
+    unsigned long long *d_stamps, *h_stamps;
+    int stamp_n;
     uint8_t *pcls;
     int pn, pcap, psteps[2];
     double pus[2][16];
@@ -127,17 +135,36 @@ enum {
     FUSE_ALL = 63
 };
 
-enum { P_EMBED, P_NORM, P_QKV, P_POST, P_ATTN, P_QUANT, P_WO, P_GATEUP, P_DOWN, P_OUTPUT, N_PCLS };
+enum { P_EMBED, P_NORM, P_QKV, P_POST, P_ATTN, P_QUANT, P_WO, P_GATEUP, P_DOWN, P_OUTPUT, P_TOPK, P_STAMP, N_PCLS };
 static const char *const pcls_name[N_PCLS] = {"embed",     "rmsnorm+quant", "gemv qkv",  "bias+rope+kv",
                                               "attention", "quant",         "gemv o+res", "gemv gate/up+swiglu",
-                                              "gemv down+res", "gemv output"};
+                                              "gemv down+res", "gemv output", "top-k candidates", "stamp alone"};
 
 /* Marks the end of the launch just enqueued (class cls; -1: the start). */
 static void mark(apr_cuda_model *m, int cls)
 {
+    if (m->stamping && m->pn < m->pcap) {
+        apr_cu_stamp(m->d_stamps + m->pn, &m->cu);
+        m->pcls[m->pn++] = (uint8_t)(cls < 0 ? N_PCLS : cls);
+        return;
+    }
     if (!m->profile || m->pn >= m->pcap) return;
     if (cudaEventRecord(m->pev[m->pn], m->stream) != cudaSuccess) return;
     m->pcls[m->pn++] = (uint8_t)(cls < 0 ? N_PCLS : cls);
+}
+
+static int cuda_fail(cudaError_t e, const char *what, char err[APR_ERRLEN]);
+
+/* After a graph step of one entry under APR_CUDA_PROFILE=3: the time between stamps, per class. */
+static int stamps_collect(apr_cuda_model *m, char err[APR_ERRLEN])
+{
+    if (cuda_fail(cudaMemcpy(m->h_stamps, m->d_stamps, (size_t)m->stamp_n * sizeof *m->h_stamps, cudaMemcpyDeviceToHost),
+                  "cudaMemcpy (stamps)", err))
+        return -1;
+    for (int i = 1; i < m->stamp_n; i++)
+        if (m->pcls[i] < N_PCLS) m->pus[0][m->pcls[i]] += (double)(m->h_stamps[i] - m->h_stamps[i - 1]) / 1e3;
+    if (m->stamp_n > 1) m->psteps[0]++;
+    return 0;
 }
 
 /* After a profiled step has finished: the time between marks, per class. */
@@ -392,7 +419,7 @@ extern "C" void apr_cuda_close(apr_cuda_model *m)
 {
     if (!m) return;
     if (m->stream) cudaStreamSynchronize(m->stream);
-    if (m->profile) profile_print(m);
+    if (m->profile || m->stamps) profile_print(m);
     for (int i = 0; i < N_BUCKETS; i++)
         if (m->g_n[i])
             fprintf(stderr, "cuda: %ld graph steps of bucket %d: %.3f ms on the GPU, %.3f ms launch to synchronized\n",
@@ -403,6 +430,8 @@ extern "C" void apr_cuda_close(apr_cuda_model *m)
         if (m->pev[i]) cudaEventDestroy(m->pev[i]);
     free(m->pev);
     free(m->pcls);
+    if (m->d_stamps) cudaFree(m->d_stamps);
+    if (m->h_stamps) cudaFreeHost(m->h_stamps);
     for (int i = 0; i < N_BUCKETS; i++)
         if (m->graph[i]) cudaGraphExecDestroy(m->graph[i]);
     if (m->imported) {
@@ -627,16 +656,22 @@ static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
                   "cudaHostAlloc", err))
         return -1;
     carve_scratch(m, m->d_scratch);
-    if (m->profile) {
+    if (m->profile || m->stamps) {
         m->pcap = 12 * (int)hp->n_layer + 8;
         m->pev = (cudaEvent_t *)calloc((size_t)m->pcap, sizeof *m->pev);
         m->pcls = (uint8_t *)calloc((size_t)m->pcap, 1);
+        if (m->stamps && (cuda_fail(cudaMalloc((void **)&m->d_stamps, (size_t)m->pcap * sizeof *m->d_stamps),
+                                    "cudaMalloc (stamps)", err) ||
+                          cuda_fail(cudaHostAlloc((void **)&m->h_stamps, (size_t)m->pcap * sizeof *m->h_stamps,
+                                                  cudaHostAllocDefault),
+                                    "cudaHostAlloc (stamps)", err)))
+            return -1;
         if (!m->pev || !m->pcls) {
             m->pcap = 0;
             snprintf(err, APR_ERRLEN, "out of memory");
             return -1;
         }
-        for (int i = 0; i < m->pcap; i++)
+        for (int i = 0; m->profile && i < m->pcap; i++)
             if (cuda_fail(cudaEventCreate(&m->pev[i]), "cudaEventCreate", err)) return -1;
     }
     if (cuda_fail(cudaMemsetAsync(m->d_scratch, 0, m->scratch_bytes, m->stream), "cudaMemset", err)) return -1;
@@ -687,6 +722,7 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
         m->use_graphs = !(g && !strcmp(g, "0"));
         const char *pr = getenv("APR_CUDA_PROFILE");
         m->profile = pr && !strcmp(pr, "1");
+        m->stamps = pr && !strcmp(pr, "3") && m->use_graphs;
         if (pr && !strcmp(pr, "2") &&
             (cudaEventCreate(&m->gev[0]) != cudaSuccess || cudaEventCreate(&m->gev[1]) != cudaSuccess))
             m->gev[0] = m->gev[1] = NULL;
@@ -811,6 +847,7 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
     apr_cu_weight none = {NULL, 0, 0, 0};
 
     mark(m, -1);
+    mark(m, P_STAMP);
     apr_cu_get_rows(&m->tok_embd, tok, n, m->x, E, &m->cu);
     mark(m, P_EMBED);
     for (int il = 0; il < (int)hp->n_layer; il++) {
@@ -866,10 +903,16 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     if (cuda_fail(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture", err))
         return -1;
     cudaMemcpyAsync(m->d_batch, m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
+    m->stamping = m->stamps && B == 1;
+    m->pn = 0;
     int frc = enqueue_forward(m, B, B);
     if (!frc)
         frc = apr_cu_topk(m->logits, (int)m->hp.n_vocab, B, m->d_batch + 4 * CHUNK_CAP, 0, m->d_cands, CAND_STRIDE,
                           m->d_cand_work, &m->cu);
+    mark(m, P_TOPK);
+    if (m->stamping) m->stamp_n = m->pn;
+    m->stamping = false;
+    m->pn = 0;
     cudaMemcpyAsync(m->h_cands, m->d_cands, (size_t)B * CAND_STRIDE, cudaMemcpyDeviceToHost, s);
     cudaError_t e = cudaStreamEndCapture(s, &g);
     if (frc) {
@@ -928,6 +971,7 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
             m->g_wall_ms[bi] += (double)(w1.tv_sec - w0.tv_sec) * 1e3 + (double)(w1.tv_nsec - w0.tv_nsec) / 1e6;
             m->g_n[bi]++;
         }
+        if (m->stamps && bi == 0 && stamps_collect(m, err)) return -1;
         for (int i = 0; i < nc; i++) {
             if (!WANT(c0 + i)) continue;
             uint8_t *dst = (uint8_t *)(logits + (size_t)(*out_row)++ * V);

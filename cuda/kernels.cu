@@ -239,6 +239,21 @@ extern "C" void apr_cu_get_rows(const apr_cu_weight *w, const int32_t *ids, int 
            ldo);
 }
 
+/* ------------------------------------------------------------ stamps */
+/* The GPU's clock once the previous kernel is done (APR_CUDA_PROFILE=3). */
+static __global__ void stamp_kernel(unsigned long long *slot)
+{
+    griddep();
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    *slot = t;
+}
+
+extern "C" void apr_cu_stamp(unsigned long long *slot, const apr_cu_ctx *c)
+{
+    launch(c, stamp_kernel, dim3(1), dim3(32), slot);
+}
+
 /* ------------------------------------------------ norm + quantize */
 /* Block (t, g) of 256 threads owns elements 256g .. 256g+255 of token row t,
  * one per thread, so a decode row of 8960 is quantized by 35 blocks at once

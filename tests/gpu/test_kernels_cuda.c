@@ -1330,6 +1330,7 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "--bandwidth")) return bandwidth();
     if (argc > 1 && !strcmp(argv[1], "--mma-bench")) return mma_bench();
     if (argc > 1 && !strcmp(argv[1], "--gemv-bench")) return gemv_bench();
+    if (argc > 1 && !strcmp(argv[1], "--sync-bench")) return apr_cu_sync_bench() ? 1 : 0;
     if (argc > 2 && !strcmp(argv[1], "--batched")) return batched_bench(argv[2], argc > 3 ? atoi(argv[3]) : 128);
     rng r = {0x9e3779b97f4a7c15ull ^ (uint64_t)(argc > 1 ? strtoull(argv[1], NULL, 0) : 1)};
 
