@@ -269,10 +269,11 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
                                                                        const float *w, float eps, int n,
                                                                        apr_cu_act a)
 {
-    griddep();
     const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int e = blockIdx.y * 256 + tid;
     const bool valid = e < n;
+    const float we = w && valid ? w[e] : 0.f; /* a constant: loaded while the previous kernel finishes */
+    griddep();
     const float *src = x + (size_t)(rows ? rows[t] : t) * ldx;
     float *dst = a.f + (size_t)t * a.ld;
     __shared__ double red[NQ_THREADS / 32];
@@ -280,9 +281,16 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
     __shared__ int wi[NQ_THREADS / 32];
     float v = valid ? src[e] : 0.f;
     if (w) {
+        /* rows of up to 16 x 256 in one round of loads (the sum in the same order as the loop after it) */
         double ss = 0.0;
+        float xs[16];
+#pragma unroll
+        for (int k = 0; k < 16; k++) xs[k] = tid + k * NQ_THREADS < n ? src[tid + k * NQ_THREADS] : 0.f;
+#pragma unroll
+        for (int k = 0; k < 16; k++)
+            if (tid + k * NQ_THREADS < n) ss += (double)xs[k] * xs[k];
 #pragma unroll 4
-        for (int i = tid; i < n; i += NQ_THREADS) ss += (double)src[i] * src[i];
+        for (int i = tid + 16 * NQ_THREADS; i < n; i += NQ_THREADS) ss += (double)src[i] * src[i];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         if (lane == 0) red[warp] = ss;
@@ -291,7 +299,7 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
 #pragma unroll
         for (int i = 0; i < NQ_THREADS / 32; i++) tot += red[i];
         const float scale = 1.0f / sqrtf((float)(tot / n) + eps);
-        v = valid ? src[e] * scale * w[e] : 0.f;
+        v = valid ? src[e] * scale * we : 0.f;
     }
     if (valid && dst != src) dst[e] = v;
 
@@ -1290,11 +1298,15 @@ static __device__ __forceinline__ float rope_theta(int p, int i, float theta_sca
     return theta;
 }
 
-static __device__ __forceinline__ void rope_rotate(float x0, float x1, float theta, float &y0, float &y1)
+static __device__ __forceinline__ void rope_rotate_cs(float x0, float x1, float c, float s, float &y0, float &y1)
 {
-    const float c = cosf(theta), s = sinf(theta);
     y0 = __fsub_rn(__fmul_rn(x0, c), __fmul_rn(x1, s));
     y1 = __fadd_rn(__fmul_rn(x0, s), __fmul_rn(x1, c));
+}
+
+static __device__ __forceinline__ void rope_rotate(float x0, float x1, float theta, float &y0, float &y1)
+{
+    rope_rotate_cs(x0, x1, cosf(theta), sinf(theta), y0, y1);
 }
 
 static __global__ void qkv_post_kernel(float *qkv, int ld, const float *bq, const float *bk, const float *bv,
@@ -1347,6 +1359,7 @@ extern "C" void apr_cu_qkv_post(float *qkv, int ldqkv, const float *bq, const fl
  * comes later (flash-decoding). */
 
 #define ATT_WARPS 16
+static_assert(ATT_WARPS * 32 >= 512, "rope_decode gives threads 256 + i the v elements (head_dim <= 256)");
 
 /* DPL consecutive halves of a V row as floats. */
 template <int DPL>
@@ -1384,43 +1397,84 @@ struct rope_dev {
  * qkv_post_kernel computes them for the whole row (same arithmetic); the new
  * key and value go to shared memory as F16 and, from the first q head of each
  * kv group, to the cache. The block reads position p from shared memory, never
- * from the cache, so no block waits for another's write. */
+ * from the cache, so no block waits for another's write.
+ *
+ * Split in two so that what does not depend on the q/k/v product (angles,
+ * sines and cosines, biases) is done before the kernel waits for it. Threads
+ * 0 .. rope_dim - 1 rotate one pair each (q pairs, then k pairs); threads
+ * 256 + i (i < hd) take element i of v and, past rope_dim, of q and k. */
+struct rope_pre {
+    float c, s, b0, b1, bq, bk, bv;
+};
+
+static __device__ __forceinline__ rope_pre rope_prepare(const apr_cu_attn_shape &sh, const rope_dev &rd, int h, int kvh,
+                                                        int p)
+{
+    const int hd = sh.head_dim, half = sh.rope_dim / 2, tid = threadIdx.x; /* blockDim.x >= 256 + hd */
+    rope_pre r = {1.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (tid < 2 * half) {
+        const int which = tid / half, i = tid % half;
+        const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
+        const float theta = rope_theta(p, i, sh.theta_scale);
+        r.c = cosf(theta);
+        r.s = sinf(theta);
+        const float *b = which ? rd.bk : rd.bq;
+        const int b0 = (which ? kvh : h) * hd;
+        if (b) {
+            r.b0 = b[b0 + ia];
+            r.b1 = b[b0 + ib];
+        }
+    } else if (tid >= 256 && tid < 256 + hd) {
+        const int i = tid - 256;
+        if (rd.bv) r.bv = rd.bv[kvh * hd + i];
+        if (i >= sh.rope_dim && rd.bq) r.bq = rd.bq[h * hd + i];
+        if (i >= sh.rope_dim && rd.bk) r.bk = rd.bk[kvh * hd + i];
+    }
+    return r;
+}
+
+static __device__ __forceinline__ float round_half(float x) { return __half2float(__float2half_rn(x)); }
+
+/* The caller synchronizes the block before qs, knew and vnew are read. */
 static __device__ __forceinline__ void rope_decode(const float *row, const apr_cu_attn_shape &sh, const rope_dev &rd,
-                                                   int h, int kvh, int p, int sq, float *qs, uint16_t *knew,
-                                                   uint16_t *vnew)
+                                                   const rope_pre &r, int h, int kvh, int p, int sq, float *qs,
+                                                   uint16_t *knew, uint16_t *vnew)
 {
     const int hd = sh.head_dim, q_dim = sh.n_head * hd, kv_dim = sh.n_head_kv * hd, tid = threadIdx.x;
-    __shared__ float raw[3][256], rot[2][256];
-    for (int i = tid; i < hd; i += blockDim.x) {
-        const int iq = h * hd + i, ik = kvh * hd + i;
-        raw[0][i] = rd.bq ? row[iq] + rd.bq[iq] : row[iq];
-        raw[1][i] = rd.bk ? row[q_dim + ik] + rd.bk[ik] : row[q_dim + ik];
-        raw[2][i] = rd.bv ? row[q_dim + kv_dim + ik] + rd.bv[ik] : row[q_dim + kv_dim + ik];
-    }
-    __syncthreads();
     const int half = sh.rope_dim / 2;
-    for (int i = sh.rope_dim + tid; i < hd; i += blockDim.x) { /* dimensions past the rotated ones */
-        rot[0][i] = raw[0][i];
-        rot[1][i] = raw[1][i];
-    }
-    for (int j = tid; j < 2 * half; j += blockDim.x) {
-        const int which = j / half, i = j % half;
-        const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
-        rope_rotate(raw[which][ia], raw[which][ib], rope_theta(p, i, sh.theta_scale), rot[which][ia], rot[which][ib]);
-    }
-    __syncthreads();
     const bool writer = h % (sh.n_head / sh.n_head_kv) == 0;
     const size_t off = (size_t)sq * sh.seq_stride + (size_t)p * kv_dim + (size_t)kvh * hd;
-    for (int i = tid; i < hd; i += blockDim.x) {
-        qs[i] = __half2float(__float2half_rn(rot[0][i]));
-        knew[i] = f2h(rot[1][i]);
-        vnew[i] = f2h(raw[2][i]);
-        if (writer) {
-            rd.kc[off + i] = knew[i];
-            rd.vc[off + i] = vnew[i];
+    if (tid < 2 * half) {
+        const int which = tid / half, i = tid % half;
+        const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
+        const float *src = row + (which ? q_dim + kvh * hd : h * hd);
+        const bool has_b = which ? rd.bk != NULL : rd.bq != NULL;
+        const float x0 = has_b ? src[ia] + r.b0 : src[ia], x1 = has_b ? src[ib] + r.b1 : src[ib];
+        float y0, y1;
+        rope_rotate_cs(x0, x1, r.c, r.s, y0, y1);
+        if (!which) {
+            qs[ia] = round_half(y0);
+            qs[ib] = round_half(y1);
+        } else {
+            knew[ia] = f2h(y0);
+            knew[ib] = f2h(y1);
+            if (writer) {
+                rd.kc[off + ia] = knew[ia];
+                rd.kc[off + ib] = knew[ib];
+            }
+        }
+    } else if (tid >= 256 && tid < 256 + hd) {
+        const int i = tid - 256;
+        const float v = row[q_dim + kv_dim + kvh * hd + i];
+        vnew[i] = f2h(rd.bv ? v + r.bv : v);
+        if (writer) rd.vc[off + i] = vnew[i];
+        if (i >= sh.rope_dim) { /* dimensions past the rotated ones */
+            const float q = row[h * hd + i], k = row[q_dim + kvh * hd + i];
+            qs[i] = round_half(rd.bq ? q + r.bq : q);
+            knew[i] = f2h(rd.bk ? k + r.bk : k);
+            if (writer) rd.kc[off + i] = knew[i];
         }
     }
-    __syncthreads();
 }
 
 /* HD: the head dimension when known at compile time (loops unroll fully), 0
@@ -1431,9 +1485,34 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const float *q, int ldq, const uint16_t *kc, const uint16_t *vc, const int32_t *pos,
                      const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo, rope_dev rd)
 {
-    griddep();
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hd = HD ? HD : sh.head_dim, kv_dim = sh.n_head_kv * hd;
+    uint4 kpre[ROPE && HD ? HD / 8 : 1]; /* the first tile's key of this lane, loaded before the wait */
+    bool pre = false;
+    rope_pre rp = {};
+    if (ROPE) {
+        /* One decode token: the cache rows before its position were written
+         * by earlier steps and the batch block by the graph's first copy, so
+         * the warp's first tile of keys (into registers) and values (towards
+         * L1) are fetched while the q/k/v product finishes, as are
+         * RoPE's angles and the biases: at short contexts the tile's DRAM
+         * round trips and the rotation's arithmetic were most of this kernel. */
+        const int sq0 = seq[t], p0 = pos[t], j = warp * 32 + lane;
+        rp = rope_prepare(sh, rd, h, h / (sh.n_head / sh.n_head_kv), p0);
+        if (sq0 >= 0 && j < p0) {
+            const size_t off = (size_t)sq0 * sh.seq_stride + (size_t)j * kv_dim + (size_t)(h / (sh.n_head / sh.n_head_kv)) * hd;
+            if (HD) {
+#pragma unroll
+                for (int d8 = 0; d8 < HD / 8; d8++) kpre[d8] = ((const uint4 *)(kc + off))[d8];
+                pre = true;
+            }
+            for (int b = 0; b < 2 * hd; b += 128) {
+                if (!HD) asm volatile("prefetch.global.L1 [%0];" ::"l"((const uint8_t *)(kc + off) + b));
+                asm volatile("prefetch.global.L1 [%0];" ::"l"((const uint8_t *)(vc + off) + b));
+            }
+        }
+    }
+    griddep();
     float *o = out + (size_t)t * ldo + (size_t)h * hd;
     const int sq = seq[t];
     if (sq < 0) {
@@ -1446,7 +1525,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     __shared__ float wacc[ATT_WARPS][256];
     __shared__ __align__(16) uint16_t knew[ROPE ? 256 : 8], vnew[ROPE ? 256 : 8];
     if (ROPE) {
-        rope_decode(q + (size_t)t * ldq, sh, rd, h, kvh, p, sq, qs, knew, vnew);
+        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, qs, knew, vnew);
+        __syncthreads();
     } else {
         for (int i = threadIdx.x; i < hd; i += blockDim.x)
             qs[i] = __half2float(__float2half_rn(q[(size_t)t * ldq + (size_t)h * hd + i]));
@@ -1468,8 +1548,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         float dot = 0.f;
         if (HD) {
             uint4 kv[HD / 8 > 0 ? HD / 8 : 1];
+            if (ROPE && pre && kt == warp * 32) { /* lanes whose key is the token's own load it below */
 #pragma unroll
-            for (int d8 = 0; d8 < HD / 8; d8++) kv[d8] = kr[d8];
+                for (int d8 = 0; d8 < HD / 8; d8++) kv[d8] = kpre[d8];
+            } else {
+#pragma unroll
+                for (int d8 = 0; d8 < HD / 8; d8++) kv[d8] = kr[d8];
+            }
 #pragma unroll
             for (int d8 = 0; d8 < HD / 8; d8++)
 #pragma unroll
@@ -1519,15 +1604,17 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
         for (int i = 0; i < DPL; i++) wacc[warp][lane * DPL + i] = acc[i];
     __syncthreads();
+    /* warps past the position had no keys (their m is -inf): not visited */
+    const int nw = min(ATT_WARPS, p / 32 + 1);
     float M = -INFINITY;
-    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, wm[w]);
+    for (int w = 0; w < nw; w++) M = fmaxf(M, wm[w]);
     float L = 0.f;
-    for (int w = 0; w < ATT_WARPS; w++)
+    for (int w = 0; w < nw; w++)
         if (wm[w] != -INFINITY) L += wl[w] * expf(wm[w] - M);
     const float inv = L == 0.f ? 0.f : 1.f / L;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float v = 0.f;
-        for (int w = 0; w < ATT_WARPS; w++)
+        for (int w = 0; w < nw; w++)
             if (wm[w] != -INFINITY) v += wacc[w][i] * expf(wm[w] - M);
         o[i] = v * inv;
     }
