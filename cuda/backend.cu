@@ -410,6 +410,8 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     if ((int)hp->n_embd > split_rows) split_rows = (int)hp->n_embd;
     CARVE(m->cu.mma_work, float, APR_CU_MMA_WORK_BYTES(split_rows) / sizeof(float));
     m->cu.mma_work_rows = split_rows;
+    m->cu.att_work_bytes = apr_cu_attention_work_bytes(&m->ash); /* zeroed with the rest by prepare_steps */
+    CARVE(m->cu.att_work, uint8_t, m->cu.att_work_bytes);
 #undef CARVE
     m->act.ld = ld;
     return off;

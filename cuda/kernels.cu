@@ -1437,12 +1437,12 @@ static __device__ __forceinline__ float round_half(float x) { return __half2floa
 
 /* The caller synchronizes the block before qs, knew and vnew are read. */
 static __device__ __forceinline__ void rope_decode(const float *row, const apr_cu_attn_shape &sh, const rope_dev &rd,
-                                                   const rope_pre &r, int h, int kvh, int p, int sq, float *qs,
-                                                   uint16_t *knew, uint16_t *vnew)
+                                                   const rope_pre &r, int h, int kvh, int p, int sq, bool append,
+                                                   float *qs, uint16_t *knew, uint16_t *vnew)
 {
     const int hd = sh.head_dim, q_dim = sh.n_head * hd, kv_dim = sh.n_head_kv * hd, tid = threadIdx.x;
     const int half = sh.rope_dim / 2;
-    const bool writer = h % (sh.n_head / sh.n_head_kv) == 0;
+    const bool writer = append && h % (sh.n_head / sh.n_head_kv) == 0;
     const size_t off = (size_t)sq * sh.seq_stride + (size_t)p * kv_dim + (size_t)kvh * hd;
     if (tid < 2 * half) {
         const int which = tid / half, i = tid % half;
@@ -1477,16 +1477,31 @@ static __device__ __forceinline__ void rope_decode(const float *row, const apr_c
     }
 }
 
+/* The context split across blocks (flash-decoding), for steps of up to
+ * APR_CU_ATT_SPLIT_TOK entries: block z takes keys [z chunk, (z + 1) chunk);
+ * a token whose keys span several chunks gets each chunk's softmax state
+ * (max, sum, unnormalized V sums) in part, and the last of its blocks to
+ * finish (count) merges them in chunk order. chunk is a multiple of
+ * ATT_WARPS * 32, so a warp's 32-key tiles never straddle two blocks; a
+ * chunk of at least the context is the unsplit kernel. */
+struct split_dev {
+    float *part;     /* [APR_CU_ATT_SPLIT_TOK][n_head][n_chunks][2 + hd] */
+    unsigned *count; /* [APR_CU_ATT_SPLIT_TOK][n_head], zero between launches */
+    int chunk, n_chunks;
+};
+
 /* HD: the head dimension when known at compile time (loops unroll fully), 0
  * otherwise. ROPE: one decode token whose q/k/v row is not yet biased, rotated
  * or appended (rope_decode); positions before p come from the cache. */
 template <int DPL, int HD, bool ROPE>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const float *q, int ldq, const uint16_t *kc, const uint16_t *vc, const int32_t *pos,
-                     const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo, rope_dev rd)
+                     const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo, rope_dev rd,
+                     split_dev sp)
 {
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hd = HD ? HD : sh.head_dim, kv_dim = sh.n_head_kv * hd;
+    const int k0 = blockIdx.z * sp.chunk; /* this block's first key */
     uint4 kpre[ROPE && HD ? HD / 8 : 1]; /* the first tile's key of this lane, loaded before the wait */
     bool pre = false;
     rope_pre rp = {};
@@ -1497,7 +1512,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
          * L1) are fetched while the q/k/v product finishes, as are
          * RoPE's angles and the biases: at short contexts the tile's DRAM
          * round trips and the rotation's arithmetic were most of this kernel. */
-        const int sq0 = seq[t], p0 = pos[t], j = warp * 32 + lane;
+        const int sq0 = seq[t], p0 = pos[t], j = k0 + warp * 32 + lane;
+        if (k0 > p0 && blockIdx.z > 0) return; /* a chunk past the token's keys (chunk 0 zeroes padding) */
         rp = rope_prepare(sh, rd, h, h / (sh.n_head / sh.n_head_kv), p0);
         if (sq0 >= 0 && j < p0) {
             const size_t off = (size_t)sq0 * sh.seq_stride + (size_t)j * kv_dim + (size_t)(h / (sh.n_head / sh.n_head_kv)) * hd;
@@ -1516,16 +1532,19 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     float *o = out + (size_t)t * ldo + (size_t)h * hd;
     const int sq = seq[t];
     if (sq < 0) {
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) o[i] = 0.f;
+        if (blockIdx.z == 0)
+            for (int i = threadIdx.x; i < hd; i += blockDim.x) o[i] = 0.f;
         return;
     }
     const int p = pos[t], kvh = h / (sh.n_head / sh.n_head_kv);
+    if (k0 > p) return;                             /* a chunk past the token's keys */
+    const int kend = min(p, k0 + sp.chunk - 1), nc = p / sp.chunk + 1; /* last key; chunks of the token */
     __shared__ float qs[256];
     __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
     __shared__ float wacc[ATT_WARPS][256];
     __shared__ __align__(16) uint16_t knew[ROPE ? 256 : 8], vnew[ROPE ? 256 : 8];
     if (ROPE) {
-        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, qs, knew, vnew);
+        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, (int)blockIdx.z == nc - 1, qs, knew, vnew);
         __syncthreads();
     } else {
         for (int i = threadIdx.x; i < hd; i += blockDim.x)
@@ -1543,12 +1562,12 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.f;
 
-    for (int kt = warp * 32; kt <= p; kt += ATT_WARPS * 32) {
+    for (int kt = k0 + warp * 32; kt <= kend; kt += ATT_WARPS * 32) {
         const uint4 *kr = (const uint4 *)KROW(min(kt + lane, p));
         float dot = 0.f;
         if (HD) {
             uint4 kv[HD / 8 > 0 ? HD / 8 : 1];
-            if (ROPE && pre && kt == warp * 32) { /* lanes whose key is the token's own load it below */
+            if (ROPE && pre && kt == k0 + warp * 32) { /* lanes whose key is the token's own load it below */
 #pragma unroll
                 for (int d8 = 0; d8 < HD / 8; d8++) kv[d8] = kpre[d8];
             } else {
@@ -1604,20 +1623,48 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
         for (int i = 0; i < DPL; i++) wacc[warp][lane * DPL + i] = acc[i];
     __syncthreads();
-    /* warps past the position had no keys (their m is -inf): not visited */
-    const int nw = min(ATT_WARPS, p / 32 + 1);
+    /* warps past the block's last key had none (their m is -inf): not visited */
+    const int nw = min(ATT_WARPS, (kend - k0) / 32 + 1);
     float M = -INFINITY;
     for (int w = 0; w < nw; w++) M = fmaxf(M, wm[w]);
     float L = 0.f;
     for (int w = 0; w < nw; w++)
         if (wm[w] != -INFINITY) L += wl[w] * expf(wm[w] - M);
+    float *part = sp.part + ((size_t)(t * sh.n_head + h) * sp.n_chunks) * (2 + hd);
     const float inv = L == 0.f ? 0.f : 1.f / L;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         float v = 0.f;
         for (int w = 0; w < nw; w++)
             if (wm[w] != -INFINITY) v += wacc[w][i] * expf(wm[w] - M);
-        o[i] = v * inv;
+        if (nc == 1) o[i] = v * inv;
+        else part[(size_t)blockIdx.z * (2 + hd) + 2 + i] = v;
     }
+    if (nc == 1) return;
+    /* several chunks: publish this one's state; the last block of the token's head merges */
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+        part[(size_t)blockIdx.z * (2 + hd)] = M;
+        part[(size_t)blockIdx.z * (2 + hd) + 1] = L;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&sp.count[t * sh.n_head + h], 1u) == (unsigned)nc - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    /* other blocks' writes: read from L2 (__ldcg), never a stale L1 line */
+    float Mx = -INFINITY, Lx = 0.f;
+    for (int cc = 0; cc < nc; cc++) Mx = fmaxf(Mx, __ldcg(part + (size_t)cc * (2 + hd)));
+    for (int cc = 0; cc < nc; cc++)
+        Lx += __ldcg(part + (size_t)cc * (2 + hd) + 1) * expf(__ldcg(part + (size_t)cc * (2 + hd)) - Mx);
+    const float ix = Lx == 0.f ? 0.f : 1.f / Lx;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float v = 0.f;
+        for (int cc = 0; cc < nc; cc++)
+            v += __ldcg(part + (size_t)cc * (2 + hd) + 2 + i) * expf(__ldcg(part + (size_t)cc * (2 + hd)) - Mx);
+        o[i] = v * ix;
+    }
+    if (threadIdx.x == 0) sp.count[t * sh.n_head + h] = 0; /* ready for the next launch */
 #undef KROW
 #undef VROW
 }
@@ -1674,6 +1721,45 @@ static __global__ void attention_f16acc_kernel(const float *q, int ldq, const ui
         for (int i = 0; i < DPL; i++) o[lane * DPL + i] = acc[i] * inv;
 }
 
+/* The split of a step's attention: chunks of 512 keys (one pass of the
+ * block's warps), more where the context would need over APR_CU_ATT_CHUNKS
+ * of them; unsplit (one chunk of the whole context) for steps of more
+ * entries, which have blocks enough, or without c's workspace. */
+#define APR_CU_ATT_CHUNKS 64
+
+static void att_geometry(const apr_cu_attn_shape *sh, int &chunk, int &n_chunks)
+{
+    const int n_ctx = (int)(sh->seq_stride / ((size_t)sh->n_head_kv * sh->head_dim));
+    const int pass = ATT_WARPS * 32, passes = (n_ctx + pass - 1) / pass;
+    chunk = pass * ((passes + APR_CU_ATT_CHUNKS - 1) / APR_CU_ATT_CHUNKS);
+    n_chunks = (n_ctx + chunk - 1) / chunk;
+}
+
+extern "C" size_t apr_cu_attention_work_bytes(const apr_cu_attn_shape *sh)
+{
+    int chunk, n_chunks;
+    att_geometry(sh, chunk, n_chunks);
+    const size_t counts = (size_t)APR_CU_ATT_SPLIT_TOK * sh->n_head * sizeof(unsigned);
+    return (counts + 255) / 256 * 256 +
+           (size_t)APR_CU_ATT_SPLIT_TOK * sh->n_head * n_chunks * (2 + sh->head_dim) * sizeof(float);
+}
+
+static split_dev att_split(const apr_cu_attn_shape *sh, int ntok, const apr_cu_ctx *c)
+{
+    const int n_ctx = (int)(sh->seq_stride / ((size_t)sh->n_head_kv * sh->head_dim));
+    split_dev sp = {NULL, NULL, n_ctx > 0 ? n_ctx : 1, 1};
+    int chunk, n_chunks;
+    att_geometry(sh, chunk, n_chunks);
+    if (ntok > APR_CU_ATT_SPLIT_TOK || n_chunks < 2 || !c->att_work || c->att_work_bytes < apr_cu_attention_work_bytes(sh))
+        return sp;
+    const size_t counts = (size_t)APR_CU_ATT_SPLIT_TOK * sh->n_head * sizeof(unsigned);
+    sp.count = (unsigned *)c->att_work;
+    sp.part = (float *)((uint8_t *)c->att_work + (counts + 255) / 256 * 256);
+    sp.chunk = chunk;
+    sp.n_chunks = n_chunks;
+    return sp;
+}
+
 template <bool ROPE>
 static void attention_launch(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
                              const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh, float *out,
@@ -1681,9 +1767,11 @@ static void attention_launch(const float *q, int ldq, const uint16_t *k_cache, c
 {
     const int hd = sh->head_dim;
     const float scale = 1.0f / sqrtf((float)hd);
-    const dim3 grid((unsigned)ntok, (unsigned)sh->n_head), block(ATT_WARPS * 32);
-#define ATT(DPL, HD) \
-    launch(c, attention_kernel<DPL, HD, ROPE>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, scale, out, ldo, rd)
+    const split_dev sp = att_split(sh, ntok, c);
+    const dim3 grid((unsigned)ntok, (unsigned)sh->n_head, (unsigned)sp.n_chunks), block(ATT_WARPS * 32);
+#define ATT(DPL, HD)                                                                                                \
+    launch(c, attention_kernel<DPL, HD, ROPE>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, scale, out, ldo, \
+           rd, sp)
     if (hd == 128) ATT(4, 128);
     else if (hd == 64) ATT(2, 64);
     else if (hd <= 32) ATT(1, 0);

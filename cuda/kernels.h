@@ -32,6 +32,11 @@ typedef struct {
      * of mma_work_rows, for products of up to that many output rows */
     float *mma_work;
     int mma_work_rows;
+    /* device memory for attention split across the context (flash-decoding)
+     * in steps of up to APR_CU_ATT_SPLIT_TOK entries: att_work_bytes of at
+     * least apr_cu_attention_work_bytes(shape), zeroed once; NULL: never split */
+    void *att_work;
+    size_t att_work_bytes;
 } apr_cu_ctx;
 
 /* ------------------------------------------------------------ weights */
@@ -204,6 +209,8 @@ void apr_cu_qkv_post(float *qkv, int ldqkv, const float *bq, const float *bk, co
  * rounded to F16 first, as the CPU does against its F16 cache; softmax and
  * the V accumulation are f32. out[t][h*hd + i]; padding entries get zeros.
  * Returns -1 if head_dim is not a multiple of 8 or exceeds 256. */
+#define APR_CU_ATT_SPLIT_TOK 16
+size_t apr_cu_attention_work_bytes(const apr_cu_attn_shape *sh);
 int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
                      const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
                      float *out, int ldo, const apr_cu_ctx *c);

@@ -27,7 +27,7 @@
 #include "worker/kernels.h"
 
 static int failures;
-static const apr_cu_ctx cu0 = {0, 0, NULL, 0}; /* default stream, plain launches, no split products */
+static const apr_cu_ctx cu0 = {0, 0, NULL, 0, NULL, 0}; /* default stream, plain launches, no split products */
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -626,13 +626,23 @@ static void rope_ref(float *v, int pos, int rope_dim, float theta_scale, bool ne
  * own F16 cache and attends in double. */
 /* fused: one-token steps through apr_cu_attention_rope (bias, RoPE and the
  * cache append inside attention) instead of apr_cu_qkv_post + apr_cu_attention */
-static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, bool f16_acc, bool fused)
+/* With a workspace (split), steps of up to APR_CU_ATT_SPLIT_TOK entries
+ * split the context across blocks: a context of n_ctx > 512 then has several
+ * chunks, and a prompt of P > 512 makes the later steps merge them. */
+static void test_attention_ctx(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, bool f16_acc,
+                               bool fused, int n_ctx, int P, bool split)
 {
-    const int n_ctx = 80, n_seq = 2, P = 70, kv_dim = n_head_kv * hd, q_dim = n_head * hd;
+    const int n_seq = 2, kv_dim = n_head_kv * hd, q_dim = n_head * hd;
     const int ld = q_dim + 2 * kv_dim;
     const float base = 10000.0f;
     apr_cu_attn_shape sh = {n_head, n_head_kv, hd, hd, neox ? 1 : 0, powf(base, -2.0f / (float)hd),
                             (size_t)n_ctx * kv_dim, f16_acc};
+    apr_cu_ctx cx = cu0;
+    if (split) {
+        cx.att_work_bytes = apr_cu_attention_work_bytes(&sh);
+        CK(cudaMalloc(&cx.att_work, cx.att_work_bytes));
+        CK(cudaMemset(cx.att_work, 0, cx.att_work_bytes));
+    }
     const size_t cache_elems = (size_t)n_seq * n_ctx * kv_dim;
     uint16_t *kref = calloc(cache_elems, 2), *vref = calloc(cache_elems, 2);
     uint16_t *dk = NULL, *dv = NULL;
@@ -676,11 +686,11 @@ static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox,
         poison(dout, sizeof(float) * q_dim * n);
         const float *dbq = bias ? db : NULL, *dbk = bias ? db + q_dim : NULL, *dbv = bias ? db + q_dim + kv_dim : NULL;
         int rc = 1;
-        if (fused && n == 1) rc = apr_cu_attention_rope(dqkv, ld, dbq, dbk, dbv, dpos, dseq, &sh, dk, dv, dout, q_dim, &cu0);
+        if (fused && n == 1) rc = apr_cu_attention_rope(dqkv, ld, dbq, dbk, dbv, dpos, dseq, &sh, dk, dv, dout, q_dim, &cx);
         if (rc > 0) {
-            apr_cu_qkv_post(dqkv, ld, dbq, dbk, dbv, dpos, dseq, n, &sh, dk, dv, &cu0);
+            apr_cu_qkv_post(dqkv, ld, dbq, dbk, dbv, dpos, dseq, n, &sh, dk, dv, &cx);
             CK_LAUNCH();
-            rc = apr_cu_attention(dqkv, ld, dk, dv, dpos, dseq, n, &sh, dout, q_dim, &cu0);
+            rc = apr_cu_attention(dqkv, ld, dk, dv, dpos, dseq, n, &sh, dout, q_dim, &cx);
         }
         if (rc) {
             printf("FAIL attention refused head_dim %d\n", hd);
@@ -751,10 +761,21 @@ static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox,
     /* the F16 accumulator is off by ~1e-3 at 70 keys (the CPU's error, reproduced) */
     /* 5e-5: the two-kernel path's RoPE angles (qkv_post, float pos * freq)
      * differ from the reference's by a few ulps at hd 256 (measured 2.6e-5) */
-    bool ok = !bad && worst < (f16_acc ? 1e-2 : 5e-5) && cache_diff == 0;
-    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-5s%-8s%-6s rel %.2e  cache diffs %d%s\n", ok ? "ok" : "FAIL",
-           n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "", f16_acc ? "f16-acc" : "",
-           fused ? "+rope" : "", worst, cache_diff, bad ? "  (non-finite outputs)" : "");
+    /* the split's merge counters are back at zero for the next launch */
+    int counts_left = 0;
+    if (split) {
+        const size_t nc = (size_t)APR_CU_ATT_SPLIT_TOK * n_head;
+        unsigned *cnt = malloc(nc * sizeof *cnt);
+        CK(cudaMemcpy(cnt, cx.att_work, nc * sizeof *cnt, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < nc; i++) counts_left += cnt[i] != 0;
+        free(cnt);
+        cudaFree(cx.att_work);
+    }
+    bool ok = !bad && worst < (f16_acc ? 1e-2 : 5e-5) && cache_diff == 0 && counts_left == 0;
+    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-5s%-8s%-6s ctx %4d/%4d%s rel %.2e  cache diffs %d%s%s\n",
+           ok ? "ok" : "FAIL", n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "",
+           f16_acc ? "f16-acc" : "", fused ? "+rope" : "", P, n_ctx, split ? " split" : "", worst, cache_diff,
+           bad ? "  (non-finite outputs)" : "", counts_left ? "  (merge counters left non-zero)" : "");
     if (!ok) failures++;
     free(kg);
     free(vg);
@@ -849,15 +870,27 @@ static void test_topk(rng *r)
     }
 }
 
+static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, bool f16_acc, bool fused)
+{
+    test_attention_ctx(r, n_head, n_head_kv, hd, neox, bias, f16_acc, fused, 80, 70, false);
+}
+
 /* A one-token step through the fused path (bias + RoPE + KV append inside
  * attention) must give the same bits, output and cache, as the two-kernel
  * path that steps of several entries take: otherwise a sequence's tokens
  * would depend on whether its steps had company. */
-static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias)
+static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, int n_ctx,
+                                       int P, bool split)
 {
-    const int n_ctx = 64, P = 37, steps = 5, kv_dim = n_head_kv * hd, q_dim = n_head * hd, ld = q_dim + 2 * kv_dim;
+    const int steps = 5, kv_dim = n_head_kv * hd, q_dim = n_head * hd, ld = q_dim + 2 * kv_dim;
     apr_cu_attn_shape sh = {n_head, n_head_kv, hd, hd, neox ? 1 : 0, powf(10000.0f, -2.0f / (float)hd),
                             (size_t)n_ctx * kv_dim, 0};
+    apr_cu_ctx cx = cu0;
+    if (split) {
+        cx.att_work_bytes = apr_cu_attention_work_bytes(&sh);
+        CK(cudaMalloc(&cx.att_work, cx.att_work_bytes));
+        CK(cudaMemset(cx.att_work, 0, cx.att_work_bytes));
+    }
     const size_t cache = (size_t)n_ctx * kv_dim * 2;
     uint16_t *ka, *va, *kb, *vb;
     CK(cudaMalloc((void **)&ka, cache));
@@ -878,7 +911,7 @@ static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd
     CK(cudaMalloc((void **)&ob, sizeof(float) * q_dim));
     CK(cudaMemset(ka, 0, cache));
     CK(cudaMemset(va, 0, cache));
-    apr_cu_qkv_post(dq, ld, dbq, dbk, dbv, dpos, dseq, P, &sh, ka, va, &cu0); /* a prompt of P tokens */
+    apr_cu_qkv_post(dq, ld, dbq, dbk, dbv, dpos, dseq, P, &sh, ka, va, &cx); /* a prompt of P tokens */
     CK_LAUNCH();
     CK(cudaMemcpy(kb, ka, cache, cudaMemcpyDeviceToDevice));
     CK(cudaMemcpy(vb, va, cache, cudaMemcpyDeviceToDevice));
@@ -891,9 +924,9 @@ static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd
         CK(cudaMemcpy(dq, qkv, sizeof(float) * ld, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dq2, qkv, sizeof(float) * ld, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dpos, &p1, sizeof p1, cudaMemcpyHostToDevice));
-        if (apr_cu_attention_rope(dq, ld, dbq, dbk, dbv, dpos, dseq, &sh, ka, va, oa, q_dim, &cu0)) failures++;
-        apr_cu_qkv_post(dq2, ld, dbq, dbk, dbv, dpos, dseq, 1, &sh, kb, vb, &cu0);
-        if (apr_cu_attention(dq2, ld, kb, vb, dpos, dseq, 1, &sh, ob, q_dim, &cu0)) failures++;
+        if (apr_cu_attention_rope(dq, ld, dbq, dbk, dbv, dpos, dseq, &sh, ka, va, oa, q_dim, &cx)) failures++;
+        apr_cu_qkv_post(dq2, ld, dbq, dbk, dbv, dpos, dseq, 1, &sh, kb, vb, &cx);
+        if (apr_cu_attention(dq2, ld, kb, vb, dpos, dseq, 1, &sh, ob, q_dim, &cx)) failures++;
         CK_LAUNCH();
         CK(cudaMemcpy(ga, oa, sizeof(float) * q_dim, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(gb, ob, sizeof(float) * q_dim, cudaMemcpyDeviceToHost));
@@ -904,8 +937,11 @@ static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd
             if (memcmp(ca, cb, cache)) bad++;
         }
     }
-    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-4s: one-token fused path equals the two-kernel path, bit for bit\n",
-           bad ? "FAIL" : "ok", n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "");
+    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-4s ctx %4d/%4d%s: one-token fused path equals the two-kernel "
+           "path, bit for bit\n",
+           bad ? "FAIL" : "ok", n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "", P, n_ctx,
+           split ? " split" : "");
+    if (split) cudaFree(cx.att_work);
     if (bad) failures++;
     cudaFree(ka);
     cudaFree(va);
@@ -945,7 +981,7 @@ static void test_mma_split(rng *r, uint32_t type, int n_in, int n_out, int ntok,
     CK(cudaMalloc((void **)&work, APR_CU_MMA_WORK_BYTES(n_out)));
     apr_cu_act a = act_alloc(ntok, n_in);
     apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, ntok, &a, &cu0);
-    const apr_cu_ctx split_ctx = {0, 0, work, n_out};
+    const apr_cu_ctx split_ctx = {0, 0, work, n_out, NULL, 0};
     float *ref = malloc(ob), *got = malloc(ob);
     double worst = 0;
     for (int sp = 2; sp <= APR_CU_MMA_SPLIT_MAX; sp++) {
@@ -1094,7 +1130,7 @@ static int gemv_bench(void)
     rng r = {0x2545f4914f6cdd1dull};
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    const apr_cu_ctx ctx = {s, 1, NULL, 0};
+    const apr_cu_ctx ctx = {s, 1, NULL, 0, NULL, 0};
     const int F = 18944;
     float *x = malloc(sizeof(float) * F);
     fill_acts(&r, x, F);
@@ -1424,10 +1460,20 @@ int main(int argc, char **argv)
         test_attention(&r, 4, 4, 256, true, false, false, fused);
         test_attention(&r, 6, 2, 40, false, true, false, fused);
     }
-    test_attention_paths_agree(&r, 12, 2, 128, true, true); /* qwen2.5-1.5b */
-    test_attention_paths_agree(&r, 14, 2, 64, true, true);  /* qwen2.5-0.5b */
-    test_attention_paths_agree(&r, 8, 4, 8, false, false);  /* stories260K */
-    test_attention_paths_agree(&r, 4, 4, 256, true, false);
+    /* long contexts, split across blocks (chunks of 512 keys) and not */
+    for (int split = 0; split < 2; split++)
+        for (int fused = 0; fused < 2; fused++) {
+            test_attention_ctx(&r, 12, 2, 128, true, true, false, fused, 1300, 1100, split); /* 1.5b */
+            test_attention_ctx(&r, 14, 2, 64, true, true, false, fused, 2100, 1030, split);  /* 0.5b */
+        }
+    test_attention_ctx(&r, 6, 2, 40, false, true, false, true, 600, 515, true); /* hd 40: the generic loops */
+    test_attention_paths_agree(&r, 12, 2, 128, true, true, 64, 37, false); /* qwen2.5-1.5b */
+    test_attention_paths_agree(&r, 14, 2, 64, true, true, 64, 37, false);  /* qwen2.5-0.5b */
+    test_attention_paths_agree(&r, 8, 4, 8, false, false, 64, 37, false);  /* stories260K */
+    test_attention_paths_agree(&r, 4, 4, 256, true, false, 64, 37, false);
+    test_attention_paths_agree(&r, 12, 2, 128, true, true, 1300, 1100, true);
+    test_attention_paths_agree(&r, 14, 2, 64, true, true, 2100, 1030, true);
+    test_attention_paths_agree(&r, 4, 4, 256, true, false, 1100, 600, true);
     test_attention(&r, 12, 2, 128, true, true, true, false);
     test_attention(&r, 8, 4, 8, false, false, true, false);
     test_fused_all(&r);
