@@ -281,16 +281,9 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
     __shared__ int wi[NQ_THREADS / 32];
     float v = valid ? src[e] : 0.f;
     if (w) {
-        /* rows of up to 16 x 256 in one round of loads (the sum in the same order as the loop after it) */
         double ss = 0.0;
-        float xs[16];
-#pragma unroll
-        for (int k = 0; k < 16; k++) xs[k] = tid + k * NQ_THREADS < n ? src[tid + k * NQ_THREADS] : 0.f;
-#pragma unroll
-        for (int k = 0; k < 16; k++)
-            if (tid + k * NQ_THREADS < n) ss += (double)xs[k] * xs[k];
 #pragma unroll 4
-        for (int i = tid + 16 * NQ_THREADS; i < n; i += NQ_THREADS) ss += (double)src[i] * src[i];
+        for (int i = tid; i < n; i += NQ_THREADS) ss += (double)src[i] * src[i];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
         if (lane == 0) red[warp] = ss;
@@ -1492,8 +1485,11 @@ struct split_dev {
 
 /* HD: the head dimension when known at compile time (loops unroll fully), 0
  * otherwise. ROPE: one decode token whose q/k/v row is not yet biased, rotated
- * or appended (rope_decode); positions before p come from the cache. */
-template <int DPL, int HD, bool ROPE>
+ * or appended (rope_decode); positions before p come from the cache. SPLIT:
+ * the context split across blockIdx.z (split_dev); without it the kernel is
+ * the plain one, as prefill-sized steps want it (the split's bookkeeping cost
+ * the 512-token step 2%). */
+template <int DPL, int HD, bool ROPE, bool SPLIT>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const float *q, int ldq, const uint16_t *kc, const uint16_t *vc, const int32_t *pos,
                      const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo, rope_dev rd,
@@ -1501,7 +1497,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 {
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hd = HD ? HD : sh.head_dim, kv_dim = sh.n_head_kv * hd;
-    const int k0 = blockIdx.z * sp.chunk; /* this block's first key */
+    const int k0 = SPLIT ? blockIdx.z * sp.chunk : 0; /* this block's first key */
     uint4 kpre[ROPE && HD ? HD / 8 : 1]; /* the first tile's key of this lane, loaded before the wait */
     bool pre = false;
     rope_pre rp = {};
@@ -1513,7 +1509,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
          * RoPE's angles and the biases: at short contexts the tile's DRAM
          * round trips and the rotation's arithmetic were most of this kernel. */
         const int sq0 = seq[t], p0 = pos[t], j = k0 + warp * 32 + lane;
-        if (k0 > p0 && blockIdx.z > 0) return; /* a chunk past the token's keys (chunk 0 zeroes padding) */
+        if (SPLIT && k0 > p0 && blockIdx.z > 0) return; /* a chunk past the token's keys (chunk 0 zeroes padding) */
         rp = rope_prepare(sh, rd, h, h / (sh.n_head / sh.n_head_kv), p0);
         if (sq0 >= 0 && j < p0) {
             const size_t off = (size_t)sq0 * sh.seq_stride + (size_t)j * kv_dim + (size_t)(h / (sh.n_head / sh.n_head_kv)) * hd;
@@ -1532,19 +1528,20 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     float *o = out + (size_t)t * ldo + (size_t)h * hd;
     const int sq = seq[t];
     if (sq < 0) {
-        if (blockIdx.z == 0)
+        if (!SPLIT || blockIdx.z == 0)
             for (int i = threadIdx.x; i < hd; i += blockDim.x) o[i] = 0.f;
         return;
     }
     const int p = pos[t], kvh = h / (sh.n_head / sh.n_head_kv);
-    if (k0 > p) return;                             /* a chunk past the token's keys */
-    const int kend = min(p, k0 + sp.chunk - 1), nc = p / sp.chunk + 1; /* last key; chunks of the token */
+    if (SPLIT && k0 > p) return; /* a chunk past the token's keys */
+    /* the block's last key; the chunks of the token */
+    const int kend = SPLIT ? min(p, k0 + sp.chunk - 1) : p, nc = SPLIT ? p / sp.chunk + 1 : 1;
     __shared__ float qs[256];
     __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
     __shared__ float wacc[ATT_WARPS][256];
     __shared__ __align__(16) uint16_t knew[ROPE ? 256 : 8], vnew[ROPE ? 256 : 8];
     if (ROPE) {
-        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, (int)blockIdx.z == nc - 1, qs, knew, vnew);
+        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, !SPLIT || (int)blockIdx.z == nc - 1, qs, knew, vnew);
         __syncthreads();
     } else {
         for (int i = threadIdx.x; i < hd; i += blockDim.x)
@@ -1636,10 +1633,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         float v = 0.f;
         for (int w = 0; w < nw; w++)
             if (wm[w] != -INFINITY) v += wacc[w][i] * expf(wm[w] - M);
-        if (nc == 1) o[i] = v * inv;
+        if (!SPLIT || nc == 1) o[i] = v * inv;
         else part[(size_t)blockIdx.z * (2 + hd) + 2 + i] = v;
     }
-    if (nc == 1) return;
+    if (!SPLIT || nc == 1) return;
     /* several chunks: publish this one's state; the last block of the token's head merges */
     __shared__ bool last;
     if (threadIdx.x == 0) {
@@ -1769,9 +1766,15 @@ static void attention_launch(const float *q, int ldq, const uint16_t *k_cache, c
     const float scale = 1.0f / sqrtf((float)hd);
     const split_dev sp = att_split(sh, ntok, c);
     const dim3 grid((unsigned)ntok, (unsigned)sh->n_head, (unsigned)sp.n_chunks), block(ATT_WARPS * 32);
-#define ATT(DPL, HD)                                                                                                \
-    launch(c, attention_kernel<DPL, HD, ROPE>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, scale, out, ldo, \
-           rd, sp)
+#define ATT(DPL, HD)                                                                                               \
+    do {                                                                                                           \
+        if (sp.n_chunks > 1)                                                                                       \
+            launch(c, attention_kernel<DPL, HD, ROPE, true>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh,  \
+                   scale, out, ldo, rd, sp);                                                                       \
+        else                                                                                                       \
+            launch(c, attention_kernel<DPL, HD, ROPE, false>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, \
+                   scale, out, ldo, rd, sp);                                                                       \
+    } while (0)
     if (hd == 128) ATT(4, 128);
     else if (hd == 64) ATT(2, 64);
     else if (hd <= 32) ATT(1, 0);
