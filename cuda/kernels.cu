@@ -985,9 +985,15 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     }
 }
 
-/* grid.x: blocks of GEMV_WARPS / WPR rows; grid.y: tiles of NT tokens. */
-template <int U, int WPR, int NT, bool SWIGLU>
-static __global__ void __launch_bounds__(GEMV_WARPS * 32, NT >= 4 ? 2 : 3) gemv1_kernel(const __grid_constant__ gemv_params p)
+/* grid.x: blocks of GEMV_WARPS / WPR rows; grid.y: tiles of NT tokens.
+ * MINB: blocks a multiprocessor must hold (the register budget). One-token
+ * products of over GEMV1_BIG_BYTES take 4 (at most 64 registers): H200
+ * --gemv-bench, 3 -> 4: the 7B's gate/up 33.4 -> 31.7 us and down 20.7 ->
+ * 19.6, the 1.5B's output matrix 87.0 -> 79.8; but the 1.5B's gate/up 9.0 ->
+ * 9.6 and down 5.3 -> 5.9, so the smaller ones keep 3. */
+#define GEMV1_BIG_BYTES (32u << 20)
+template <int U, int WPR, int NT, bool SWIGLU, int MINB>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(const __grid_constant__ gemv_params p)
 {
     gemv1_block<U, WPR, NT, SWIGLU, true>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
@@ -1123,12 +1129,24 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     /* tiles of up to 8 tokens: 16 (one pass over the weights for a bucket of
      * 16) measured 2.5x slower on the H100 (128 registers, half the blocks) */
     const int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8, per_block = GEMV_WARPS / wpr;
+    size_t bytes = 0;
+    for (int i = 0; i < n_seg; i++)
+        bytes += apr_cu_weight_bytes(seg[i].w.type, seg[i].w.n_in, seg[i].w.n_out) * (swiglu ? 2 : 1);
+    const bool big = nt == 1 && bytes > GEMV1_BIG_BYTES;
     const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt));
     const dim3 block(GEMV_WARPS * 32);
+#define GEMV1_B(U, WPR, NT, MINB)                                                               \
+    do {                                                                                        \
+        if (swiglu) launch(c, gemv1_kernel<U, WPR, NT, true, MINB>, grid, block, p);           \
+        else launch(c, gemv1_kernel<U, WPR, NT, false, MINB>, grid, block, p);                 \
+    } while (0)
 #define GEMV1(U, WPR, NT)                                                                       \
     do {                                                                                        \
-        if (swiglu) launch(c, gemv1_kernel<U, WPR, NT, true>, grid, block, p);                 \
-        else launch(c, gemv1_kernel<U, WPR, NT, false>, grid, block, p);                       \
+        if constexpr (NT >= 4) GEMV1_B(U, WPR, NT, 2);                                          \
+        else if constexpr (NT == 1) {                                                           \
+            if (big) GEMV1_B(U, WPR, NT, 4);                                                    \
+            else GEMV1_B(U, WPR, NT, 3);                                                        \
+        } else GEMV1_B(U, WPR, NT, 3);                                                          \
     } while (0)
 #define GEMV1_W(U)                                                   \
     do {                                                             \
@@ -1151,6 +1169,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     else GEMV1_W(2);
 #undef GEMV1_W
 #undef GEMV1
+#undef GEMV1_B
     return 0;
 }
 
