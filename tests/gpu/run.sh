@@ -14,7 +14,7 @@
 #      0.5B, 1.5B, 7B (also without PDL, unfused (APR_CUDA_FUSE=0: ten kernels
 #      a layer), all fused (63), and the 1.5B without graphs); batched decode of 1-64
 #      sequences on the 1.5B (test_kernels_cuda --batched); prefill
-#      of a 512-token prompt on the 1.5B; each beside llama.cpp's figure on the
+#      of a 512-token prompt on the 1.5B; 1.5B decode after a 2000-token prompt; each beside llama.cpp's figure on the
 #      same H100 and the bandwidth roofline; the per-kernel-class profile
 #   5. serving through apr-coord on the 1.5B: decode and TTFT as a client sees
 #      them (apr bench) beside apr eval's decode, with the engine's split of a
@@ -200,6 +200,13 @@ if has bench; then
                     -n 33 --ignore-eos && { echo "APR_CUDA_FUSE=$fu:"; grep -A12 '^cuda profile, decode' \
                     "$LOG/profile-$s-fuse$fu.err" | sed '/steps of several/,$d'; } | tee -a "$LOG/profile.txt"
             done
+            # where a decode token's time goes inside the graph: a %globaltimer stamp after every kernel
+            APR_CUDA_PROFILE=3 ev cuda "$m" "stamps-$s" -p "Once upon a time" -n 128 --ignore-eos &&
+                { echo "APR_CUDA_PROFILE=3 (in the graph, each class plus one stamp):"; grep -A14 '^cuda profile, decode' \
+                    "$LOG/stamps-$s.err" | sed '/steps of several/,$d'; } | tee -a "$LOG/profile.txt"
+            # decode at a long context: 128 tokens after a 2000-token prompt (attention split across the context)
+            ev cuda "$m" "long-$s" --tokens "$(seq -s, 1000 2999)" -n 128 --ignore-eos &&
+                row "qwen2.5-$s decode after 2000 tokens" "$(rate decode "$LOG/long-$s.err")" 0 "$by"
             # batched decode: S sequences a step, every entry wanting logits (llama.cpp: 8400 tok/s at 64)
             "$C/bin/test_kernels_cuda" --batched "$m" 128 | tee "$LOG/batched.txt" || fails=$((fails + 1))
             sed -n 's/batched decode: *\([0-9]*\) streams x [0-9]* steps: *\([0-9.]*\) tok.*/\1 \2/p' "$LOG/batched.txt" |
