@@ -1360,15 +1360,16 @@ extern "C" void apr_cu_qkv_post(float *qkv, int ldqkv, const float *bq, const fl
 }
 
 /* --------------------------------------------------------- attention */
-/* One block per (token, q head); its ATT_WARPS warps take turns over tiles
- * of 32 keys (warp w: tiles w, w+ATT_WARPS, ...), each with its own online
- * softmax; the warps' states are merged at the end. In a tile, lane j scores
- * key j (its whole K row loaded before the dot product); then every lane
- * accumulates the tile's V rows for its DPL dimensions, 16 rows loaded at a
- * time. Key indices past the query's position are clamped to it and their
- * weights are zero, so no lane branches around a load. Enough blocks for
- * prefill; for decode at long contexts a split over the context across blocks
- * comes later (flash-decoding). */
+/* One block per (token, q head, chunk of the context); its ATT_WARPS warps
+ * take turns over tiles of 32 keys (warp w: tiles w, w+ATT_WARPS, ...), each
+ * with its own online softmax; the warps' states are merged at the end. In a
+ * tile, lane j scores key j (its whole K row loaded before the dot product);
+ * then every lane accumulates the tile's V rows for its DPL dimensions, 16
+ * rows loaded at a time. Key indices past the query's position are clamped to
+ * it and their weights are zero, so no lane branches around a load. Prefill
+ * has blocks enough with one chunk (the whole context); steps of up to 16
+ * entries split the context into chunks of 512 keys (split_dev) so that a
+ * long context keeps the GPU busy in decode. */
 
 #define ATT_WARPS 16
 static_assert(ATT_WARPS * 32 >= 512, "rope_decode gives threads 256 + i the v elements (head_dim <= 256)");
