@@ -830,7 +830,17 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
             return 0;
         }
     }
-    apr_cu_norm_quant(src->x, src->ldx, src->rows, src->w, src->eps, src->n, n, &m->act, &m->cu);
+    /* only the styles the segments' weights read (the f32 row is always written) */
+    apr_cu_act act = m->act;
+    bool want_k = false, want_0 = false;
+    for (int i = 0; i < n_seg; i++) {
+        const uint32_t t = seg[i].w.type;
+        if (t == APR_TYPE_Q4_K || t == APR_TYPE_Q6_K) want_k = true;
+        if (t == APR_TYPE_Q4_0 || t == APR_TYPE_Q5_0 || t == APR_TYPE_Q8_0) want_0 = true;
+    }
+    if (!want_k) act.qk = NULL;
+    if (!want_0) act.q0 = NULL;
+    apr_cu_norm_quant(src->x, src->ldx, src->rows, src->w, src->eps, src->n, n, &act, &m->cu);
     mark(m, qcls);
     if (apr_cu_matmul(seg, n_seg, &m->act, n, &m->cu)) return -1;
     mark(m, cls);

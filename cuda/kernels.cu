@@ -296,34 +296,31 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
     }
     if (valid && dst != src) dst[e] = v;
 
+    /* Both styles in one-instruction warp reductions (redux.sync): a
+     * non-negative float's bits order as its value does, and the sums of the
+     * quants are integers. A style whose pointer is NULL is not wanted by the
+     * product that reads this row (its weights' types) and is skipped. */
+    const unsigned full = 0xffffffffu;
     const size_t qoff = (size_t)t * a.ld, doff = (size_t)t * (a.ld / 32);
     /* Q8_0-style: n % 32 == 0, so a warp is all valid or all not */
-    if (n % 32 == 0 && blockIdx.y * 256 + warp * 32 < n) {
-        const float amax = warp_max(fabsf(v));
+    if (a.q0 && n % 32 == 0 && blockIdx.y * 256 + warp * 32 < n) {
+        const float amax = __uint_as_float(__reduce_max_sync(full, __float_as_uint(fabsf(v))));
         const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
         const int q = __float2int_rn(v * id);
         a.q0[qoff + e] = (int8_t)q;
-        const float sum = warp_sum((float)q);
+        const int sum = __reduce_add_sync(full, q);
         if (lane == 0) {
             a.ds0[2 * (doff + e / 32)] = __half2float(__float2half_rn(d));
-            a.ds0[2 * (doff + e / 32) + 1] = sum;
+            a.ds0[2 * (doff + e / 32) + 1] = (float)sum;
         }
     }
     /* Q8_K-style: the scale comes from the element of largest magnitude with
      * its sign, the first such element winning ties (quantize_row_q8_K_ref) */
-    if (n % 256 == 0) {
-        float amax = fabsf(v), mx = v;
-        int idx = tid;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float oa = __shfl_xor_sync(0xffffffffu, amax, o), om = __shfl_xor_sync(0xffffffffu, mx, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-            if (oa > amax || (oa == amax && oi < idx)) {
-                amax = oa;
-                mx = om;
-                idx = oi;
-            }
-        }
+    if (a.qk && n % 256 == 0) {
+        float amax = __uint_as_float(__reduce_max_sync(full, __float_as_uint(fabsf(v))));
+        const int first = __ffs(__ballot_sync(full, fabsf(v) == amax)) - 1; /* -1 only for a NaN row */
+        float mx = __shfl_sync(full, v, first & 31);
+        int idx = warp * 32 + (first & 31);
         if (lane == 0) {
             wa[warp] = amax;
             wm[warp] = mx;
@@ -348,10 +345,10 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
             q = min(127, __float2int_rn(iscale * v));
         }
         a.qk[qoff + e] = (int8_t)q;
-        const float sum = warp_sum((float)q);
+        const int sum = __reduce_add_sync(full, q);
         if (lane == 0) {
             a.dsk[2 * (doff + e / 32)] = d;
-            a.dsk[2 * (doff + e / 32) + 1] = sum;
+            a.dsk[2 * (doff + e / 32) + 1] = (float)sum;
         }
     }
 }

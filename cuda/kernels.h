@@ -76,8 +76,9 @@ typedef struct {
 
 /* Row t of out <- row rows[t] (rows NULL: t) of x, RMS-normalized with
  * weight w (w NULL: copied as is), then quantized both ways (Q8_K-style only
- * when n % 256 == 0, Q8_0-style when n % 32 == 0). x may be out->f when w is
- * NULL and rows is NULL (quantize in place). */
+ * when n % 256 == 0, Q8_0-style when n % 32 == 0; a style whose pointer in
+ * out is NULL is not written). x may be out->f when w is NULL and rows is
+ * NULL (quantize in place). */
 void apr_cu_norm_quant(const float *x, int ldx, const int32_t *rows, const float *w, float eps, int n,
                        int ntok, const apr_cu_act *out, const apr_cu_ctx *c);
 
