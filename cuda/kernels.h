@@ -175,7 +175,7 @@ void apr_cu_gemv1_force(int u, int wpr);
 size_t apr_cu_topk_work_bytes(int nrows);
 /* The device's multiprocessors, as apr_cu_init found them (1 before it ran). */
 int apr_cu_sms(void);
-/* test_kernels_cuda --sync-bench: a kernel boundary against a grid barrier (cuda/decode.cu). */
+/* test_kernels_cuda --sync-bench: a kernel boundary against a grid barrier (cuda/sync_bench.cu). */
 int apr_cu_sync_bench(void);
 /* Writes the GPU's %globaltimer (ns) to *slot once the previous kernel is done (profiling). */
 void apr_cu_stamp(unsigned long long *slot, const apr_cu_ctx *c);

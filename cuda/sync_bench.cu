@@ -1,6 +1,6 @@
 /* The cost of a dependency between two steps of work on the GPU, measured
  * two ways (test_kernels_cuda --sync-bench): a kernel boundary under a CUDA
- * graph with programmatic dependent launch (what the decode step pays ~280
+ * graph with programmatic dependent launch (what the decode step pays ~255
  * times a token), and a grid-wide barrier inside one persistent kernel (what
  * a one-kernel decode step would pay instead). */
 #include <cuda_runtime.h>
