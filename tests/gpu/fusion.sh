@@ -8,17 +8,10 @@
 # tok/s of every run.
 #   SIZES="1.5b"  models;  FULL="1.5b"  sizes that get every variant (the
 #   others: the first five)
-set -u
-C=${CARRY:-.carry}
-export LD_LIBRARY_PATH="$PWD/$C/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_MODULE_LOADING=EAGER
-APR="$C/bin/apr"
-LOG=${OUT:-/tmp/apr-gpu}
-M=${MODELS:-/tmp/apr-models}
+. tests/gpu/env.sh
 SIZES=${SIZES:-0.5b 1.5b 7b}
 FULL=${FULL:-1.5b}
 REPS=${REPS:-2}
-mkdir -p "$LOG" "$M"
 # name|environment (FUSE bits: 1 qkv norm, 2 rope+kv in attention, 4 o quant,
 # 8 gate/up norm, 16 down quant, 32 output norm)
 VARIANTS='unfused|APR_CUDA_FUSE=0
@@ -35,9 +28,7 @@ all but gate/up|APR_CUDA_FUSE=55
 all but down|APR_CUDA_FUSE=47'
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null | sed 's/^/device: /'
 for s in $SIZES; do
-    m="$M/qwen2.5-$s.gguf"
-    [ -f "$m" ] || "$APR" mkmodel --shape "qwen2.5-$s" --vocab-from "$C/models/vocab-qwen2.gguf" -o "$m" >/dev/null 2>&1 ||
-        { echo "mkmodel $s failed"; continue; }
+    m=$(mk "qwen2.5-$s" 2>/dev/null) || { echo "mkmodel $s failed"; continue; }
     case " $FULL " in *" $s "*) n=99;; *) n=5;; esac
     : >"$LOG/fusion-$s.txt"
     for r in $(seq "$REPS"); do

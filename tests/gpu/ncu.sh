@@ -6,22 +6,13 @@
 # shows what overlap and launch gaps add.
 #   SIZES="1.5b"   models;  SKIP / COUNT: kernels skipped (prefill, capture,
 #   early steps) and profiled (a few decode steps)
-set -u
-C=${CARRY:-.carry}
-export LD_LIBRARY_PATH="$PWD/$C/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_MODULE_LOADING=EAGER
-APR="$C/bin/apr"
-LOG=${OUT:-/tmp/apr-gpu}
-M=${MODELS:-/tmp/apr-models}
+. tests/gpu/env.sh
 SIZES=${SIZES:-1.5b}
 SKIP=${SKIP:-4000}
 COUNT=${COUNT:-600}
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda/bin/ncu 2>/dev/null | head -1)
-mkdir -p "$LOG" "$M"
 for s in $SIZES; do
-    m="$M/qwen2.5-$s.gguf"
-    [ -f "$m" ] || "$APR" mkmodel --shape "qwen2.5-$s" --vocab-from "$C/models/vocab-qwen2.gguf" -o "$m" >/dev/null 2>&1 ||
-        { echo "mkmodel $s failed"; continue; }
+    m=$(mk "qwen2.5-$s" 2>/dev/null) || { echo "mkmodel $s failed"; continue; }
     "$NCU" --clock-control none --print-units base --launch-skip "$SKIP" --launch-count "$COUNT" --csv \
         --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size \
         "$APR" eval -m "$m" --backend cuda -p "Once upon a time" -n 128 --ignore-eos >"$LOG/ncu-$s.csv" 2>"$LOG/ncu-$s.err"

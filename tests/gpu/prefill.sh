@@ -12,15 +12,9 @@
 #      CPU's greedy tokens): cuda vs cpu, cuda without the tensor cores vs cpu,
 #      and the two cuda paths against each other; 1.5B (Q4_K/Q6_K) and 0.5B
 #      (its Q5_0/Q8_0 rows)
-set -u
-C=${CARRY:-.carry}
-export LD_LIBRARY_PATH="$PWD/$C/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_MODULE_LOADING=EAGER
-APR="$C/bin/apr"
-LOG=${OUT:-/tmp/apr-gpu}
-M=${MODELS:-/tmp/apr-models}
+. tests/gpu/env.sh
 W=/tmp/apr-prefill # logits and token files (at most 8 files come back from $OUT)
-mkdir -p "$LOG" "$M" "$W"
+mkdir -p "$W"
 fails=0
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null |
     sed 's/^/device: /'
@@ -34,12 +28,6 @@ echo "mma tests passed: $(grep -c '^ok   mma' "$LOG/kernels.txt"), largest rel e
 echo "== products of one 1.5B layer"
 "$C/bin/test_kernels_cuda" --mma-bench 2>&1 | tee "$LOG/mma-bench.txt"
 
-mk() {
-    p="$M/$1.gguf"
-    [ -f "$p" ] || "$APR" mkmodel --shape "$1" --vocab-from "$C/models/vocab-qwen2.gguf" -o "$p" >/dev/null || return 1
-    echo "$p"
-}
-rate() { sed -n "s/.*$1: [0-9]* tokens, [0-9.]* ms, \([0-9.]*\) tok\/s.*/\1/p" "$2" | tail -1; }
 P=$(mk qwen2.5-1.5b) || exit 1
 H=$(mk qwen2.5-0.5b) || exit 1
 PROMPT512=$(seq -s, 1000 1511)

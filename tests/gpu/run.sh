@@ -29,16 +29,9 @@
 # PARTS="kernels parity bench serve" selects parts; SIZES="0.5b 1.5b 7b" the bench models.
 # PARTS=serve-decode is part 5 without its fault tests: decode and TTFT through apr-coord against
 # apr eval, the engine's split of a token's time, and the pipeline floor.
-set -u
-C=${CARRY:-.carry}
-export LD_LIBRARY_PATH="$PWD/$C/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export CUDA_MODULE_LOADING=EAGER
-APR="$C/bin/apr"
-LOG=${OUT:-/tmp/apr-gpu}
-M=${MODELS:-/tmp/apr-models}
+. tests/gpu/env.sh
 PARTS=${PARTS:-kernels parity bench serve}
 SIZES=${SIZES:-0.5b 1.5b 7b}
-mkdir -p "$LOG" "$M"
 TABLE="$LOG/table.txt"
 : >"$TABLE"
 fails=0
@@ -58,11 +51,6 @@ fi
 echo "d2d copy bandwidth: $BW GB/s (DESIGN.md's H100: 3017)"
 
 # ----------------------------------------------------------------- 2. models
-mk() { # shape -> path
-    p="$M/$1.gguf"
-    [ -f "$p" ] || "$APR" mkmodel --shape "$1" --vocab-from "$C/models/vocab-qwen2.gguf" -o "$p" >&2 || return 1
-    echo "$p"
-}
 
 # eval BACKEND MODEL NAME ARGS...: JSON to $LOG/NAME.json, logits to NAME.f32, stderr to NAME.err
 # (sh functions share one scope: each uses its own prefix for its variables)
@@ -149,7 +137,6 @@ wbytes() {
         $1 ~ /\.weight$|\.bias$/ && NF >= 4 {b[$1] = $NF; tot += $NF}
         END {if (untied) tot -= b["token_embd.weight"]; print tot}'
 }
-rate() { sed -n "s/.*$1: [0-9]* tokens, [0-9.]* ms, \([0-9.]*\) tok\/s.*/\1/p" "$2" | tail -1; }
 row() { # workload apr llama bytes
     awk -v w="$1" -v a="$2" -v l="$3" -v by="$4" -v bw="$BW" 'BEGIN {
         if (by > 0) { roof = bw * 1e9 / by; pr = sprintf("%6.0f  %5.1f%%", roof, 100 * a / roof) } else pr = "     -       -"
