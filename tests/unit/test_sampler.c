@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "coordinator/sampler.h"
+#include "ref_topk.h"
 
 static apr_sampler_ws *ws_new(int32_t n)
 {
@@ -401,33 +402,14 @@ END_TEST
 
 /* ------------------------------------------------- candidate rows */
 
-typedef struct {
-    float l;
-    int32_t id;
-} ref_pair;
-
-/* The sampler's order: higher logit first, ties by lower id. */
-static int cmp_pair(const void *pa, const void *pb)
-{
-    const ref_pair *a = pa, *b = pb;
-    if (a->l != b->l)
-        return a->l > b->l ? -1 : 1;
-    return a->id < b->id ? -1 : a->id > b->id;
-}
-
-/* What a worker sends for K: the min(K, finite or +inf) best, by a full sort. */
+/* What a worker sends for K: the min(K, finite or +inf) best (ref_topk.h). */
 static int32_t ref_cands(const float *l, int32_t n, int32_t k, apr_sampler_cand *out)
 {
-    ref_pair *a = malloc((size_t)n * sizeof *a);
-    int32_t m = 0;
-    for (int32_t i = 0; i < n; i++)
-        if (l[i] > -INFINITY)
-            a[m++] = (ref_pair){l[i], i};
-    qsort(a, (size_t)m, sizeof *a, cmp_pair);
-    int32_t c = m < k ? m : k;
+    ref_pair *b = malloc((size_t)(k > 0 ? k : 1) * sizeof *b);
+    const int32_t c = ref_topk(l, n, k, b);
     for (int32_t i = 0; i < c; i++)
-        out[i] = (apr_sampler_cand){a[i].id, a[i].l};
-    free(a);
+        out[i] = (apr_sampler_cand){b[i].id, b[i].l};
+    free(b);
     return c;
 }
 

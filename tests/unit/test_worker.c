@@ -22,6 +22,7 @@
 
 #include "proto/proto.h"
 #include "worker/backend.h"
+#include "ref_topk.h"
 
 #define N_SEQ 2
 #define N_CTX 64
@@ -239,39 +240,10 @@ static apr_wmsg run_remote(harness *h, const batch *b)
     return done;
 }
 
-/* The sampler's order: higher logit first, ties by lower id. */
-typedef struct {
-    float l;
-    int32_t id;
-} pair;
-
-static int cmp_pair(const void *pa, const void *pb)
-{
-    const pair *a = pa, *b = pb;
-    if (a->l != b->l)
-        return a->l > b->l ? -1 : 1;
-    return a->id < b->id ? -1 : a->id > b->id;
-}
-
-/* The k best of l by a full sort (NaN and -inf left out); returns how many. */
-static int ref_topk(const float *l, int n, int k, pair *out)
-{
-    pair *a = malloc((size_t)n * sizeof *a);
-    int m = 0;
-    for (int i = 0; i < n; i++)
-        if (l[i] > -INFINITY)
-            a[m++] = (pair){l[i], i};
-    qsort(a, (size_t)m, sizeof *a, cmp_pair);
-    int c = m < k ? m : k;
-    memcpy(out, a, (size_t)c * sizeof *out);
-    free(a);
-    return c;
-}
-
 /* Candidate row `row` (proto.h) must hold exactly the k best of want[]. */
 static void check_cand_row(const void *row, const float *want, int nv, int k)
 {
-    pair best[APR_TOPK_MAX];
+    ref_pair best[APR_TOPK_MAX];
     int n = ref_topk(want, nv, k, best);
     int32_t cnt;
     memcpy(&cnt, row, sizeof cnt);
@@ -466,7 +438,7 @@ START_TEST(topk_select_is_exact)
     float *l = malloc(5000 * sizeof *l);
     int32_t ids[APR_TOPK_MAX];
     float vals[APR_TOPK_MAX];
-    pair best[APR_TOPK_MAX];
+    ref_pair best[APR_TOPK_MAX];
     int rows = 0;
     for (int trial = 0; trial < 3000; trial++) {
         s = s * 6364136223846793005ULL + 1442695040888963407ULL;
