@@ -265,6 +265,30 @@ extern "C" void apr_cu_stamp(unsigned long long *slot, const apr_cu_ctx *c)
 
 #define NQ_THREADS 256
 
+/* 1 / RMS of the row src[0..n) (with eps), for a block of THREADS threads
+ * that all call it: the sum of squares in double, as the CPU's rmsnorm does,
+ * in one fixed order (thread i takes i, i + THREADS, ...; then a warp tree,
+ * then the warps in order). norm_quant_kernel and the fused GEMV's prologue
+ * both call this with 256 threads, which is what makes their rows the same
+ * bits. */
+template <int THREADS>
+static __device__ __forceinline__ float rms_scale(const float *src, int n, float eps)
+{
+    __shared__ double red[THREADS / 32];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    double ss = 0.0;
+#pragma unroll 4
+    for (int i = tid; i < n; i += THREADS) ss += (double)src[i] * src[i];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    if (lane == 0) red[warp] = ss;
+    __syncthreads();
+    double tot = 0.0;
+#pragma unroll
+    for (int i = 0; i < THREADS / 32; i++) tot += red[i];
+    return 1.0f / sqrtf((float)(tot / n) + eps);
+}
+
 static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const float *x, int ldx, const int32_t *rows,
                                                                        const float *w, float eps, int n,
                                                                        apr_cu_act a)
@@ -276,22 +300,11 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
     griddep();
     const float *src = x + (size_t)(rows ? rows[t] : t) * ldx;
     float *dst = a.f + (size_t)t * a.ld;
-    __shared__ double red[NQ_THREADS / 32];
     __shared__ float wa[NQ_THREADS / 32], wm[NQ_THREADS / 32];
     __shared__ int wi[NQ_THREADS / 32];
     float v = valid ? src[e] : 0.f;
     if (w) {
-        double ss = 0.0;
-#pragma unroll 4
-        for (int i = tid; i < n; i += NQ_THREADS) ss += (double)src[i] * src[i];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        if (lane == 0) red[warp] = ss;
-        __syncthreads();
-        double tot = 0.0;
-#pragma unroll
-        for (int i = 0; i < NQ_THREADS / 32; i++) tot += red[i];
-        const float scale = 1.0f / sqrtf((float)(tot / n) + eps);
+        const float scale = rms_scale<NQ_THREADS>(src, n, eps); /* every thread: it synchronizes the block */
         v = valid ? src[e] * scale * we : 0.f;
     }
     if (valid && dst != src) dst[e] = v;
@@ -389,12 +402,8 @@ struct seg_dev {
  * normalizes and quantizes itself, and where in shared memory each style goes
  * (byte offsets; -1: that style is not needed by any segment). */
 struct pro_dev {
-    const float *x;
-    const int32_t *rows;
-    int ldx;
-    const float *w;
-    float eps;
-    int n, off_qk, off_dsk, off_q0, off_ds0;
+    apr_cu_quant_src src;
+    int off_qk, off_dsk, off_q0, off_ds0;
     int prefetch; /* groups of each warp whose weights go towards L2 before the wait */
 };
 
@@ -704,36 +713,23 @@ static __device__ __forceinline__ void prefetch_rows(const uint8_t *w, uint32_t 
  * pointers, so the GEMV's dot products read it unchanged). */
 static __device__ __forceinline__ void quantize_block(const pro_dev &pr, uint8_t *smem, act_dev &a)
 {
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, n = pr.n;
+    const apr_cu_quant_src &in = pr.src;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, n = in.n;
     /* the norm weights of this warp's first group are constants: loaded
      * before the wait for the previous kernel */
     float4 w0 = make_float4(0.f, 0.f, 0.f, 0.f), w1 = w0;
-    if (pr.w && warp * 256 + 8 * lane < n) {
-        w0 = *(const float4 *)(pr.w + warp * 256 + 8 * lane);
-        w1 = *(const float4 *)(pr.w + warp * 256 + 8 * lane + 4);
+    if (in.w && warp * 256 + 8 * lane < n) {
+        w0 = *(const float4 *)(in.w + warp * 256 + 8 * lane);
+        w1 = *(const float4 *)(in.w + warp * 256 + 8 * lane + 4);
     }
     griddep();
-    const float *src = pr.x + (size_t)(pr.rows ? pr.rows[0] : 0) * pr.ldx;
+    const float *src = in.x + (size_t)(in.rows ? in.rows[0] : 0) * in.ldx;
     /* a warp walks its groups one after another (35 rounds of 8 for a row of
      * 8960): pull the whole row into L1 at once so that only the first round
      * waits for L2 */
     for (int i = 32 * tid; i < n; i += 32 * GEMV_WARPS * 32)
         asm volatile("prefetch.global.L1 [%0];" ::"l"(src + i));
-    float scale = 1.f;
-    if (pr.w) {
-        __shared__ double red[GEMV_WARPS];
-        double ss = 0.0;
-#pragma unroll 4
-        for (int i = tid; i < n; i += GEMV_WARPS * 32) ss += (double)src[i] * src[i];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-        if (lane == 0) red[warp] = ss;
-        __syncthreads();
-        double tot = 0.0;
-#pragma unroll
-        for (int i = 0; i < GEMV_WARPS; i++) tot += red[i];
-        scale = 1.0f / sqrtf((float)(tot / n) + pr.eps);
-    }
+    const float scale = in.w ? rms_scale<GEMV_WARPS * 32>(src, n, in.eps) : 1.f;
     int8_t *qk = (int8_t *)(smem + pr.off_qk), *q0 = (int8_t *)(smem + pr.off_q0);
     float2 *dsk = (float2 *)(smem + pr.off_dsk), *ds0 = (float2 *)(smem + pr.off_ds0);
     for (int g = warp; g * 256 < n; g += GEMV_WARPS) {
@@ -743,10 +739,10 @@ static __device__ __forceinline__ void quantize_block(const pro_dev &pr, uint8_t
         if (valid) {
             const float4 x0 = *(const float4 *)(src + e0), x1 = *(const float4 *)(src + e0 + 4);
             v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
-            if (pr.w) {
+            if (in.w) {
                 if (g != warp) {
-                    w0 = *(const float4 *)(pr.w + e0);
-                    w1 = *(const float4 *)(pr.w + e0 + 4);
+                    w0 = *(const float4 *)(in.w + e0);
+                    w1 = *(const float4 *)(in.w + e0 + 4);
                 }
                 const float wv[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
 #pragma unroll
@@ -1266,7 +1262,7 @@ extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const ap
         return 1;
     const int npad = (n + 255) / 256 * 256;
     gemv_params p = {};
-    p.pro = pro_dev{src->x, src->rows, src->ldx, src->w, src->eps, n, -1, -1, -1, -1, 1};
+    p.pro = pro_dev{*src, -1, -1, -1, -1, 1};
     int off = 0;
     if (need_k) {
         p.pro.off_qk = off;
