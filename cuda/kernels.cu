@@ -983,7 +983,9 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
  * products of over GEMV1_BIG_BYTES take 4 (at most 64 registers): H200
  * --gemv-bench, 3 -> 4: the 7B's gate/up 33.4 -> 31.7 us and down 20.7 ->
  * 19.6, the 1.5B's output matrix 87.0 -> 79.8; but the 1.5B's gate/up 9.0 ->
- * 9.6 and down 5.3 -> 5.9, so the smaller ones keep 3. */
+ * 9.6 and down 5.3 -> 5.9, so the smaller ones keep 3, except rows of 112
+ * chunks or more in matrices of 3584 rows or more (the 7B's and 32B's q/k/v
+ * and o, H100: 7B o 6.8 -> 5.9 us, 32B q/k/v 14.2 -> 13.0, o 12.0 -> 10.4). */
 #define GEMV1_BIG_BYTES (32u << 20)
 template <int U, int WPR, int NT, bool SWIGLU, int MINB>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(const __grid_constant__ gemv_params p)
@@ -991,13 +993,28 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(con
     gemv1_block<U, WPR, NT, SWIGLU, true>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
 
-/* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200):
- * rows of over 64 chunks, two warps walking the row in rounds (for 152-592
- * chunks 10-30% faster than 4 or 8: fewer blocks, each streaming longer, less
- * reduction); rows of 33-64 chunks, two warps too while the matrix has under
- * 4096 rows (o, q/k/v: twice the blocks of a latency-bound product), one for
- * the big ones (gate/up, the output matrix); rows of up to 32 chunks, one. */
-static int gemv1_wpr(int nch, int rows) { return nch > 64 || (nch > 32 && rows < 4096) ? 2 : 1; }
+/* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200;
+ * the 7B's and 32B's shapes on an H100, 2026-11-26):
+ * - up to 32 chunks: one;
+ * - 33-64: two while the matrix has under 4096 rows (o, q/k/v: twice the
+ *   blocks of a latency-bound product), one for the big ones (gate/up, the
+ *   output matrix);
+ * - 65-256 (the 3584- and 5120-wide inputs): one for matrices of 16384 rows
+ *   or more (7B gate/up 33.4 -> 32.6 us, output 171.8 -> 160.3; 32B gate/up
+ *   64.9 -> 63.3), two below (q/k/v, o: more blocks);
+ * - over 256 (down): two walking the row in rounds (280-592 chunks: 10-30%
+ *   faster than 4 or 8: fewer blocks, each streaming longer, less
+ *   reduction), four where the matrix has 4096 rows or more (the 32B's 864
+ *   chunks: 39.9 -> 36.6 us Q4_K, 49.0 -> 44.7 Q6_K).
+ * Token tiles take the same split, so a token's sums are the same bits in
+ * any batch. */
+static int gemv1_wpr(int nch, int rows)
+{
+    if (nch <= 32) return 1;
+    if (nch <= 64) return rows < 4096 ? 2 : 1;
+    if (nch <= 256) return rows >= 16384 ? 1 : 2;
+    return rows >= 4096 ? 4 : 2;
+}
 
 static int chunks_of(uint32_t type, int n_in)
 {
@@ -1092,6 +1109,9 @@ static int gemv1_on = 1;
 /* apr_cu_gemv1_force: chunks a lane loads at once (1, 2) and warps a row (1,
  * 2, 4, 8) instead of gemv1's choice; 0: its choice. */
 static int gemv1_u, gemv1_w;
+/* APR_CUDA_GEMV1_MINB=3 or 4 (measurement): the one-token kernel's blocks a
+ * multiprocessor for every product instead of by size (GEMV1_BIG_BYTES). */
+static int gemv1_minb;
 
 extern "C" void apr_cu_gemv1_force(int u, int wpr)
 {
@@ -1113,19 +1133,25 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
     p.a = act_of(a);
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
-    /* one chunk a lane where that covers the row (a second would be a
-     * clamped, wasted load: 1.5B q/k/v 3.2 -> 1.9 us, 0.5B 1.6 -> 1.4); the
-     * forced shapes of 4 and 8 warps a row exist for one-token tiles only */
+    /* the forced shape of 8 warps a row exists for one-token tiles only */
     int wpr = gemv1_w ? gemv1_w : gemv1_wpr(nch, p.rows);
-    if (ntok > 1 && wpr > 2) wpr = 2;
-    const int u = gemv1_u ? gemv1_u : nch <= 32 * wpr ? 1 : 2;
+    if (ntok > 1 && wpr > 4) wpr = 4;
+    /* chunks a lane loads at once (the sums' order does not depend on it):
+     * one where that covers the row (a second would be a clamped, wasted
+     * load: 1.5B q/k/v 3.2 -> 1.9 us, 0.5B 1.6 -> 1.4), else two, except for
+     * SwiGLU's pairs of rows at one warp a row where pairs would leave the
+     * last round half idle (the 32B's rows of 160 chunks, H100: gate/up 63.3
+     * -> 61.1 us; its output matrix, one row, prefers two: 217.6 against 225.9) */
+    int u = nch <= 32 * wpr ? 1 : 2;
+    if (swiglu && wpr == 1 && nch > 64 && nch % 64 && nch % 64 <= 32) u = 1;
+    if (gemv1_u) u = gemv1_u;
     /* tiles of up to 8 tokens: 16 (one pass over the weights for a bucket of
      * 16) measured 2.5x slower on the H100 (128 registers, half the blocks) */
     const int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8, per_block = GEMV_WARPS / wpr;
     size_t bytes = 0;
     for (int i = 0; i < n_seg; i++)
         bytes += apr_cu_weight_bytes(seg[i].w.type, seg[i].w.n_in, seg[i].w.n_out) * (swiglu ? 2 : 1);
-    const bool big = nt == 1 && bytes > GEMV1_BIG_BYTES;
+    const bool big = nt == 1 && (gemv1_minb ? gemv1_minb == 4 : bytes > GEMV1_BIG_BYTES || (nch >= 112 && p.rows >= 3584));
     const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt));
     const dim3 block(GEMV_WARPS * 32);
 #define GEMV1_B(U, WPR, NT, MINB)                                                               \
@@ -1151,11 +1177,17 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
             default: GEMV1(U, 8, 1); break;                          \
             }                                                        \
         } else if (nt == 2) {                                        \
-            if (wpr == 1) GEMV1(U, 1, 2); else GEMV1(U, 2, 2);       \
+            if (wpr == 1) GEMV1(U, 1, 2);                            \
+            else if (wpr == 2) GEMV1(U, 2, 2);                       \
+            else GEMV1(U, 4, 2);                                     \
         } else if (nt == 4) {                                        \
-            if (wpr == 1) GEMV1(U, 1, 4); else GEMV1(U, 2, 4);       \
+            if (wpr == 1) GEMV1(U, 1, 4);                            \
+            else if (wpr == 2) GEMV1(U, 2, 4);                       \
+            else GEMV1(U, 4, 4);                                     \
         } else {                                                     \
-            if (wpr == 1) GEMV1(U, 1, 8); else GEMV1(U, 2, 8);       \
+            if (wpr == 1) GEMV1(U, 1, 8);                            \
+            else if (wpr == 2) GEMV1(U, 2, 8);                       \
+            else GEMV1(U, 4, 8);                                     \
         }                                                            \
     } while (0)
     if (u == 1) GEMV1_W(1);
@@ -1226,6 +1258,7 @@ extern "C" void apr_cu_init(void)
     pro_prefetch = env_int("APR_CUDA_PREFETCH", PRO_PREFETCH_GROUPS);
     pro_per_sm = env_int("APR_CUDA_PRO_GRID", -1);
     gemv1_on = env_int("APR_CUDA_GEMV1", 1);
+    gemv1_minb = env_int("APR_CUDA_GEMV1_MINB", 0);
     const void *k[8] = {(const void *)gemv_pro_kernel<1, false>, (const void *)gemv_pro_kernel<1, true>,
                         (const void *)gemv_pro_kernel<2, false>, (const void *)gemv_pro_kernel<2, true>,
                         (const void *)gemv_pro_kernel<4, false>, (const void *)gemv_pro_kernel<4, true>,

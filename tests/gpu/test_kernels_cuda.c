@@ -1119,8 +1119,9 @@ static int mma_bench(void)
 }
 
 /* ------------------------------------------------ one-token GEMV bench */
-/* --gemv-bench: each one-token product of a Qwen2.5-1.5B and -7B layer (and
- * the 1.5B's output matrix) launched back to back from a CUDA graph, with
+/* --gemv-bench: each one-token product of a Qwen2.5-1.5B, -7B and -32B layer
+ * (and their output matrices; APR_GEMV_ONLY=TEXT: those whose name contains
+ * TEXT) launched back to back from a CUDA graph, with
  * programmatic dependent launch as the engine does, cycling over enough
  * copies of the weights that every launch reads them from DRAM. Prints the
  * time a launch and the weight bytes a second (APR_CUDA_GEMV1=0 gives the
@@ -1131,7 +1132,7 @@ static int gemv_bench(void)
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     const apr_cu_ctx ctx = {s, 1, NULL, 0, NULL, 0};
-    const int F = 18944;
+    const int F = 27648;
     float *x = malloc(sizeof(float) * F);
     fill_acts(&r, x, F);
     float *dx = dev_upload(x, sizeof(float) * F), *dout = NULL;
@@ -1153,14 +1154,24 @@ static int gemv_bench(void)
         {"7B q/k/v Q4_K 3584 -> 3584+512+512", {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K}, 3584, {3584, 512, 512}, 3, APR_CU_STORE},
         {"7B gate/up + SwiGLU Q4_K 3584 -> 2x18944", {APR_TYPE_Q4_K}, 3584, {18944}, 1, APR_CU_SWIGLU},
         {"7B down + res Q6_K 18944 -> 3584", {APR_TYPE_Q6_K}, 18944, {3584}, 1, APR_CU_ADD},
+        {"7B o + res Q4_K 3584 -> 3584", {APR_TYPE_Q4_K}, 3584, {3584}, 1, APR_CU_ADD},
+        {"7B output Q6_K 3584 -> 152064", {APR_TYPE_Q6_K}, 3584, {152064}, 1, APR_CU_STORE},
+        {"32B q/k/v Q4_K 5120 -> 5120+1024+1024", {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K}, 5120, {5120, 1024, 1024}, 3, APR_CU_STORE},
+        {"32B o + res Q4_K 5120 -> 5120", {APR_TYPE_Q4_K}, 5120, {5120}, 1, APR_CU_ADD},
+        {"32B gate/up + SwiGLU Q4_K 5120 -> 2x27648", {APR_TYPE_Q4_K}, 5120, {27648}, 1, APR_CU_SWIGLU},
+        {"32B down + res Q4_K 27648 -> 5120", {APR_TYPE_Q4_K}, 27648, {5120}, 1, APR_CU_ADD},
+        {"32B down + res Q6_K 27648 -> 5120", {APR_TYPE_Q6_K}, 27648, {5120}, 1, APR_CU_ADD},
+        {"32B output Q6_K 5120 -> 152064", {APR_TYPE_Q6_K}, 5120, {152064}, 1, APR_CU_STORE},
         {"0.5B q/k/v Q5_0 896 -> 896+128+128", {APR_TYPE_Q5_0, APR_TYPE_Q5_0, APR_TYPE_Q8_0}, 896, {896, 128, 128}, 3, APR_CU_STORE},
         {"0.5B down + res Q8_0 4864 -> 896", {APR_TYPE_Q8_0}, 4864, {896}, 1, APR_CU_ADD},
     };
     apr_cu_init(); /* reads APR_CUDA_GEMV1 */
     const int sweep = getenv("APR_GEMV_SWEEP") != NULL; /* every lane depth and row split */
     printf("%-44s %9s %6s %9s %8s\n", "one-token product", "MB", "u/w", "us", "GB/s");
+    const char *only = getenv("APR_GEMV_ONLY"); /* products whose name contains it */
     for (size_t pi = 0; pi < sizeof prod / sizeof prod[0]; pi++)
     for (int cfg = 0; cfg < (sweep ? 9 : 1); cfg++) {
+        if (only && !strstr(prod[pi].name, only)) continue;
         /* cfg 1..8: lane depth 1, 2 x warps a row 1, 2, 4, 8 */
         const int fu = cfg ? 1 + (cfg - 1) / 4 : 0, fw = cfg ? 1 << ((cfg - 1) % 4) : 0;
         apr_cu_gemv1_force(fu, fw);
@@ -1477,6 +1488,11 @@ int main(int argc, char **argv)
     test_attention(&r, 12, 2, 128, true, true, true, false);
     test_attention(&r, 8, 4, 8, false, false, true, false);
     test_fused_all(&r);
+    /* the 7B's and 32B's row splits: one warp a row of 112 chunks, four a row of 864 and 288 */
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 3584, 16384, APR_CU_SWIGLU);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 27648, 4096, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 9216, 4098, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 5120, 16384, APR_CU_STORE); /* 160 chunks, one a lane */
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
     return failures ? 1 : 0;
 }
