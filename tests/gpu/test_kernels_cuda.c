@@ -760,7 +760,11 @@ static void test_attention_ctx(rng *r, int n_head, int n_head_kv, int hd, bool n
             cache_diff++;
     /* the F16 accumulator is off by ~1e-3 at 70 keys (the CPU's error, reproduced) */
     /* 5e-5: the two-kernel path's RoPE angles (qkv_post, float pos * freq)
-     * differ from the reference's by a few ulps at hd 256 (measured 2.6e-5) */
+     * differ from the reference's by a few ulps at hd 256 (measured 2.6e-5);
+     * and the device's sinf/cosf may differ from the C library's by up to 2
+     * ulps, so a key element can round to the neighbouring f16 (the cache
+     * check allows that), which at hd 8 moves the output by up to ~1e-4
+     * (measured 7.1e-5 with another seed): 2e-4 for heads of 16 or fewer */
     /* the split's merge counters are back at zero for the next launch */
     int counts_left = 0;
     if (split) {
@@ -771,7 +775,7 @@ static void test_attention_ctx(rng *r, int n_head, int n_head_kv, int hd, bool n
         free(cnt);
         cudaFree(cx.att_work);
     }
-    bool ok = !bad && worst < (f16_acc ? 1e-2 : 5e-5) && cache_diff == 0 && counts_left == 0;
+    bool ok = !bad && worst < (f16_acc ? 1e-2 : hd <= 16 ? 2e-4 : 5e-5) && cache_diff == 0 && counts_left == 0;
     printf("%-4s attention %2d/%d heads hd %-3d %-6s %-5s%-8s%-6s ctx %4d/%4d%s rel %.2e  cache diffs %d%s%s\n",
            ok ? "ok" : "FAIL", n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "",
            f16_acc ? "f16-acc" : "", fused ? "+rope" : "", P, n_ctx, split ? " split" : "", worst, cache_diff,
