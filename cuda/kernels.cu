@@ -999,9 +999,13 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(con
  * - 33-64: two while the matrix has under 4096 rows (o, q/k/v: twice the
  *   blocks of a latency-bound product), one for the big ones (gate/up, the
  *   output matrix);
- * - 65-256 (the 3584- and 5120-wide inputs): one for matrices of 16384 rows
- *   or more (7B gate/up 33.4 -> 32.6 us, output 171.8 -> 160.3; 32B gate/up
- *   64.9 -> 63.3), two below (q/k/v, o: more blocks);
+ * - 65-256 (the 3584- and 5120-wide inputs): one where its blocks (8 rows
+ *   each, 4 a multiprocessor) fill their last wave to 80% or more, else two
+ *   (more, smaller blocks: a better last wave). One: 7B gate/up 33.4 -> 32.6
+ *   us, output 171.8 -> 160.3, o 5.9 -> 5.1 (one wave of 448 blocks); 32B
+ *   gate/up 64.9 -> 63.3, q/k/v 12.9 -> 12.0 (896 blocks, 85% of 2 waves).
+ *   Two: 7B q/k/v (576 blocks, 55%: 6.9 against 8.0), 32B o (640: 10.4
+ *   against 10.7);
  * - over 256 (down): two walking the row in rounds (280-592 chunks: 10-30%
  *   faster than 4 or 8: fewer blocks, each streaming longer, less
  *   reduction), four where the matrix has 4096 rows or more (the 32B's 864
@@ -1012,7 +1016,10 @@ static int gemv1_wpr(int nch, int rows)
 {
     if (nch <= 32) return 1;
     if (nch <= 64) return rows < 4096 ? 2 : 1;
-    if (nch <= 256) return rows >= 16384 ? 1 : 2;
+    if (nch <= 256) {
+        const int blocks = (rows + 7) / 8, wave = 4 * apr_cu_sms(), waves = (blocks + wave - 1) / wave;
+        return 5 * blocks >= 4 * waves * wave ? 1 : 2;
+    }
     return rows >= 4096 ? 4 : 2;
 }
 

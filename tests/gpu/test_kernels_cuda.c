@@ -1497,6 +1497,8 @@ int main(int argc, char **argv)
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 27648, 4096, APR_CU_ADD);
     test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 9216, 4098, APR_CU_ADD);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 5120, 16384, APR_CU_STORE); /* 160 chunks, one a lane */
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 3584, 3584, APR_CU_ADD);    /* one wave at one warp a row */
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 5120, 7168, APR_CU_STORE);  /* 85% of two waves */
     printf("%s: %d failure(s)\n", failures ? "FAILED" : "PASSED", failures);
     return failures ? 1 : 0;
 }
