@@ -1265,7 +1265,8 @@ extern "C" void apr_cu_init(void)
     pro_prefetch = env_int("APR_CUDA_PREFETCH", PRO_PREFETCH_GROUPS);
     pro_per_sm = env_int("APR_CUDA_PRO_GRID", -1);
     gemv1_on = env_int("APR_CUDA_GEMV1", 1);
-    gemv1_minb = env_int("APR_CUDA_GEMV1_MINB", 0);
+    const int minb = env_int("APR_CUDA_GEMV1_MINB", 0);
+    gemv1_minb = minb == 3 || minb == 4 ? minb : 0; /* anything else: the default */
     const void *k[8] = {(const void *)gemv_pro_kernel<1, false>, (const void *)gemv_pro_kernel<1, true>,
                         (const void *)gemv_pro_kernel<2, false>, (const void *)gemv_pro_kernel<2, true>,
                         (const void *)gemv_pro_kernel<4, false>, (const void *)gemv_pro_kernel<4, true>,
