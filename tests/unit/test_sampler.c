@@ -233,38 +233,25 @@ START_TEST(frequencies)
 }
 END_TEST
 
-typedef struct {
-    double l;
-    int32_t id;
-} ref_cand;
-
-static int cmp_ref(const void *pa, const void *pb)
-{
-    const ref_cand *a = pa, *b = pb;
-    if (a->l != b->l)
-        return a->l > b->l ? -1 : 1;
-    return a->id < b->id ? -1 : 1;
-}
-
 /* The allowed set by a full sort in double. p_slack widens top-p a little so
  * that rounding at the boundary cannot make a correct sample look wrong. */
 static void allowed_set(const float *l, int32_t n, apr_sampler_params sp, double p_slack, bool *ok)
 {
-    ref_cand *c = malloc((size_t)n * sizeof *c);
+    ref_pair *c = malloc((size_t)n * sizeof *c); /* sorted in the sampler's order (ref_topk.h), summed in double */
     for (int32_t i = 0; i < n; i++) {
         c[i].l = l[i];
         c[i].id = i;
         ok[i] = false;
     }
-    qsort(c, (size_t)n, sizeof *c, cmp_ref);
+    qsort(c, (size_t)n, sizeof *c, ref_cmp_pair);
     int32_t k = sp.top_k > 0 && sp.top_k < n ? sp.top_k : n;
     double z = 0, cum = 0;
     for (int32_t i = 0; i < k; i++)
-        z += exp(c[i].l - c[0].l);
+        z += exp((double)c[i].l - c[0].l);
     int32_t keep = k;
     if (sp.top_p < 1) {
         for (int32_t i = 0; i < k; i++) {
-            cum += exp(c[i].l - c[0].l) / z;
+            cum += exp((double)c[i].l - c[0].l) / z;
             if (cum >= sp.top_p + p_slack) {
                 keep = i + 1;
                 break;
@@ -272,7 +259,7 @@ static void allowed_set(const float *l, int32_t n, apr_sampler_params sp, double
         }
     }
     for (int32_t i = 0; i < keep; i++)
-        if (sp.min_p <= 0 || c[i].l >= c[0].l + log(sp.min_p) - 1e-6)
+        if (sp.min_p <= 0 || (double)c[i].l >= (double)c[0].l + log(sp.min_p) - 1e-6)
             ok[c[i].id] = true;
     free(c);
 }
