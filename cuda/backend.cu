@@ -101,6 +101,7 @@ struct apr_cuda_model {
     cudaGraphExec_t graph[N_BUCKETS];
     bool use_graphs;
     int fuse; /* one-token steps: which fusions (FUSE_*) are on */
+    bool att_q8; /* steps of up to 16 entries: attention quantizes the o product's input (APR_CUDA_ATT_Q8=0: off) */
     int pdl;  /* APR_CUDA_PDL: 0 never, 1 steps of up to 64 entries, 2 always */
     /* APR_CUDA_PROFILE=1: events between the launches of plain (graph-less)
      * steps, summed per kernel class, printed at close */
@@ -744,6 +745,8 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
          * cost (H200: 7B 367 tok/s without, 164 with) */
         const char *fu = getenv("APR_CUDA_FUSE");
         m->fuse = fu ? (int)strtol(fu, NULL, 0) & FUSE_ALL : FUSE_ROPE;
+        const char *aq = getenv("APR_CUDA_ATT_Q8");
+        m->att_q8 = !(aq && !strcmp(aq, "0"));
         const char *f16 = getenv("APR_CUDA_F16_ACC"); /* "1": the CPU's attention numerics (parity checks) */
         m->ash.f16_acc = f16 && !strcmp(f16, "1");
     }
@@ -818,10 +821,25 @@ extern "C" void apr_cuda_seq_trim(apr_cuda_model *m, int seq, int from_pos)
 
 /* One product of the forward pass over the n rows src describes: for one
  * token the GEMV that quantizes its own input (apr_cu_gemv_fused), else the
- * norm/quantize kernel (profile class qcls) and then apr_cu_matmul (cls). */
+ * norm/quantize kernel (profile class qcls) and then apr_cu_matmul (cls).
+ * src NULL: the rows are in m->act already, quantized as this step's GEMV
+ * wants them (attention wrote them). Steps of up to 16 entries (always
+ * apr_cu_gemv) quantize every type's activations Q8_0-style (cuda/kernels.h);
+ * larger ones Q8_K-style for the K-quants, which apr_cu_mma reads. */
 static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int n, const apr_cu_quant_src *src,
                    int fuse, int qcls, int cls)
 {
+    const bool per32 = n < APR_CU_MMA_MIN_TOK;
+    apr_cu_act use = m->act;
+    if (per32) {
+        use.qk = m->act.q0;
+        use.dsk = m->act.ds0;
+    }
+    if (!src) {
+        if (apr_cu_matmul(seg, n_seg, &use, n, &m->cu)) return -1;
+        mark(m, cls);
+        return 0;
+    }
     if (n == 1 && (m->fuse & fuse)) {
         const int rc = apr_cu_gemv_fused(seg, n_seg, src, &m->cu);
         if (rc < 0) return -1;
@@ -835,14 +853,14 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
     bool want_k = false, want_0 = false;
     for (int i = 0; i < n_seg; i++) {
         const uint32_t t = seg[i].w.type;
-        if (t == APR_TYPE_Q4_K || t == APR_TYPE_Q6_K) want_k = true;
+        if (t == APR_TYPE_Q4_K || t == APR_TYPE_Q6_K) (per32 ? want_0 : want_k) = true;
         if (t == APR_TYPE_Q4_0 || t == APR_TYPE_Q5_0 || t == APR_TYPE_Q8_0) want_0 = true;
     }
     if (!want_k) act.qk = NULL;
     if (!want_0) act.q0 = NULL;
     apr_cu_norm_quant(src->x, src->ldx, src->rows, src->w, src->eps, src->n, n, &act, &m->cu);
     mark(m, qcls);
-    if (apr_cu_matmul(seg, n_seg, &m->act, n, &m->cu)) return -1;
+    if (apr_cu_matmul(seg, n_seg, &use, n, &m->cu)) return -1;
     mark(m, cls);
     return 0;
 }
@@ -872,20 +890,29 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
                                   {L->wv, none, m->qkv + m->q_dim + m->kv_dim, m->ldqkv, APR_CU_STORE}};
         const apr_cu_quant_src attn_in = {m->x, NULL, E, L->attn_norm, hp->rms_eps, E};
         if (product(m, qkv, 3, n, &attn_in, FUSE_QKV, P_NORM, P_QKV)) return -1;
+        /* attention quantizes its output for the o product itself where the
+         * GEMV takes it (steps of up to 16 entries) and a head is whole
+         * 32-groups; else the quantize kernel does */
+        const bool wo_q = L->wo.type != APR_TYPE_F32 && L->wo.type != APR_TYPE_F16;
+        const apr_cu_act *q8 = m->att_q8 && n < APR_CU_MMA_MIN_TOK && wo_q && m->ash.head_dim % 32 == 0 &&
+                                       !m->ash.f16_acc && !(n == 1 && (m->fuse & FUSE_WO))
+                                   ? &m->act
+                                   : NULL;
         int arc = 1; /* 1: bias + RoPE + KV append as a kernel of its own */
         if (n == 1 && (m->fuse & FUSE_ROPE))
             arc = apr_cu_attention_rope(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, &m->ash, kc, vc, m->att,
-                                        m->q_dim, &m->cu);
+                                        m->q_dim, q8, &m->cu);
         if (arc < 0) return -1;
         if (arc > 0) {
             apr_cu_qkv_post(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, n, &m->ash, kc, vc, &m->cu);
             mark(m, P_POST);
-            if (apr_cu_attention(m->qkv, m->ldqkv, kc, vc, pos, seq, n, &m->ash, m->att, m->q_dim, &m->cu)) return -1;
+            if (apr_cu_attention(m->qkv, m->ldqkv, kc, vc, pos, seq, n, &m->ash, m->att, m->q_dim, q8, &m->cu))
+                return -1;
         }
         mark(m, P_ATTN);
         apr_cu_gemv_seg wo = {L->wo, none, m->x, E, APR_CU_ADD};
         const apr_cu_quant_src att_in = {m->att, NULL, m->q_dim, NULL, 0.f, m->q_dim};
-        if (product(m, &wo, 1, n, &att_in, FUSE_WO, P_QUANT, P_WO)) return -1;
+        if (product(m, &wo, 1, n, q8 ? NULL : &att_in, FUSE_WO, P_QUANT, P_WO)) return -1;
 
         apr_cu_gemv_seg gu = {L->gate, L->up, m->hb, F, APR_CU_SWIGLU};
         const apr_cu_quant_src ffn_in = {m->x, NULL, E, L->ffn_norm, hp->rms_eps, E};

@@ -455,9 +455,11 @@ struct K_Q4_K {
                 s0 = dp4a((int)(v & 0x0F0F0F0Fu), i4get(lo, i), s0);
                 s1 = dp4a((int)((v >> 4) & 0x0F0F0F0Fu), i4get(hi, i), s1);
             }
-            float v = ds0.x * d * (float)(sc0 * s0 + sc1 * s1);
+            /* each 32-group with its own scale: Q8_K-style rows repeat one
+             * per 256, Q8_0-style rows (decode, kernels.h) have one per 32 */
+            float v = d * (ds0.x * (float)(sc0 * s0) + ds1.x * (float)(sc1 * s1));
             /* the mins term needs whole 32-group sums: the half-0 chunk adds it */
-            if (!half) v -= dmin * ds0.x * (float)(m0 * (int)ds0.y + m1 * (int)ds1.y);
+            if (!half) v -= dmin * (ds0.x * (float)(m0 * (int)ds0.y) + ds1.x * (float)(m1 * (int)ds1.y));
             acc[t] += v;
         }
     }
@@ -492,14 +494,15 @@ struct K_Q6_K {
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
             const int4 lo = *(const int4 *)q, hi = *(const int4 *)(q + 64);
-            const float dx = a.dsk[(size_t)tt[t] * (a.ld / 32) + e / 32].x;
+            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld / 32) + e / 32;
+            const float dlo = ds[0].x, dhi = ds[2].x; /* the 32-groups of lo and hi (64 apart) */
             int s0 = 0, s1 = 0;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 s0 = dp4a((int)vlo[i], i4get(lo, i), s0);
                 s1 = dp4a((int)vhi[i], i4get(hi, i), s1);
             }
-            acc[t] += dx * x.d * (float)(x.sclo * s0 + x.schi * s1);
+            acc[t] += x.d * (dlo * (float)(x.sclo * s0) + dhi * (float)(x.schi * s1));
         }
     }
 };
@@ -1537,6 +1540,33 @@ struct split_dev {
     int chunk, n_chunks;
 };
 
+/* Where attention also writes its output Q8_0-style (q NULL: nowhere). */
+struct q8_dev {
+    int8_t *q;
+    float2 *ds;
+    int ld;
+};
+
+/* Thread i of the block holds element e0 + i of row t's output, v (n of
+ * them, n % 32 == 0, so a warp is one whole 32-group or past the end): the
+ * group's quants, d and sum of quants, with norm_quant_kernel's Q8_0-style
+ * arithmetic on the same floats, so the bytes are the ones it would write.
+ * The o product reads them without a quantize kernel in between. Every
+ * thread of the block calls it. */
+static __device__ __forceinline__ void q8_store(const q8_dev &q8, int t, int e0, float v, int n)
+{
+    const int i = threadIdx.x;
+    if (!q8.q || (i & ~31) >= n) return; /* warp-uniform */
+    const unsigned full = 0xffffffffu;
+    const float amax = __uint_as_float(__reduce_max_sync(full, __float_as_uint(fabsf(v))));
+    const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
+    const int q = __float2int_rn(v * id);
+    const size_t e = (size_t)t * q8.ld + e0 + i;
+    q8.q[e] = (int8_t)q;
+    const int sum = __reduce_add_sync(full, q);
+    if ((i & 31) == 0) q8.ds[e / 32] = make_float2(__half2float(__float2half_rn(d)), (float)sum);
+}
+
 /* HD: the head dimension when known at compile time (loops unroll fully), 0
  * otherwise. ROPE: one decode token whose q/k/v row is not yet biased, rotated
  * or appended (rope_decode); positions before p come from the cache. SPLIT:
@@ -1547,7 +1577,7 @@ template <int DPL, int HD, bool ROPE, bool SPLIT>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const float *q, int ldq, const uint16_t *kc, const uint16_t *vc, const int32_t *pos,
                      const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo, rope_dev rd,
-                     split_dev sp)
+                     split_dev sp, q8_dev q8)
 {
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hd = HD ? HD : sh.head_dim, kv_dim = sh.n_head_kv * hd;
@@ -1582,8 +1612,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     float *o = out + (size_t)t * ldo + (size_t)h * hd;
     const int sq = seq[t];
     if (sq < 0) {
-        if (!SPLIT || blockIdx.z == 0)
+        if (!SPLIT || blockIdx.z == 0) {
             for (int i = threadIdx.x; i < hd; i += blockDim.x) o[i] = 0.f;
+            q8_store(q8, t, h * hd, 0.f, hd);
+        }
         return;
     }
     const int p = pos[t], kvh = h / (sh.n_head / sh.n_head_kv);
@@ -1683,14 +1715,19 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         if (wm[w] != -INFINITY) L += wl[w] * expf(wm[w] - M);
     float *part = sp.part + ((size_t)(t * sh.n_head + h) * sp.n_chunks) * (2 + hd);
     const float inv = L == 0.f ? 0.f : 1.f / L;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    float fin = 0.f; /* thread i's output element (hd <= 256 < the block's threads) */
+    if (threadIdx.x < hd) {
+        const int i = threadIdx.x;
         float v = 0.f;
         for (int w = 0; w < nw; w++)
             if (wm[w] != -INFINITY) v += wacc[w][i] * expf(wm[w] - M);
-        if (!SPLIT || nc == 1) o[i] = v * inv;
+        if (!SPLIT || nc == 1) o[i] = fin = v * inv;
         else part[(size_t)blockIdx.z * (2 + hd) + 2 + i] = v;
     }
-    if (!SPLIT || nc == 1) return;
+    if (!SPLIT || nc == 1) {
+        q8_store(q8, t, h * hd, fin, hd);
+        return;
+    }
     /* several chunks: publish this one's state; the last block of the token's head merges */
     __shared__ bool last;
     if (threadIdx.x == 0) {
@@ -1709,12 +1746,14 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     for (int cc = 0; cc < nc; cc++)
         Lx += __ldcg(part + (size_t)cc * (2 + hd) + 1) * expf(__ldcg(part + (size_t)cc * (2 + hd)) - Mx);
     const float ix = Lx == 0.f ? 0.f : 1.f / Lx;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    if (threadIdx.x < hd) {
+        const int i = threadIdx.x;
         float v = 0.f;
         for (int cc = 0; cc < nc; cc++)
             v += __ldcg(part + (size_t)cc * (2 + hd) + 2 + i) * expf(__ldcg(part + (size_t)cc * (2 + hd)) - Mx);
-        o[i] = v * ix;
+        o[i] = fin = v * ix;
     }
+    q8_store(q8, t, h * hd, fin, hd);
     if (threadIdx.x == 0) sp.count[t * sh.n_head + h] = 0; /* ready for the next launch */
 #undef KROW
 #undef VROW
@@ -1814,8 +1853,9 @@ static split_dev att_split(const apr_cu_attn_shape *sh, int ntok, const apr_cu_c
 template <bool ROPE>
 static void attention_launch(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
                              const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh, float *out,
-                             int ldo, rope_dev rd, const apr_cu_ctx *c)
+                             int ldo, rope_dev rd, const apr_cu_act *q8a, const apr_cu_ctx *c)
 {
+    const q8_dev q8 = q8a ? q8_dev{q8a->q0, (float2 *)q8a->ds0, q8a->ld} : q8_dev{NULL, NULL, 0};
     const int hd = sh->head_dim;
     const float scale = 1.0f / sqrtf((float)hd);
     const split_dev sp = att_split(sh, ntok, c);
@@ -1823,11 +1863,11 @@ static void attention_launch(const float *q, int ldq, const uint16_t *k_cache, c
 #define ATT(DPL, HD)                                                                                               \
     do {                                                                                                           \
         if (sp.n_chunks > 1)                                                                                       \
-            launch(c, attention_kernel<DPL, HD, ROPE, true>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh,  \
-                   scale, out, ldo, rd, sp);                                                                       \
+            launch(c, attention_kernel<DPL, HD, ROPE, true>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, \
+                   scale, out, ldo, rd, sp, q8);                                                                   \
         else                                                                                                       \
-            launch(c, attention_kernel<DPL, HD, ROPE, false>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, \
-                   scale, out, ldo, rd, sp);                                                                       \
+            launch(c, attention_kernel<DPL, HD, ROPE, false>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh,\
+                   scale, out, ldo, rd, sp, q8);                                                                   \
     } while (0)
     if (hd == 128) ATT(4, 128);
     else if (hd == 64) ATT(2, 64);
@@ -1840,10 +1880,11 @@ static void attention_launch(const float *q, int ldq, const uint16_t *k_cache, c
 
 extern "C" int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
                                 const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
-                                float *out, int ldo, const apr_cu_ctx *c)
+                                float *out, int ldo, const apr_cu_act *q8, const apr_cu_ctx *c)
 {
     const int hd = sh->head_dim;
     if (hd % 8 || hd > 256 || hd < 8 || sh->n_head_kv < 1 || sh->n_head % sh->n_head_kv) return -1;
+    if (q8 && (hd % 32 || sh->f16_acc || !q8->q0 || !q8->ds0 || q8->ld % 32)) return -1;
     if (ntok <= 0) return 0;
     const float scale = 1.0f / sqrtf((float)hd);
     const dim3 grid((unsigned)ntok, (unsigned)sh->n_head);
@@ -1857,18 +1898,20 @@ extern "C" int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache
 #undef ATT16
         return 0;
     }
-    attention_launch<false>(q, ldq, k_cache, v_cache, pos, seq, ntok, sh, out, ldo, rope_dev{}, c);
+    attention_launch<false>(q, ldq, k_cache, v_cache, pos, seq, ntok, sh, out, ldo, rope_dev{}, q8, c);
     return 0;
 }
 
 extern "C" int apr_cu_attention_rope(float *qkv, int ldqkv, const float *bq, const float *bk, const float *bv,
                                      const int32_t *pos, const int32_t *seq, const apr_cu_attn_shape *sh,
-                                     uint16_t *k_cache, uint16_t *v_cache, float *out, int ldo, const apr_cu_ctx *c)
+                                     uint16_t *k_cache, uint16_t *v_cache, float *out, int ldo, const apr_cu_act *q8,
+                                     const apr_cu_ctx *c)
 {
     const int hd = sh->head_dim;
     if (hd % 8 || hd > 256 || hd < 8 || sh->n_head_kv < 1 || sh->n_head % sh->n_head_kv) return -1;
     if (sh->f16_acc) return 1;
+    if (q8 && (hd % 32 || !q8->q0 || !q8->ds0 || q8->ld % 32)) return -1;
     attention_launch<true>(qkv, ldqkv, k_cache, v_cache, pos, seq, 1, sh, out, ldo,
-                           rope_dev{bq, bk, bv, k_cache, v_cache}, c);
+                           rope_dev{bq, bk, bv, k_cache, v_cache}, q8, c);
     return 0;
 }

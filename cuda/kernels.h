@@ -7,7 +7,11 @@
  * activations are quantized to 8 bits exactly as the CPU does (Q8_K-style per
  * 256 for the K-quants, Q8_0-style per 32 for the legacy quants), so the
  * integer dot products are identical and only the float summation order
- * differs. That is what makes cuda-vs-cpu parity checks tight.
+ * differs. That is what makes cuda-vs-cpu parity checks tight. The exception:
+ * steps of up to 16 entries (decode, apr_cu_gemv) quantize the K-quants'
+ * activations Q8_0-style too, a scale per 32 as llama.cpp's CUDA backend
+ * does, so that a producer owning whole 32-groups (attention's heads) can
+ * quantize its own output with no kernel in between.
  */
 #ifndef APR_CUDA_KERNELS_H
 #define APR_CUDA_KERNELS_H
@@ -69,6 +73,9 @@ typedef struct {
     float *f;    /* f32 (F32/F16 weights read these) */
     int8_t *qk;  /* Q8_K-style: one d per 256 = max/-127, the CPU's quantize_q8_K */
     float *dsk;  /* [ld/32][2]: d of the 32-group (same for its 256) and the sum of its quants */
+    /* The GEMV's K-quant dot products take a d per 32-group, so apr_cu_gemv
+     * also accepts Q8_0-style rows as its qk/dsk (q0/ds0's pointers): the
+     * decode steps do (see the top of this file); apr_cu_mma reads Q8_K only. */
     int8_t *q0;  /* Q8_0-style: per 32, d = amax/127 rounded to f16 */
     float *ds0;  /* [ld/32][2]: d and the sum of the quants */
     int ld;
@@ -209,12 +216,17 @@ void apr_cu_qkv_post(float *qkv, int ldqkv, const float *bq, const float *bk, co
  * 0..pos[t] (GQA: q head h reads kv head h / (n_head / n_head_kv)). q is
  * rounded to F16 first, as the CPU does against its F16 cache; softmax and
  * the V accumulation are f32. out[t][h*hd + i]; padding entries get zeros.
- * Returns -1 if head_dim is not a multiple of 8 or exceeds 256. */
+ * q8 (NULL: no): the same rows also quantized Q8_0-style into q8->q0 and
+ * q8->ds0 (row stride q8->ld), the bytes apr_cu_norm_quant would write for
+ * them, so the o product needs no quantize kernel (each block owns its
+ * head's whole 32-groups); needs head_dim % 32 == 0 and no f16_acc.
+ * Returns -1 if head_dim is not a multiple of 8 or exceeds 256, or q8 is
+ * set where it cannot be. */
 #define APR_CU_ATT_SPLIT_TOK 16
 size_t apr_cu_attention_work_bytes(const apr_cu_attn_shape *sh);
 int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache, const uint16_t *v_cache,
                      const int32_t *pos, const int32_t *seq, int ntok, const apr_cu_attn_shape *sh,
-                     float *out, int ldo, const apr_cu_ctx *c);
+                     float *out, int ldo, const apr_cu_act *q8, const apr_cu_ctx *c);
 
 /* One decode token (ntok 1): apr_cu_qkv_post and apr_cu_attention in one
  * launch. Each attention block biases and rotates its own q head and its kv
@@ -225,7 +237,7 @@ int apr_cu_attention(const float *q, int ldq, const uint16_t *k_cache, const uin
  * apr_cu_attention. */
 int apr_cu_attention_rope(float *qkv, int ldqkv, const float *bq, const float *bk, const float *bv,
                           const int32_t *pos, const int32_t *seq, const apr_cu_attn_shape *sh, uint16_t *k_cache,
-                          uint16_t *v_cache, float *out, int ldo, const apr_cu_ctx *c);
+                          uint16_t *v_cache, float *out, int ldo, const apr_cu_act *q8, const apr_cu_ctx *c);
 
 #ifdef __cplusplus
 }

@@ -326,6 +326,69 @@ static void test_product(rng *r, product_fn fn, const char *name, uint32_t type,
     free(base);
 }
 
+/* Decode's K-quant products read Q8_0-style activations (a scale per 32,
+ * kernels.h): apr_cu_gemv given q0/ds0 as its qk/dsk against the weights and
+ * the activations both dequantized on the CPU (Q8_0 as apr_act_quantize
+ * makes it), summed in double. */
+static void test_gemv_per32(rng *r, uint32_t type, int n_in, int n_out, int ntok)
+{
+    const int ld = (n_in + 255) / 256 * 256;
+    const size_t wb = apr_cu_weight_bytes(type, n_in, n_out), rb = apr_row_bytes(type, (uint64_t)n_in);
+    uint8_t *w = malloc(wb);
+    fill_rows(r, type, w, n_in, n_out);
+    float *x = malloc(sizeof(float) * n_in * ntok), *wrow = malloc(sizeof(float) * n_in);
+    float *xd = malloc(sizeof(float) * n_in * ntok), *ref = malloc(sizeof(float) * n_out * ntok);
+    float *got = malloc(sizeof(float) * n_out * ntok);
+    fill_acts(r, x, (size_t)n_in * ntok);
+    const size_t xs = apr_act_row_bytes(APR_TYPE_Q8_0, n_in);
+    uint8_t *xq = malloc(xs);
+    for (int t = 0; t < ntok; t++) { /* Q8_0 blocks: f16 d, 32 int8 */
+        apr_act_quantize(APR_ISA_SCALAR, APR_TYPE_Q8_0, x + (size_t)t * n_in, xq, n_in);
+        for (int b = 0; b < n_in / 32; b++) {
+            uint16_t dh;
+            memcpy(&dh, xq + 34 * b, 2);
+            for (int i = 0; i < 32; i++)
+                xd[(size_t)t * n_in + 32 * b + i] = apr_fp16_to_f32(dh) * (float)(int8_t)xq[34 * b + 2 + i];
+        }
+    }
+    for (int o = 0; o < n_out; o++) {
+        apr_dequant_row(type, w + rb * o, wrow, n_in);
+        for (int t = 0; t < ntok; t++) {
+            double acc = 0;
+            for (int i = 0; i < n_in; i++) acc += (double)wrow[i] * xd[(size_t)t * n_in + i];
+            ref[(size_t)t * n_out + o] = (float)acc;
+        }
+    }
+    apr_cu_weight dw = weight_upload(type, n_in, n_out, w);
+    float *dx = dev_upload(x, sizeof(float) * n_in * ntok), *dout = NULL;
+    CK(cudaMalloc((void **)&dout, sizeof(float) * n_out * ntok));
+    apr_cu_act a = act_alloc(ntok, ld), per32 = a;
+    apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, ntok, &a, &cu0);
+    per32.qk = a.q0;
+    per32.dsk = a.ds0;
+    poison(dout, sizeof(float) * n_out * ntok);
+    apr_cu_weight none = {NULL, 0, 0, 0};
+    apr_cu_gemv_seg seg = {dw, none, dout, n_out, APR_CU_STORE};
+    if (apr_cu_gemv(&seg, 1, &per32, ntok, &cu0)) failures++;
+    CK_LAUNCH();
+    CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
+    char what[96];
+    snprintf(what, sizeof what, "gemv %-4s %5d x %-5d ntok %-3d Q8_0-style", apr_type_get(type)->name, n_in, n_out,
+             ntok);
+    report(what, got, ref, (size_t)n_out * ntok, 1e-5);
+    act_free(&a);
+    cudaFree((void *)dw.data);
+    cudaFree(dx);
+    cudaFree(dout);
+    free(w);
+    free(x);
+    free(wrow);
+    free(xd);
+    free(xq);
+    free(ref);
+    free(got);
+}
+
 static void test_gemv_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
 {
     test_product(r, apr_cu_gemv, "gemv", type, n_in, n_out, ntok);
@@ -664,6 +727,15 @@ static void test_attention_ctx(rng *r, int n_head, int n_head_kv, int hd, bool n
     CK(cudaMalloc((void **)&dout, sizeof(float) * q_dim * max_t));
     CK(cudaMalloc((void **)&dpos, sizeof(int32_t) * max_t));
     CK(cudaMalloc((void **)&dseq, sizeof(int32_t) * max_t));
+    /* where heads are whole 32-groups, attention also quantizes its output
+     * (Q8_0-style): qa must be what norm_quant writes for it (qb), byte for byte */
+    const bool q8on = hd % 32 == 0 && !f16_acc;
+    const int ld8 = (q_dim + 255) / 256 * 256;
+    apr_cu_act qa = act_alloc(max_t, ld8), qb = act_alloc(max_t, ld8), qb_want = qb;
+    qb_want.qk = NULL; /* the Q8_0 style only, as the engine asks for the o product */
+    int8_t *hqa = malloc((size_t)ld8 * max_t), *hqb = malloc((size_t)ld8 * max_t);
+    float *hda = malloc(sizeof(float) * ld8 / 16 * max_t), *hdb = malloc(sizeof(float) * ld8 / 16 * max_t);
+    int q8_diff = 0;
     int next[2] = {0, 0};
     double worst = 0;
     int bad = 0;
@@ -686,11 +758,13 @@ static void test_attention_ctx(rng *r, int n_head, int n_head_kv, int hd, bool n
         poison(dout, sizeof(float) * q_dim * n);
         const float *dbq = bias ? db : NULL, *dbk = bias ? db + q_dim : NULL, *dbv = bias ? db + q_dim + kv_dim : NULL;
         int rc = 1;
-        if (fused && n == 1) rc = apr_cu_attention_rope(dqkv, ld, dbq, dbk, dbv, dpos, dseq, &sh, dk, dv, dout, q_dim, &cx);
+        const apr_cu_act *q8 = q8on ? &qa : NULL;
+        if (fused && n == 1)
+            rc = apr_cu_attention_rope(dqkv, ld, dbq, dbk, dbv, dpos, dseq, &sh, dk, dv, dout, q_dim, q8, &cx);
         if (rc > 0) {
             apr_cu_qkv_post(dqkv, ld, dbq, dbk, dbv, dpos, dseq, n, &sh, dk, dv, &cx);
             CK_LAUNCH();
-            rc = apr_cu_attention(dqkv, ld, dk, dv, dpos, dseq, n, &sh, dout, q_dim, &cx);
+            rc = apr_cu_attention(dqkv, ld, dk, dv, dpos, dseq, n, &sh, dout, q_dim, q8, &cx);
         }
         if (rc) {
             printf("FAIL attention refused head_dim %d\n", hd);
@@ -698,6 +772,19 @@ static void test_attention_ctx(rng *r, int n_head, int n_head_kv, int hd, bool n
             break;
         }
         CK_LAUNCH();
+        if (q8on) {
+            apr_cu_norm_quant(dout, q_dim, NULL, NULL, 0.f, q_dim, n, &qb_want, &cx);
+            CK_LAUNCH();
+            CK(cudaMemcpy(hqa, qa.q0, (size_t)ld8 * n, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(hqb, qb.q0, (size_t)ld8 * n, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(hda, qa.ds0, sizeof(float) * ld8 / 16 * n, cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(hdb, qb.ds0, sizeof(float) * ld8 / 16 * n, cudaMemcpyDeviceToHost));
+            for (int t = 0; t < n; t++) {
+                q8_diff += memcmp(hqa + (size_t)t * ld8, hqb + (size_t)t * ld8, (size_t)q_dim) != 0;
+                q8_diff += memcmp(hda + (size_t)t * ld8 / 16, hdb + (size_t)t * ld8 / 16,
+                                  sizeof(float) * q_dim / 16) != 0;
+            }
+        }
         CK(cudaMemcpy(got, dout, sizeof(float) * q_dim * n, cudaMemcpyDeviceToHost));
 
         /* reference: bias, rope, cache append for all entries first (a step's
@@ -775,12 +862,20 @@ static void test_attention_ctx(rng *r, int n_head, int n_head_kv, int hd, bool n
         free(cnt);
         cudaFree(cx.att_work);
     }
-    bool ok = !bad && worst < (f16_acc ? 1e-2 : hd <= 16 ? 2e-4 : 5e-5) && cache_diff == 0 && counts_left == 0;
-    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-5s%-8s%-6s ctx %4d/%4d%s rel %.2e  cache diffs %d%s%s\n",
+    bool ok = !bad && worst < (f16_acc ? 1e-2 : hd <= 16 ? 2e-4 : 5e-5) && cache_diff == 0 && counts_left == 0 &&
+              q8_diff == 0;
+    printf("%-4s attention %2d/%d heads hd %-3d %-6s %-5s%-8s%-6s ctx %4d/%4d%s rel %.2e  cache diffs %d%s%s%s\n",
            ok ? "ok" : "FAIL", n_head, n_head_kv, hd, neox ? "neox" : "normal", bias ? "bias" : "",
            f16_acc ? "f16-acc" : "", fused ? "+rope" : "", P, n_ctx, split ? " split" : "", worst, cache_diff,
+           q8on ? (q8_diff ? "  q8 rows differ from norm_quant's" : "  q8 = norm_quant's") : "",
            bad ? "  (non-finite outputs)" : "", counts_left ? "  (merge counters left non-zero)" : "");
     if (!ok) failures++;
+    act_free(&qa);
+    act_free(&qb);
+    free(hqa);
+    free(hqb);
+    free(hda);
+    free(hdb);
     free(kg);
     free(vg);
     free(kref);
@@ -928,9 +1023,9 @@ static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd
         CK(cudaMemcpy(dq, qkv, sizeof(float) * ld, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dq2, qkv, sizeof(float) * ld, cudaMemcpyHostToDevice));
         CK(cudaMemcpy(dpos, &p1, sizeof p1, cudaMemcpyHostToDevice));
-        if (apr_cu_attention_rope(dq, ld, dbq, dbk, dbv, dpos, dseq, &sh, ka, va, oa, q_dim, &cx)) failures++;
+        if (apr_cu_attention_rope(dq, ld, dbq, dbk, dbv, dpos, dseq, &sh, ka, va, oa, q_dim, NULL, &cx)) failures++;
         apr_cu_qkv_post(dq2, ld, dbq, dbk, dbv, dpos, dseq, 1, &sh, kb, vb, &cx);
-        if (apr_cu_attention(dq2, ld, kb, vb, dpos, dseq, 1, &sh, ob, q_dim, &cx)) failures++;
+        if (apr_cu_attention(dq2, ld, kb, vb, dpos, dseq, 1, &sh, ob, q_dim, NULL, &cx)) failures++;
         CK_LAUNCH();
         CK(cudaMemcpy(ga, oa, sizeof(float) * q_dim, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(gb, ob, sizeof(float) * q_dim, cudaMemcpyDeviceToHost));
@@ -1396,6 +1491,9 @@ int main(int argc, char **argv)
         test_gemv_case(&r, types[ti], k ? 256 : 32, 9, 1); /* a row of one block */
         test_get_rows(&r, types[ti], k ? 512 : 96, 33);
     }
+    for (int k = 0; k < 2; k++) /* decode's activations for the K-quants */
+        for (size_t ni = 0; ni < sizeof ntoks / sizeof ntoks[0]; ni++)
+            test_gemv_per32(&r, k ? APR_TYPE_Q6_K : APR_TYPE_Q4_K, ni == 2 ? 8960 : 1536, 67, ntoks[ni]);
     test_gemv_case(&r, APR_TYPE_Q4_K, 8960, 40, 1); /* ffn_down's long rows */
     test_gemv_case(&r, APR_TYPE_Q6_K, 8960, 40, 5);
     /* the one-token kernel's row splits: 2, 4, 8 warps a row, several rounds, partial last blocks */
