@@ -1409,6 +1409,7 @@ extern "C" void apr_cu_qkv_post(float *qkv, int ldqkv, const float *bq, const fl
  * long context keeps the GPU busy in decode. */
 
 #define ATT_WARPS 16
+#define ATT_NARROW_SPAN 256 /* keys a block walks in narrow tiles at most (attention_kernel) */
 static_assert(ATT_WARPS * 32 >= 512, "rope_decode gives threads 256 + i the v elements (head_dim <= 256)");
 
 /* DPL consecutive halves of a V row as floats. */
@@ -1582,7 +1583,22 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hd = HD ? HD : sh.head_dim, kv_dim = sh.n_head_kv * hd;
     const int k0 = SPLIT ? blockIdx.z * sp.chunk : 0; /* this block's first key */
-    uint4 kpre[ROPE && HD ? HD / 8 : 1]; /* the first tile's key of this lane, loaded before the wait */
+    /* Narrow tiles (heads of 64 and 128, a block's span of keys up to
+     * ATT_NARROW_SPAN): a warp takes 8 keys a pass, 4 lanes a key with HD / 4
+     * dimensions each (two shuffles finish a key's dot product). With 32 keys
+     * a warp, one lane a key, a context of a hundred keys left most of the 16
+     * warps idle and each busy one walked a 128-long chain; longer spans keep
+     * the wide tiles (4 passes of 8 keys cost more than one of 32: 1.5B after
+     * 2000 tokens 752 -> 632 tok/s with narrow tiles everywhere). */
+    constexpr bool NARROW = HD == 64 || HD == 128;
+    constexpr int DLN = NARROW ? HD / 4 : 8; /* a narrow lane's dimensions */
+    auto narrow_at = [&](int pp) { /* from the token's position: the same choice before and after the wait */
+        return NARROW && (SPLIT ? min(pp, k0 + sp.chunk - 1) : pp) - k0 + 1 <= ATT_NARROW_SPAN;
+    };
+    /* the first tile's key (this lane's part), loaded before the wait; heads
+     * that have narrow tiles take only those into registers (a whole 128-key
+     * row in 16 more registers spilled the kernel), the wide ones towards L1 */
+    uint4 kpre[ROPE && HD ? (NARROW ? DLN / 8 : HD / 8) : 1];
     bool pre = false;
     rope_pre rp = {};
     if (ROPE) {
@@ -1592,18 +1608,23 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
          * L1) are fetched while the q/k/v product finishes, as are
          * RoPE's angles and the biases: at short contexts the tile's DRAM
          * round trips and the rotation's arithmetic were most of this kernel. */
-        const int sq0 = seq[t], p0 = pos[t], j = k0 + warp * 32 + lane;
+        const int sq0 = seq[t], p0 = pos[t];
+        const bool nar0 = narrow_at(p0);
+        const int j = k0 + (nar0 ? warp * 8 + (lane >> 2) : warp * 32 + lane);
         if (SPLIT && k0 > p0 && blockIdx.z > 0) return; /* a chunk past the token's keys (chunk 0 zeroes padding) */
         rp = rope_prepare(sh, rd, h, h / (sh.n_head / sh.n_head_kv), p0);
         if (sq0 >= 0 && j < p0) {
-            const size_t off = (size_t)sq0 * sh.seq_stride + (size_t)j * kv_dim + (size_t)(h / (sh.n_head / sh.n_head_kv)) * hd;
-            if (HD) {
+            const size_t off = (size_t)sq0 * sh.seq_stride + (size_t)j * kv_dim +
+                               (size_t)(h / (sh.n_head / sh.n_head_kv)) * hd + (nar0 ? (lane & 3) * DLN : 0);
+            const bool in_regs = HD && (nar0 || !NARROW);
+            if (in_regs) {
 #pragma unroll
-                for (int d8 = 0; d8 < HD / 8; d8++) kpre[d8] = ((const uint4 *)(kc + off))[d8];
+                for (int d8 = 0; d8 < (int)(sizeof kpre / sizeof kpre[0]); d8++)
+                    kpre[d8] = ((const uint4 *)(kc + off))[d8];
                 pre = true;
             }
-            for (int b = 0; b < 2 * hd; b += 128) {
-                if (!HD) asm volatile("prefetch.global.L1 [%0];" ::"l"((const uint8_t *)(kc + off) + b));
+            for (int b = 0; b < 2 * (nar0 ? DLN : hd); b += 128) {
+                if (!in_regs) asm volatile("prefetch.global.L1 [%0];" ::"l"((const uint8_t *)(kc + off) + b));
                 asm volatile("prefetch.global.L1 [%0];" ::"l"((const uint8_t *)(vc + off) + b));
             }
         }
@@ -1645,14 +1666,65 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.f;
 
+    const bool narrow = narrow_at(p);
+    if constexpr (NARROW) {
+        if (narrow) {
+            const int kk = lane >> 2, part = lane & 3; /* this lane's key of the warp's 8, and its quarter */
+            for (int kt = k0 + warp * 8; kt <= kend; kt += ATT_WARPS * 8) {
+                const int j = kt + kk;
+                const uint4 *kr = (const uint4 *)(KROW(min(j, p)) + part * DLN);
+                uint4 kv[DLN / 8];
+                if (ROPE && pre && kt == k0 + warp * 8) { /* the lanes of the token's own key load it below */
+#pragma unroll
+                    for (int d8 = 0; d8 < DLN / 8; d8++) kv[d8] = kpre[d8];
+                } else {
+#pragma unroll
+                    for (int d8 = 0; d8 < DLN / 8; d8++) kv[d8] = kr[d8];
+                }
+                /* explicit fmaf: the same bits in every instantiation (fused or not) */
+                const float *qp = qs + part * DLN;
+                float dot = 0.f;
+#pragma unroll
+                for (int d8 = 0; d8 < DLN / 8; d8++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const float2 kf = half2_bits(u4get(kv[d8], i));
+                        dot = fmaf(qp[8 * d8 + 2 * i], kf.x, dot);
+                        dot = fmaf(qp[8 * d8 + 2 * i + 1], kf.y, dot);
+                    }
+                dot = __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 1));
+                dot = __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 2));
+                const bool live = j <= p;
+                const float sc = live ? __fmul_rn(dot, scale) : -INFINITY;
+                const float mn = fmaxf(m, warp_max(sc));
+                const float corr = expf(m - mn); /* 0 while m is -inf */
+                const float pj = live ? expf(sc - mn) : 0.f;
+                l = fmaf(l, corr, warp_sum(part == 0 ? pj : 0.f)); /* each key once */
+#pragma unroll
+                for (int i = 0; i < DPL; i++) acc[i] = __fmul_rn(acc[i], corr);
+                m = mn;
+                float vv[8][DPL];
+#pragma unroll
+                for (int jj = 0; jj < 8; jj++) load_v<DPL>(VROW(min(kt + jj, p)) + dim0, vv[jj]);
+#pragma unroll
+                for (int jj = 0; jj < 8; jj++) {
+                    const float pv = __shfl_sync(0xffffffffu, pj, 4 * jj);
+#pragma unroll
+                    for (int i = 0; i < DPL; i++) acc[i] = fmaf(pv, vv[jj][i], acc[i]);
+                }
+            }
+        }
+    }
+    if (!narrow)
     for (int kt = k0 + warp * 32; kt <= kend; kt += ATT_WARPS * 32) {
         const uint4 *kr = (const uint4 *)KROW(min(kt + lane, p));
         float dot = 0.f;
         if (HD) {
             uint4 kv[HD / 8 > 0 ? HD / 8 : 1];
-            if (ROPE && pre && kt == k0 + warp * 32) { /* lanes whose key is the token's own load it below */
+            if (!NARROW && ROPE && pre && kt == k0 + warp * 32) { /* lanes whose key is the token's own load it below */
 #pragma unroll
-                for (int d8 = 0; d8 < HD / 8; d8++) kv[d8] = kpre[d8];
+                for (int d8 = 0; d8 < HD / 8; d8++) /* (the modulo only keeps dead NARROW code in bounds) */
+                    kv[d8] = kpre[d8 % (sizeof kpre / sizeof kpre[0])];
             } else {
 #pragma unroll
                 for (int d8 = 0; d8 < HD / 8; d8++) kv[d8] = kr[d8];
@@ -1707,12 +1779,16 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         for (int i = 0; i < DPL; i++) wacc[warp][lane * DPL + i] = acc[i];
     __syncthreads();
     /* warps past the block's last key had none (their m is -inf): not visited */
-    const int nw = min(ATT_WARPS, (kend - k0) / 32 + 1);
+    const int nw = min(ATT_WARPS, (kend - k0) / (narrow ? 8 : 32) + 1);
     float M = -INFINITY;
     for (int w = 0; w < nw; w++) M = fmaxf(M, wm[w]);
+    /* each warp's rescale factor once (16 expf a thread were most of the merge) */
+    __shared__ float wf[ATT_WARPS];
+    if (threadIdx.x < nw) wf[threadIdx.x] = wm[threadIdx.x] != -INFINITY ? expf(wm[threadIdx.x] - M) : 0.f;
+    __syncthreads();
     float L = 0.f;
     for (int w = 0; w < nw; w++)
-        if (wm[w] != -INFINITY) L += wl[w] * expf(wm[w] - M);
+        if (wm[w] != -INFINITY) L += wl[w] * wf[w];
     float *part = sp.part + ((size_t)(t * sh.n_head + h) * sp.n_chunks) * (2 + hd);
     const float inv = L == 0.f ? 0.f : 1.f / L;
     float fin = 0.f; /* thread i's output element (hd <= 256 < the block's threads) */
@@ -1720,7 +1796,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         const int i = threadIdx.x;
         float v = 0.f;
         for (int w = 0; w < nw; w++)
-            if (wm[w] != -INFINITY) v += wacc[w][i] * expf(wm[w] - M);
+            if (wm[w] != -INFINITY) v += wacc[w][i] * wf[w];
         if (!SPLIT || nc == 1) o[i] = fin = v * inv;
         else part[(size_t)blockIdx.z * (2 + hd) + 2 + i] = v;
     }

@@ -1253,6 +1253,7 @@ static int gemv_bench(void)
         {"7B q/k/v Q4_K 3584 -> 3584+512+512", {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K}, 3584, {3584, 512, 512}, 3, APR_CU_STORE},
         {"7B gate/up + SwiGLU Q4_K 3584 -> 2x18944", {APR_TYPE_Q4_K}, 3584, {18944}, 1, APR_CU_SWIGLU},
         {"7B down + res Q6_K 18944 -> 3584", {APR_TYPE_Q6_K}, 18944, {3584}, 1, APR_CU_ADD},
+        {"7B down + res Q4_K 18944 -> 3584", {APR_TYPE_Q4_K}, 18944, {3584}, 1, APR_CU_ADD},
         {"7B o + res Q4_K 3584 -> 3584", {APR_TYPE_Q4_K}, 3584, {3584}, 1, APR_CU_ADD},
         {"7B output Q6_K 3584 -> 152064", {APR_TYPE_Q6_K}, 3584, {152064}, 1, APR_CU_STORE},
         {"32B q/k/v Q4_K 5120 -> 5120+1024+1024", {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K}, 5120, {5120, 1024, 1024}, 3, APR_CU_STORE},
@@ -1580,10 +1581,16 @@ int main(int argc, char **argv)
             test_attention_ctx(&r, 14, 2, 64, true, true, false, fused, 2100, 1030, split);  /* 0.5b */
         }
     test_attention_ctx(&r, 6, 2, 40, false, true, false, true, 600, 515, true); /* hd 40: the generic loops */
+    /* spans of 129-256 keys: two passes of narrow tiles; 257+: the wide ones */
+    test_attention_ctx(&r, 12, 2, 128, true, true, false, true, 300, 240, false);
+    test_attention_ctx(&r, 14, 2, 64, true, true, false, false, 300, 250, false);
+    test_attention_ctx(&r, 12, 2, 128, true, true, false, true, 300, 262, false);
     test_attention_paths_agree(&r, 12, 2, 128, true, true, 64, 37, false); /* qwen2.5-1.5b */
     test_attention_paths_agree(&r, 14, 2, 64, true, true, 64, 37, false);  /* qwen2.5-0.5b */
     test_attention_paths_agree(&r, 8, 4, 8, false, false, 64, 37, false);  /* stories260K */
     test_attention_paths_agree(&r, 4, 4, 256, true, false, 64, 37, false);
+    test_attention_paths_agree(&r, 12, 2, 128, true, true, 300, 250, false); /* narrow tiles, two passes */
+    test_attention_paths_agree(&r, 14, 2, 64, true, true, 600, 520, true);   /* a split whose last chunk is narrow */
     test_attention_paths_agree(&r, 12, 2, 128, true, true, 1300, 1100, true);
     test_attention_paths_agree(&r, 14, 2, 64, true, true, 2100, 1030, true);
     test_attention_paths_agree(&r, 4, 4, 256, true, false, 1100, 600, true);
