@@ -441,6 +441,8 @@ struct K_Q4_K {
         q4k_scale_min(x.h, 2 * g, sc0, m0);
         q4k_scale_min(x.h, 2 * g + 1, sc1, m1);
         const float d = h2f((uint16_t)(x.h.x & 0xFFFF)), dmin = h2f((uint16_t)(x.h.x >> 16));
+        /* the chunk's scales once, for every token of the tile */
+        const float a0 = d * (float)sc0, a1 = d * (float)sc1, b0 = dmin * (float)m0, b1 = dmin * (float)m1;
         const int e = (c >> 3) * 256 + 64 * g + 16 * half;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
@@ -456,11 +458,12 @@ struct K_Q4_K {
                 s1 = dp4a((int)((v >> 4) & 0x0F0F0F0Fu), i4get(hi, i), s1);
             }
             /* each 32-group with its own scale: Q8_K-style rows repeat one
-             * per 256, Q8_0-style rows (decode, kernels.h) have one per 32 */
-            float v = d * (ds0.x * (float)(sc0 * s0) + ds1.x * (float)(sc1 * s1));
-            /* the mins term needs whole 32-group sums: the half-0 chunk adds it */
-            if (!half) v -= dmin * (ds0.x * (float)(m0 * (int)ds0.y) + ds1.x * (float)(m1 * (int)ds1.y));
-            acc[t] += v;
+             * per 256, Q8_0-style rows (decode, kernels.h) have one per 32.
+             * The mins term needs whole 32-group sums (.y): the half-0 chunk
+             * adds it. */
+            const float v0 = half ? a0 * (float)s0 : fmaf(a0, (float)s0, -b0 * ds0.y);
+            const float v1 = half ? a1 * (float)s1 : fmaf(a1, (float)s1, -b1 * ds1.y);
+            acc[t] += fmaf(ds0.x, v0, ds1.x * v1);
         }
     }
 };
@@ -490,6 +493,7 @@ struct K_Q6_K {
             vhi[i] = __vsub4(((l >> 4) & 0x0F0F0F0Fu) | (((hb >> (2 * qa + 4)) & 0x03030303u) << 4), 0x20202020u);
         }
         const int e = (c >> 3) * 256 + 128 * h + 32 * qa + l0;
+        const float alo = x.d * (float)x.sclo, ahi = x.d * (float)x.schi; /* once for the tile's tokens */
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
@@ -502,7 +506,7 @@ struct K_Q6_K {
                 s0 = dp4a((int)vlo[i], i4get(lo, i), s0);
                 s1 = dp4a((int)vhi[i], i4get(hi, i), s1);
             }
-            acc[t] += x.d * (dlo * (float)(x.sclo * s0) + dhi * (float)(x.schi * s1));
+            acc[t] += fmaf(dlo, alo * (float)s0, dhi * (ahi * (float)s1));
         }
     }
 };
