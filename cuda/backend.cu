@@ -29,6 +29,8 @@
  *   APR_CUDA_PROFILE=2  GPU and wall time of graph steps per bucket, printed at close
  *   APR_CUDA_PROFILE=3  per-kernel-class times inside the one-entry graph (GPU clock stamps)
  *   APR_CUDA_F16_ACC=1  attention with the CPU engine's F16 V accumulator (parity checks)
+ *   APR_CUDA_ATT_Q8=0   steps of up to 16 entries quantize attention's output in a kernel of
+ *                       its own instead of in attention
  *   APR_CUDA_FUSE=0     one-token steps as separate kernels too (norm/quantize before each
  *                       GEMV, bias + RoPE + KV append before attention); a mask of FUSE_*
  *                       chooses fusions (63: all; default: RoPE only, see open_model)

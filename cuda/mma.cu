@@ -1,6 +1,8 @@
 /* Quantized matrix products on the tensor cores, for prefill and batched
  * decode (apr_cu_matmul's routing is at the end): the products apr_cu_gemv computes,
- * with the same epilogues and the same numerics, as int8 mma.sync.
+ * with the same epilogues and the same numerics on Q8_K-style rows, as int8
+ * mma.sync (decode-sized steps give apr_cu_gemv Q8_0-style rows instead,
+ * cuda/kernels.h).
  *
  * What is multiplied: the weights' integer quants (Q4_K and Q4_0 nibbles,
  * Q6_K and Q5_0 6-/5-bit values, Q8_0 bytes) against the activations'
