@@ -1719,6 +1719,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
             }
         }
     }
+    /* the wide tiles: 32 keys a warp a pass, one lane a key */
     if (!narrow)
     for (int kt = k0 + warp * 32; kt <= kend; kt += ATT_WARPS * 32) {
         const uint4 *kr = (const uint4 *)KROW(min(kt + lane, p));
