@@ -289,6 +289,34 @@ static __device__ __forceinline__ float rms_scale(const float *src, int n, float
     return 1.0f / sqrtf((float)(tot / n) + eps);
 }
 
+/* Where Q8_0-style rows go: norm_quant_kernel's, and attention's output for
+ * the o product (q NULL: nowhere). */
+struct q8_dev {
+    int8_t *q;
+    float2 *ds;
+    int ld;
+};
+
+/* Thread i of the block holds element e0 + i of row t's output, v (n of
+ * them, n % 32 == 0, so a warp is one whole 32-group or past the end): the
+ * group's quants, d = amax / 127 rounded to f16 and the sum of the quants.
+ * norm_quant_kernel and attention both write their rows with it, so
+ * attention's quantized output is the bytes the quantize kernel would have
+ * written for it. Every thread of the block calls it. */
+static __device__ __forceinline__ void q8_store(const q8_dev &q8, int t, int e0, float v, int n)
+{
+    const int i = threadIdx.x;
+    if (!q8.q || (i & ~31) >= n) return; /* warp-uniform */
+    const unsigned full = 0xffffffffu;
+    const float amax = __uint_as_float(__reduce_max_sync(full, __float_as_uint(fabsf(v))));
+    const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
+    const int q = __float2int_rn(v * id);
+    const size_t e = (size_t)t * q8.ld + e0 + i;
+    q8.q[e] = (int8_t)q;
+    const int sum = __reduce_add_sync(full, q);
+    if ((i & 31) == 0) q8.ds[e / 32] = make_float2(__half2float(__float2half_rn(d)), (float)sum);
+}
+
 static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const float *x, int ldx, const int32_t *rows,
                                                                        const float *w, float eps, int n,
                                                                        apr_cu_act a)
@@ -316,17 +344,7 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
     const unsigned full = 0xffffffffu;
     const size_t qoff = (size_t)t * a.ld, doff = (size_t)t * (a.ld / 32);
     /* Q8_0-style: n % 32 == 0, so a warp is all valid or all not */
-    if (a.q0 && n % 32 == 0 && blockIdx.y * 256 + warp * 32 < n) {
-        const float amax = __uint_as_float(__reduce_max_sync(full, __float_as_uint(fabsf(v))));
-        const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
-        const int q = __float2int_rn(v * id);
-        a.q0[qoff + e] = (int8_t)q;
-        const int sum = __reduce_add_sync(full, q);
-        if (lane == 0) {
-            a.ds0[2 * (doff + e / 32)] = __half2float(__float2half_rn(d));
-            a.ds0[2 * (doff + e / 32) + 1] = (float)sum;
-        }
-    }
+    if (n % 32 == 0) q8_store(q8_dev{a.q0, (float2 *)a.ds0, a.ld}, t, blockIdx.y * 256, v, n - blockIdx.y * 256);
     /* Q8_K-style: the scale comes from the element of largest magnitude with
      * its sign, the first such element winning ties (quantize_row_q8_K_ref) */
     if (a.qk && n % 256 == 0) {
@@ -1544,33 +1562,6 @@ struct split_dev {
     unsigned *count; /* [APR_CU_ATT_SPLIT_TOK][n_head], zero between launches */
     int chunk, n_chunks;
 };
-
-/* Where attention also writes its output Q8_0-style (q NULL: nowhere). */
-struct q8_dev {
-    int8_t *q;
-    float2 *ds;
-    int ld;
-};
-
-/* Thread i of the block holds element e0 + i of row t's output, v (n of
- * them, n % 32 == 0, so a warp is one whole 32-group or past the end): the
- * group's quants, d and sum of quants, with norm_quant_kernel's Q8_0-style
- * arithmetic on the same floats, so the bytes are the ones it would write.
- * The o product reads them without a quantize kernel in between. Every
- * thread of the block calls it. */
-static __device__ __forceinline__ void q8_store(const q8_dev &q8, int t, int e0, float v, int n)
-{
-    const int i = threadIdx.x;
-    if (!q8.q || (i & ~31) >= n) return; /* warp-uniform */
-    const unsigned full = 0xffffffffu;
-    const float amax = __uint_as_float(__reduce_max_sync(full, __float_as_uint(fabsf(v))));
-    const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
-    const int q = __float2int_rn(v * id);
-    const size_t e = (size_t)t * q8.ld + e0 + i;
-    q8.q[e] = (int8_t)q;
-    const int sum = __reduce_add_sync(full, q);
-    if ((i & 31) == 0) q8.ds[e / 32] = make_float2(__half2float(__float2half_rn(d)), (float)sum);
-}
 
 /* HD: the head dimension when known at compile time (loops unroll fully), 0
  * otherwise. ROPE: one decode token whose q/k/v row is not yet biased, rotated
