@@ -978,6 +978,26 @@ static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox,
  * attention) must give the same bits, output and cache, as the two-kernel
  * path that steps of several entries take: otherwise a sequence's tokens
  * would depend on whether its steps had company. */
+/* A quantized output where heads are not whole 32-groups (or with the CPU's
+ * F16 accumulator) is refused before anything is launched. */
+static void test_attention_q8_refused(void)
+{
+    apr_cu_attn_shape sh = {6, 2, 40, 40, 0, 0.01f, (size_t)64 * 80, 0};
+    apr_cu_act q8 = {.q0 = (int8_t *)16, .ds0 = (float *)16, .ld = 256}; /* never dereferenced */
+    int bad = 0;
+    bad += apr_cu_attention(NULL, 0, NULL, NULL, NULL, NULL, 1, &sh, NULL, 0, &q8, &cu0) != -1;
+    bad += apr_cu_attention_rope(NULL, 0, NULL, NULL, NULL, NULL, NULL, &sh, NULL, NULL, NULL, 0, &q8, &cu0) != -1;
+    sh.head_dim = sh.rope_dim = 128;
+    sh.f16_acc = 1;
+    bad += apr_cu_attention(NULL, 0, NULL, NULL, NULL, NULL, 1, &sh, NULL, 0, &q8, &cu0) != -1;
+    sh.f16_acc = 0;
+    q8.ld = 100;
+    bad += apr_cu_attention(NULL, 0, NULL, NULL, NULL, NULL, 1, &sh, NULL, 0, &q8, &cu0) != -1;
+    printf("%-4s attention refuses a quantized output it cannot write (hd 40, f16-acc, row stride 100)\n",
+           bad ? "FAIL" : "ok");
+    if (bad) failures++;
+}
+
 static void test_attention_paths_agree(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, int n_ctx,
                                        int P, bool split)
 {
@@ -1585,6 +1605,7 @@ int main(int argc, char **argv)
     test_attention_ctx(&r, 12, 2, 128, true, true, false, true, 300, 240, false);
     test_attention_ctx(&r, 14, 2, 64, true, true, false, false, 300, 250, false);
     test_attention_ctx(&r, 12, 2, 128, true, true, false, true, 300, 262, false);
+    test_attention_q8_refused();
     test_attention_paths_agree(&r, 12, 2, 128, true, true, 64, 37, false); /* qwen2.5-1.5b */
     test_attention_paths_agree(&r, 14, 2, 64, true, true, 64, 37, false);  /* qwen2.5-0.5b */
     test_attention_paths_agree(&r, 8, 4, 8, false, false, 64, 37, false);  /* stories260K */
