@@ -184,6 +184,9 @@ size_t apr_cu_topk_work_bytes(int nrows);
 int apr_cu_sms(void);
 /* test_kernels_cuda --sync-bench: a kernel boundary against a grid barrier (cuda/sync_bench.cu). */
 int apr_cu_sync_bench(void);
+/* test_kernels_cuda --gemv-bench: a kernel that only reads bytes at p (shape 0:
+ * a resident grid striding, 1: one short block per 16 KB), sink a device word. */
+int apr_cu_read_bench(const void *p, size_t bytes, int shape, unsigned *sink, const apr_cu_ctx *c);
 /* Writes the GPU's %globaltimer (ns) to *slot once the previous kernel is done (profiling). */
 void apr_cu_stamp(unsigned long long *slot, const apr_cu_ctx *c);
 int apr_cu_topk(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out, size_t stride,

@@ -1,8 +1,9 @@
-/* The cost of a dependency between two steps of work on the GPU, measured
- * two ways (test_kernels_cuda --sync-bench): a kernel boundary under a CUDA
- * graph with programmatic dependent launch (what the decode step pays ~255
- * times a token), and a grid-wide barrier inside one persistent kernel (what
- * a one-kernel decode step would pay instead). */
+/* Benchmarks' own kernels. The cost of a dependency between two steps of
+ * work on the GPU, measured two ways (test_kernels_cuda --sync-bench): a
+ * kernel boundary under a CUDA graph with programmatic dependent launch (what
+ * the decode step pays ~255 times a token), and a grid-wide barrier inside one
+ * persistent kernel (what a one-kernel decode step would pay instead). And a
+ * kernel that only reads (--gemv-bench's ceiling for a product's bytes). */
 #include <cuda_runtime.h>
 #include <stdio.h>
 
@@ -96,4 +97,36 @@ extern "C" int apr_cu_sync_bench(void)
     cudaEventDestroy(e1);
     cudaStreamDestroy(s);
     return err == cudaSuccess ? 0 : -1;
+}
+
+/* Reads n16 16-byte words and keeps nothing: U loads a thread in flight, the
+ * first round issued before the wait for the previous kernel, as the GEMV's
+ * are. The xor goes to sink only on an impossible value, so the loads stay. */
+template <int U>
+static __global__ void read_kernel(const uint4 *p, size_t n16, unsigned *sink)
+{
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    unsigned acc = 0;
+    bool waited = false;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n16; i += U * stride) {
+        uint4 v[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) v[u] = i + u * stride < n16 ? p[i + u * stride] : make_uint4(0, 0, 0, 0);
+        if (!waited) griddep();
+        waited = true;
+#pragma unroll
+        for (int u = 0; u < U; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+    if (!waited) griddep();
+    if (acc == 0x9e3779b9u) sink[0] = acc;
+}
+
+/* shape 0: a resident grid (8 blocks of 256 a multiprocessor) striding with
+ * 4 loads a thread in flight; 1: a block per 16 KB, each thread's 4 loads
+ * once (the GEMV's many short blocks). bytes: a multiple of 16. */
+extern "C" int apr_cu_read_bench(const void *p, size_t bytes, int shape, unsigned *sink, const apr_cu_ctx *c)
+{
+    const size_t n16 = bytes / 16, per_block = 256 * 4;
+    const unsigned grid = shape ? (unsigned)((n16 + per_block - 1) / per_block) : (unsigned)(8 * apr_cu_sms());
+    return launch(c, read_kernel<4>, dim3(grid), dim3(256), (const uint4 *)p, n16, sink) == cudaSuccess ? 0 : -1;
 }

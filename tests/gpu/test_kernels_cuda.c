@@ -1238,13 +1238,67 @@ static int mma_bench(void)
 }
 
 /* ------------------------------------------------ one-token GEMV bench */
+/* Microseconds a launch of ge's `launches` take: the best of five runs after two. */
+static double graph_us(cudaGraphExec_t ge, int launches, cudaStream_t s)
+{
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    float best = 1e30f;
+    for (int it = 0; it < 7; it++) {
+        CK(cudaEventRecord(e0, s));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (it >= 2 && ms < best) best = ms;
+    }
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return best * 1e3 / launches;
+}
+
+/* Microseconds a launch of apr_cu_read_bench over `bytes` takes in the GEMV
+ * bench's conditions: a graph of `launches` PDL launches cycling over
+ * `copies` buffers. The ceiling a product of that many bytes could reach. */
+static double read_us(size_t bytes, int copies, int launches, int shape, const apr_cu_ctx *ctx)
+{
+    bytes = (bytes + 15) / 16 * 16;
+    void **buf = calloc((size_t)copies, sizeof *buf);
+    unsigned *sink = NULL;
+    CK(cudaMalloc((void **)&sink, 16));
+    for (int k = 0; k < copies; k++) {
+        CK(cudaMalloc(&buf[k], bytes));
+        CK(cudaMemset(buf[k], k + 1, bytes));
+    }
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(ctx->stream, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < launches; l++)
+        if (apr_cu_read_bench(buf[l % copies], bytes, shape, sink, ctx)) {
+            fprintf(stderr, "read bench refused\n");
+            exit(2);
+        }
+    CK(cudaStreamEndCapture(ctx->stream, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    const double us = graph_us(ge, launches, ctx->stream);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    for (int k = 0; k < copies; k++) cudaFree(buf[k]);
+    free(buf);
+    cudaFree(sink);
+    return us;
+}
+
 /* --gemv-bench: each one-token product of a Qwen2.5-1.5B, -7B and -32B layer
  * (and their output matrices; APR_GEMV_ONLY=TEXT: those whose name contains
  * TEXT) launched back to back from a CUDA graph, with
  * programmatic dependent launch as the engine does, cycling over enough
  * copies of the weights that every launch reads them from DRAM. Prints the
  * time a launch and the weight bytes a second (APR_CUDA_GEMV1=0 gives the
- * general kernel's figures). */
+ * general kernel's figures; APR_GEMV_READ=1 adds what a kernel that only reads
+ * the same bytes takes, the product's ceiling). */
 static int gemv_bench(void)
 {
     rng r = {0x2545f4914f6cdd1dull};
@@ -1341,25 +1395,16 @@ static int gemv_bench(void)
         }
         CK(cudaStreamEndCapture(s, &g));
         CK(cudaGraphInstantiate(&ge, g, 0));
-        cudaEvent_t e0, e1;
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
-        float best = 1e30f;
-        for (int it = 0; it < 7; it++) {
-            CK(cudaEventRecord(e0, s));
-            CK(cudaGraphLaunch(ge, s));
-            CK(cudaEventRecord(e1, s));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            if (it >= 2 && ms < best) best = ms;
-        }
-        const double us = best * 1e3 / launches;
+        const double us = graph_us(ge, launches, s);
         char uw[16] = "auto";
         if (cfg) snprintf(uw, sizeof uw, "%d/%d", fu, fw);
         printf("%-44s %9.2f %6s %9.2f %8.0f\n", prod[pi].name, bytes / 1e6, uw, us, bytes / (us * 1e3));
-        cudaEventDestroy(e0);
-        cudaEventDestroy(e1);
+        if (!cfg && getenv("APR_GEMV_READ")) /* the same bytes only read: resident grid, short blocks */
+            for (int shape = 0; shape < 2; shape++) {
+                const double ru = read_us(bytes, copies, launches, shape, &ctx);
+                printf("%-44s %9.2f %6s %9.2f %8.0f\n", shape ? "  read only, a block per 16 KB" : "  read only, resident grid",
+                       bytes / 1e6, "-", ru, bytes / (ru * 1e3));
+            }
         cudaGraphExecDestroy(ge);
         cudaGraphDestroy(g);
         for (int k = 0; k < copies; k++)
