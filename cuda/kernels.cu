@@ -486,6 +486,60 @@ struct K_Q4_K {
     }
 };
 
+/* Q4_K for the SwiGLU products: a unit is a pair of 32-groups that share
+ * their bytes (qs[32g..32g+31]: low nibbles group 2g, high nibbles group
+ * 2g+1), so one lane decodes the pair's scales and mins once for 64 weights.
+ * --gemv-bench, H100, against K_Q4_K: gate/up 1.5B 9.6 -> 7.8 us, 7B 33.2 ->
+ * 27.6, 32B 61.3 -> 56.4; the other Q4_K products were 0-18% slower with
+ * pairs (the o product's 24 pairs for 64 lanes), so they keep K_Q4_K. */
+struct K_Q4_K2 {
+    struct W { uint4 h, q0, q1; };
+    static __device__ __forceinline__ int chunks(int n_in) { return n_in / 256 * 4; }
+    static __device__ __forceinline__ size_t blocks(int n_in, int n_out) { return (size_t)n_out * (n_in / 256); }
+    static __device__ __forceinline__ W load(const uint8_t *w, size_t nbt, int r, int n_in, int c)
+    {
+        (void)nbt;
+        const uint8_t *blk = w + ((size_t)r * (n_in / 256) + (c >> 2)) * 144;
+        return W{*(const uint4 *)blk, *(const uint4 *)(blk + 16 + 32 * (c & 3)), *(const uint4 *)(blk + 32 + 32 * (c & 3))};
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
+        /* the 6-bit scales and mins of groups 2g and 2g+1, two bytes at once:
+         * S, M are the 16-bit words at scale bytes 2g and 2g + 4 (H: 2g - 4) */
+        const int g = c & 3, sh = 16 * (g & 1);
+        const uint32_t S = ((g & 2) ? x.h.z : x.h.y) >> sh, M = ((g & 2) ? x.h.w : x.h.z) >> sh, H = x.h.y >> sh;
+        const uint32_t sc = (g & 2) ? (M & 0x0F0Fu) | ((H >> 2) & 0x3030u) : S & 0x3F3Fu;
+        const uint32_t mn = (g & 2) ? ((M >> 4) & 0x0F0Fu) | ((S >> 2) & 0x3030u) : M & 0x3F3Fu;
+        const float d = h2f((uint16_t)(x.h.x & 0xFFFF)), dmin = h2f((uint16_t)(x.h.x >> 16));
+        /* once for the tile's tokens */
+        const float a0 = d * (float)(sc & 0xFF), a1 = d * (float)((sc >> 8) & 0xFF);
+        const float b0 = dmin * (float)(mn & 0xFF), b1 = dmin * (float)((mn >> 8) & 0xFF);
+        const int e = (c >> 2) * 256 + 64 * g;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
+            const int4 x0 = *(const int4 *)q, x1 = *(const int4 *)(q + 16), x2 = *(const int4 *)(q + 32),
+                       x3 = *(const int4 *)(q + 48);
+            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld / 32) + e / 32;
+            const float2 ds0 = ds[0], ds1 = ds[1];
+            int s0 = 0, s1 = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t v = u4get(x.q0, i), w = u4get(x.q1, i);
+                s0 = dp4a((int)(v & 0x0F0F0F0Fu), i4get(x0, i), s0);
+                s0 = dp4a((int)(w & 0x0F0F0F0Fu), i4get(x1, i), s0);
+                s1 = dp4a((int)((v >> 4) & 0x0F0F0F0Fu), i4get(x2, i), s1);
+                s1 = dp4a((int)((w >> 4) & 0x0F0F0F0Fu), i4get(x3, i), s1);
+            }
+            /* each 32-group with its own scale: Q8_K-style rows repeat one
+             * per 256, Q8_0-style rows (decode, kernels.h) have one per 32;
+             * .y is the group's sum of quants, for the mins */
+            acc[t] += fmaf(ds0.x, fmaf(a0, (float)s0, -b0 * ds0.y), ds1.x * fmaf(a1, (float)s1, -b1 * ds1.y));
+        }
+    }
+};
+
 struct K_Q6_K {
     struct W { uint4 ql, qh; int sclo, schi; float d; };
     static __device__ __forceinline__ int chunks(int n_in) { return n_in / 256 * 8; }
@@ -957,7 +1011,11 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = 0.f;
     switch (s.type) { /* uniform across the warps of a row */
-    case APR_TYPE_Q4_K: gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
+    case APR_TYPE_Q4_K:
+        if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        else __trap(); /* gemv1 launches SwiGLU's Q4_K pairs one a lane, in tiles of up to 4 (more spill) */
+        break;
     case APR_TYPE_Q6_K: gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
     case APR_TYPE_Q5_0: gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
     case APR_TYPE_Q4_0: gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
@@ -1093,7 +1151,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_pro_kernel(con
     act_dev a = p.a;
     quantize_block(p.pro, pro_smem, a); /* waits for the previous kernel (griddep) itself */
     __syncthreads();
-    for (int b = blockIdx.x; b < nblk; b += gridDim.x) gemv1_block<2, WPR, 1, SWIGLU, false>(p, a, b * per_block + warp / WPR);
+    for (int b = blockIdx.x; b < nblk; b += gridDim.x) gemv1_block<SWIGLU ? 1 : 2, WPR, 1, SWIGLU, false>(p, a, b * per_block + warp / WPR);
 }
 
 /* Checks the segments and fills p (per_group: rows a warp writes); -1 on a bad argument. */
@@ -1156,9 +1214,11 @@ extern "C" void apr_cu_gemv1_force(int u, int wpr)
 static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
 {
     int nch = 0;
+    bool pairs = false; /* SwiGLU's Q4_K: K_Q4_K2, one pair a lane, tiles of up to 4 tokens */
     for (int i = 0; i < n_seg; i++) {
         const uint32_t t = seg[i].w.type;
         if (t == APR_TYPE_F32 || t == APR_TYPE_F16) return 1;
+        pairs = pairs || (t == APR_TYPE_Q4_K && seg[0].mode == APR_CU_SWIGLU);
         nch = max(nch, chunks_of(t, seg[i].w.n_in));
     }
     gemv_params p = {};
@@ -1176,10 +1236,16 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
      * -> 61.1 us; its output matrix, one row, prefers two: 217.6 against 225.9) */
     int u = nch <= 32 * wpr ? 1 : 2;
     if (swiglu && wpr == 1 && nch > 64 && nch % 64 && nch % 64 <= 32) u = 1;
-    if (gemv1_u) u = gemv1_u;
+    /* a lane's gate and up rows at one Q4_K pair each already hold what two
+     * chunks of each did; two pairs spill at 64-80 registers */
+    if (pairs) u = 1;
+    if (gemv1_u && !pairs) u = gemv1_u;
     /* tiles of up to 8 tokens: 16 (one pass over the weights for a bucket of
      * 16) measured 2.5x slower on the H100 (128 registers, half the blocks) */
-    const int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8, per_block = GEMV_WARPS / wpr;
+    int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8;
+    /* SwiGLU's Q4_K pairs: tiles of 8 spill (4 int4 of activations a token) */
+    if (pairs && nt > 4) nt = 4;
+    const int per_block = GEMV_WARPS / wpr;
     size_t bytes = 0;
     for (int i = 0; i < n_seg; i++)
         bytes += apr_cu_weight_bytes(seg[i].w.type, seg[i].w.n_in, seg[i].w.n_out) * (swiglu ? 2 : 1);
