@@ -71,6 +71,23 @@ static __device__ __forceinline__ void q4k_scale_min(const uint4 &h, int j, int 
     }
 }
 
+/* The scales and mins of sub-blocks 2g and 2g+1 (what q4k_scale_min gives
+ * for them) times d and dmin, without a branch: S and M are the 16-bit words
+ * at scale bytes 2g and 2g + 4, H the one at 2g - 4 (used for g >= 2). */
+static __device__ __forceinline__ void q4k_pair_scales(const uint4 &h, int g, float &a0, float &a1, float &b0,
+                                                       float &b1)
+{
+    const int sh = 16 * (g & 1);
+    const uint32_t S = ((g & 2) ? h.z : h.y) >> sh, M = ((g & 2) ? h.w : h.z) >> sh, H = h.y >> sh;
+    const uint32_t sc = (g & 2) ? (M & 0x0F0Fu) | ((H >> 2) & 0x3030u) : S & 0x3F3Fu;
+    const uint32_t mn = (g & 2) ? ((M >> 4) & 0x0F0Fu) | ((S >> 2) & 0x3030u) : M & 0x3F3Fu;
+    const float d = h2f((uint16_t)(h.x & 0xFFFF)), dmin = h2f((uint16_t)(h.x >> 16));
+    a0 = d * (float)(sc & 0xFF);
+    a1 = d * (float)((sc >> 8) & 0xFF);
+    b0 = dmin * (float)(mn & 0xFF);
+    b1 = dmin * (float)((mn >> 8) & 0xFF);
+}
+
 /* Bits 0..3 of x to bit 4 of each byte (Q5_0's fifth bits for 4 weights). */
 static __device__ __forceinline__ uint32_t spread4(uint32_t x)
 {
@@ -455,18 +472,14 @@ struct K_Q4_K {
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
         const int j = c & 7, g = j >> 1, half = j & 1;
-        int sc0, m0, sc1, m1;
-        q4k_scale_min(x.h, 2 * g, sc0, m0);
-        q4k_scale_min(x.h, 2 * g + 1, sc1, m1);
-        const float d = h2f((uint16_t)(x.h.x & 0xFFFF)), dmin = h2f((uint16_t)(x.h.x >> 16));
-        /* the chunk's scales once, for every token of the tile */
-        const float a0 = d * (float)sc0, a1 = d * (float)sc1, b0 = dmin * (float)m0, b1 = dmin * (float)m1;
+        float a0, a1, b0, b1; /* the chunk's scales once, for every token of the tile */
+        q4k_pair_scales(x.h, g, a0, a1, b0, b1);
         const int e = (c >> 3) * 256 + 64 * g + 16 * half;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
             const int4 lo = *(const int4 *)q, hi = *(const int4 *)(q + 32);
-            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld / 32) + e / 32;
+            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld >> 5) + (e >> 5);
             const float2 ds0 = ds[0], ds1 = ds[1];
             int s0 = 0, s1 = 0;
 #pragma unroll
@@ -505,23 +518,16 @@ struct K_Q4_K2 {
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
-        /* the 6-bit scales and mins of groups 2g and 2g+1, two bytes at once:
-         * S, M are the 16-bit words at scale bytes 2g and 2g + 4 (H: 2g - 4) */
-        const int g = c & 3, sh = 16 * (g & 1);
-        const uint32_t S = ((g & 2) ? x.h.z : x.h.y) >> sh, M = ((g & 2) ? x.h.w : x.h.z) >> sh, H = x.h.y >> sh;
-        const uint32_t sc = (g & 2) ? (M & 0x0F0Fu) | ((H >> 2) & 0x3030u) : S & 0x3F3Fu;
-        const uint32_t mn = (g & 2) ? ((M >> 4) & 0x0F0Fu) | ((S >> 2) & 0x3030u) : M & 0x3F3Fu;
-        const float d = h2f((uint16_t)(x.h.x & 0xFFFF)), dmin = h2f((uint16_t)(x.h.x >> 16));
-        /* once for the tile's tokens */
-        const float a0 = d * (float)(sc & 0xFF), a1 = d * (float)((sc >> 8) & 0xFF);
-        const float b0 = dmin * (float)(mn & 0xFF), b1 = dmin * (float)((mn >> 8) & 0xFF);
+        const int g = c & 3;
+        float a0, a1, b0, b1; /* once for the tile's tokens */
+        q4k_pair_scales(x.h, g, a0, a1, b0, b1);
         const int e = (c >> 2) * 256 + 64 * g;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
             const int4 x0 = *(const int4 *)q, x1 = *(const int4 *)(q + 16), x2 = *(const int4 *)(q + 32),
                        x3 = *(const int4 *)(q + 48);
-            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld / 32) + e / 32;
+            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld >> 5) + (e >> 5);
             const float2 ds0 = ds[0], ds1 = ds[1];
             int s0 = 0, s1 = 0;
 #pragma unroll
@@ -570,7 +576,7 @@ struct K_Q6_K {
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
             const int4 lo = *(const int4 *)q, hi = *(const int4 *)(q + 64);
-            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld / 32) + e / 32;
+            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld >> 5) + (e >> 5);
             const float dlo = ds[0].x, dhi = ds[2].x; /* the 32-groups of lo and hi (64 apart) */
             int s0 = 0, s1 = 0;
 #pragma unroll
@@ -634,7 +640,7 @@ struct K_Q_0 {
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.q0 + (size_t)tt[t] * a.ld + c * 32;
             const int4 x0 = *(const int4 *)q, x1 = *(const int4 *)(q + 16);
-            const float dx = a.ds0[(size_t)tt[t] * (a.ld / 32) + c].x;
+            const float dx = a.ds0[(size_t)tt[t] * (a.ld >> 5) + c].x;
             int s = 0;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
