@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "proto/proto.h"
 
@@ -19,6 +20,19 @@ static int wait_in(void *sock, int timeout_ms, char *err)
         return -1;
     }
     return rc > 0 && (item.revents & ZMQ_POLLIN);
+}
+
+bool apr_zmq_spin(zmq_pollitem_t *items, int n, long long spin_ns)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        const int rc = zmq_poll(items, n, 0);
+        if (rc > 0) return true;
+        if (rc < 0 && errno != EINTR) return false;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000000000LL + (t.tv_nsec - t0.tv_nsec) >= spin_ns) return false;
+    }
 }
 
 /* Drops the rest of a multipart message; true if there was any. */

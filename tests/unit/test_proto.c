@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "proto/proto.h"
 #include "tests/unit/mini.h"
@@ -925,6 +926,46 @@ START_TEST(zmq_router_dealer)
 }
 END_TEST
 
+/* apr_zmq_spin: false after its time with nothing to read (and not much
+ * later), true as soon as a message waits, and the message is still there. */
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+START_TEST(zmq_spin)
+{
+    char err[APR_ERRLEN];
+    void *ctx = zmq_ctx_new();
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
+    ck_assert_int_eq(zmq_bind(router, "inproc://spin"), 0);
+    ck_assert_int_eq(zmq_connect(dealer, "inproc://spin"), 0);
+    zmq_pollitem_t items[2] = {{router, 0, ZMQ_POLLIN, 0}, {dealer, 0, ZMQ_POLLIN, 0}};
+    double t0 = mono_s();
+    ck_assert(!apr_zmq_spin(items, 2, 20 * 1000000LL));
+    const double waited = mono_s() - t0;
+    ck_assert_msg(waited >= 0.02 && waited < 2.0, "spun %.4f s for 0.02", waited);
+    ck_assert_int_eq(apr_zmq_send(dealer, "x", 1, err), 0);
+    t0 = mono_s();
+    ck_assert(apr_zmq_spin(items, 2, 5LL * 1000000000LL));
+    ck_assert_msg(mono_s() - t0 < 4.0, "a waiting message took %.3f s to see", mono_s() - t0);
+    ck_assert(items[0].revents & ZMQ_POLLIN);
+    apr_zframe f;
+    ck_assert_int_eq(apr_zmq_router_recv(router, 0, &f, err), 1);
+    ck_assert_uint_eq(zmq_msg_size(&f.body), 1);
+    apr_zframe_close(&f);
+    zmq_close(dealer);
+    zmq_close(router);
+    zmq_ctx_term(ctx);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("proto");
@@ -943,6 +984,7 @@ int main(void)
     tcase_add_test(tc, reply_round_trips);
     tcase_add_test(tc, reply_hostile);
     tcase_add_test(tc, zmq_router_dealer);
+    tcase_add_test(tc, zmq_spin);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
