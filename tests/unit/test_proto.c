@@ -813,20 +813,27 @@ END_TEST
 
 /* ---------------------------------------------------------------- ZeroMQ */
 
+/* A ROUTER bound to bind_ep (a wildcard port allowed) and a DEALER connected
+ * to where it ended up, neither lingering at close. */
+static void router_dealer(void *ctx, const char *bind_ep, void **router, void **dealer)
+{
+    *router = zmq_socket(ctx, ZMQ_ROUTER);
+    *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    int linger = 0;
+    zmq_setsockopt(*router, ZMQ_LINGER, &linger, sizeof linger);
+    zmq_setsockopt(*dealer, ZMQ_LINGER, &linger, sizeof linger);
+    ck_assert_int_eq(zmq_bind(*router, bind_ep), 0);
+    char endpoint[256];
+    size_t elen = sizeof endpoint;
+    ck_assert_int_eq(zmq_getsockopt(*router, ZMQ_LAST_ENDPOINT, endpoint, &elen), 0);
+    ck_assert_int_eq(zmq_connect(*dealer, endpoint), 0);
+}
+
 START_TEST(zmq_router_dealer)
 {
     char err[APR_ERRLEN];
-    void *ctx = zmq_ctx_new();
-    void *router = zmq_socket(ctx, ZMQ_ROUTER);
-    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
-    ck_assert_int_eq(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
-    char endpoint[256];
-    size_t elen = sizeof endpoint;
-    ck_assert_int_eq(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, endpoint, &elen), 0);
-    ck_assert_int_eq(zmq_connect(dealer, endpoint), 0);
+    void *ctx = zmq_ctx_new(), *router, *dealer;
+    router_dealer(ctx, "tcp://127.0.0.1:*", &router, &dealer);
 
     /* nothing yet: a timeout, not an error */
     apr_zframe f;
@@ -938,14 +945,8 @@ static double mono_s(void)
 START_TEST(zmq_spin)
 {
     char err[APR_ERRLEN];
-    void *ctx = zmq_ctx_new();
-    void *router = zmq_socket(ctx, ZMQ_ROUTER);
-    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
-    int linger = 0;
-    zmq_setsockopt(router, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(dealer, ZMQ_LINGER, &linger, sizeof linger);
-    ck_assert_int_eq(zmq_bind(router, "inproc://spin"), 0);
-    ck_assert_int_eq(zmq_connect(dealer, "inproc://spin"), 0);
+    void *ctx = zmq_ctx_new(), *router, *dealer;
+    router_dealer(ctx, "inproc://spin", &router, &dealer);
     zmq_pollitem_t items[2] = {{router, 0, ZMQ_POLLIN, 0}, {dealer, 0, ZMQ_POLLIN, 0}};
     double t0 = mono_s();
     ck_assert(!apr_zmq_spin(items, 2, 20 * 1000000LL));
