@@ -171,6 +171,7 @@ void coord_send_client(coord *c, const unsigned char *ident, size_t ident_len,
 /* workers.c: the supervisor */
 int workers_start(coord *c, char err[APR_ERRLEN]);
 void workers_poll(coord *c);          /* reap, time out, restart */
+bool workers_doorbells(coord *c);     /* dones rung in shared memory (proto.h, apr_doorbell) */
 void workers_on_frame(coord *c, const unsigned char *ident, size_t ident_len, const void *data,
                       size_t len);
 void workers_stop(coord *c);

@@ -206,8 +206,8 @@ static bool hopeless(const coord *c)
 }
 
 /* Seconds the coordinator may still wait awake for a CUDA worker's done:
- * while a GPU step is in flight, polling without sleeping saves the wake-up
- * of this thread (and the engine's on the way back, which spins too) on every
+ * while a GPU step is in flight, watching the worker's doorbell (proto.h)
+ * and the sockets without sleeping saves ZeroMQ's thread wake-ups on every
  * token, ~10% of a 1 ms step; a step that outlasts COORD_SPIN_S (a long
  * prefill) is waited for asleep. CPU workers share the host's cores with this
  * thread, so their steps are never waited for awake. */
@@ -233,9 +233,13 @@ int coord_run(coord *c)
             {c->wsock, 0, ZMQ_POLLIN, 0},
             {NULL, c->sigfd, ZMQ_POLLIN, 0},
         };
-        const double spin = spin_left(c);
-        if (spin > 0) apr_zmq_spin(items, 3, (long long)(spin * 1e9));
-        if (zmq_poll(items, 3, 50) < 0 && errno != EINTR) {
+        /* awake: a frame or a worker's doorbell, whichever comes first */
+        bool rung = false;
+        for (double spin = spin_left(c); spin > 0 && !rung; spin = spin_left(c)) {
+            if (apr_zmq_spin(items, 3, spin < 20e-6 ? (long long)(spin * 1e9) : 20000)) break;
+            rung = workers_doorbells(c);
+        }
+        if (zmq_poll(items, 3, rung ? 0 : 50) < 0 && errno != EINTR) {
             fprintf(stderr, "apr-coord: zmq_poll: %s\n", zmq_strerror(errno));
             rc = 1;
             break;
@@ -250,6 +254,8 @@ int coord_run(coord *c)
             }
         }
         char err[APR_ERRLEN];
+        /* a step's result can ring before its message arrives */
+        workers_doorbells(c);
         /* worker frames first: they free slots and carry results */
         for (int k = 0; k < 1000; k++) {
             apr_zframe f;

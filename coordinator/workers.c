@@ -98,7 +98,7 @@ int workers_start(coord *c, char err[APR_ERRLEN])
             return -1;
         }
         snprintf(w->backend, sizeof w->backend, "%s", t);
-        size_t bytes = (size_t)c->o.max_batch * (size_t)c->n_vocab * sizeof(float);
+        size_t bytes = apr_logits_shm_bytes((size_t)c->o.max_batch * (size_t)c->n_vocab * sizeof(float));
         if (apr_shm_create(&w->logits, w->name, bytes, err) < 0) return -1;
         /* only the worker it belongs to may inherit it (spawn clears this in the child) */
         fcntl(w->logits.fd, F_SETFD, FD_CLOEXEC);
@@ -340,6 +340,31 @@ void workers_on_frame(coord *c, const unsigned char *ident, size_t ident_len, co
         break;
     }
     apr_wmsg_free(&m);
+}
+
+/* The dones that ready workers rang in shared memory for their step in
+ * flight, taken as the message would be (the message, when it comes, is an
+ * old step's and is dropped). True if there was one. */
+bool workers_doorbells(coord *c)
+{
+    bool any = false;
+    for (int i = 0; i < c->n_workers; i++) {
+        worker *w = &c->workers[i];
+        if (w->state != W_READY || !w->busy || !w->logits.base) continue;
+        const apr_doorbell *db = apr_doorbell_of(&w->logits);
+        if (__atomic_load_n(&db->step, __ATOMIC_ACQUIRE) != w->step_id) continue;
+        apr_wmsg m;
+        memset(&m, 0, sizeof m);
+        m.type = APR_W_DONE;
+        m.step = w->step_id;
+        m.ok = true;
+        m.n_logits = __atomic_load_n(&db->n_logits, __ATOMIC_RELAXED);
+        w->busy = false;
+        sched_on_done(c, w, &m); /* checks n_logits against the step as for a message */
+        pick_active(c);
+        any = true;
+    }
+    return any;
 }
 
 void workers_stop(coord *c)

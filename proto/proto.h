@@ -406,4 +406,25 @@ int apr_shm_create(apr_shm *s, const char *name, size_t size, char err[APR_ERRLE
 int apr_shm_attach(apr_shm *s, int fd, size_t min_size, char err[APR_ERRLEN]);
 void apr_shm_close(apr_shm *s);
 
+/* The last 64 bytes of a worker's logits segment: the step the worker has
+ * finished, stored after its rows and candidates (release), so that a
+ * coordinator waiting awake takes the done without the trip through ZeroMQ;
+ * the done message still follows (and carries failures, which ring no bell).
+ * Step ids only grow, so a bell left by a dead worker never matches. */
+typedef struct {
+    uint64_t step;    /* stored last */
+    int32_t n_logits; /* the rows written, as the done message says */
+    int32_t pad[13];
+} apr_doorbell;
+#define APR_DOORBELL_BYTES 64
+/* The segment for rows_bytes of logits: the rows, then the doorbell on 64 bytes. */
+static inline size_t apr_logits_shm_bytes(size_t rows_bytes)
+{
+    return (rows_bytes + 63) / 64 * 64 + APR_DOORBELL_BYTES;
+}
+static inline apr_doorbell *apr_doorbell_of(const apr_shm *s)
+{
+    return (apr_doorbell *)((char *)s->base + s->size - APR_DOORBELL_BYTES);
+}
+
 #endif

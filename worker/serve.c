@@ -313,6 +313,11 @@ static int run_step(worker *w, const apr_wmsg *m)
     }
     if (!done.ok)
         wlog(w->o->name, "step %llu refused: %s", (unsigned long long)m->step, done.error);
+    else { /* the rows are in place: ring, then send the message all the same */
+        apr_doorbell *db = apr_doorbell_of(&w->logits);
+        __atomic_store_n(&db->n_logits, done.n_logits, __ATOMIC_RELAXED);
+        __atomic_store_n(&db->step, m->step, __ATOMIC_RELEASE);
+    }
     send_msg(w, &done);
     int64_t sent = mono_ns();
     if (done.ok && m->n == 1 && w->last_done_ns) {
@@ -446,7 +451,7 @@ static int setup(worker *w, char *err)
         snprintf(err, APR_ERRLEN, "out of memory for %d logit rows of %d", o->max_logits, w->n_vocab);
         return -1;
     }
-    if (apr_shm_attach(&w->logits, o->logits_fd, need, err) != 0)
+    if (apr_shm_attach(&w->logits, o->logits_fd, apr_logits_shm_bytes(need), err) != 0)
         return -1; /* the message names the fd and both sizes */
     wlog(o->name, "%s %s, %s: n_vocab %d, n_ctx %d, n_seq %d, %s in %.2f s", o->backend,
          o->engine ? "engine" : "backend", o->model, w->n_vocab, apr_backend_n_ctx(w->b), w->n_seq,

@@ -267,6 +267,10 @@ static float run_both(harness *h, apr_backend *ref, const batch *b)
     ck_assert_msg(done.ok, "step refused: %s", done.error);
     ck_assert_int_eq(done.n_logits, rows);
     ck_assert(done.ms >= 0);
+    /* the doorbell rang for this step before the message came */
+    const apr_doorbell *db = apr_doorbell_of(&h->shm);
+    ck_assert_uint_eq(__atomic_load_n(&db->step, __ATOMIC_ACQUIRE), done.step);
+    ck_assert_int_eq(db->n_logits, rows);
 
     float *want = malloc(sizeof(float) * (size_t)(rows ? rows : 1) * (size_t)nv);
     char err[APR_ERRLEN];
@@ -294,8 +298,10 @@ static float run_both(harness *h, apr_backend *ref, const batch *b)
 
 static void expect_refused(harness *h, const batch *b, const char *in_msg)
 {
+    const uint64_t rung = apr_doorbell_of(&h->shm)->step;
     apr_wmsg done = run_remote(h, b);
     ck_assert_msg(!done.ok, "a bad step was accepted (expected '%s')", in_msg);
+    ck_assert_uint_eq(apr_doorbell_of(&h->shm)->step, rung); /* a refusal rings no bell */
     ck_assert_int_eq(done.n_logits, 0);
     ck_assert_msg(strstr(done.error, in_msg), "error '%s' does not say '%s'", done.error, in_msg);
 }
@@ -317,7 +323,7 @@ START_TEST(serves_like_the_backend)
     apr_backend *ref = open_reference();
     int nv = (int)apr_backend_hparams(ref)->n_vocab;
     harness h;
-    h_open(&h, "w0", sizeof(float) * (size_t)MAX_LOGITS * (size_t)nv);
+    h_open(&h, "w0", apr_logits_shm_bytes(sizeof(float) * (size_t)MAX_LOGITS * (size_t)nv));
     h_bind(&h);
     h_spawn(&h, "cpu", model, serve_opts, NULL);
 
