@@ -10,6 +10,9 @@ refuse the row, replace this worker, and then finish the request:
   count  more candidates than asked     range  an id outside the vocabulary
   order  candidates out of order        nan    a NaN logit
   twice  the same id twice
+  bell   the doorbell (proto.h apr_doorbell) rung with one row more than written
+Like apr-worker it rings the doorbell (the step's row count, then its id, in
+the segment's last 64 bytes) before it sends done.
 """
 import mmap, os, struct, sys, time
 
@@ -86,4 +89,8 @@ while True:
             row = struct.pack(f"<{N_VOCAB}f", *[10.0 if i == 5 else 0.0 for i in range(N_VOCAB)])
         shm[at:at + len(row)] = row
         r += 1
+    bell = len(shm) - 64
+    shm[bell + 8:bell + 12] = struct.pack("<i", r + 1 if bad == "bell" else r)
+    shm[bell:bell + 8] = struct.pack("<Q", m["step"])
+    bad = "" if bad == "bell" else bad
     ctl.send(msgpack.packb({"t": "done", "step": m["step"], "ok": True, "n_logits": r, "ms": 0.1}))

@@ -391,11 +391,11 @@ def test_fallback():
 
 
 def test_bad_candidates():
-    print("candidates: bad candidate rows from a (fake) worker are refused, the worker replaced")
+    print("candidates: bad candidate rows or doorbells from a (fake) worker are refused, the worker replaced")
     fake = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_worker.py")
     for bad, why in [("count", "holds 2 candidates, 1 asked"), ("range", "an id outside the vocabulary"),
                      ("order", "candidates out of order"), ("nan", "a NaN or -inf logit"),
-                     ("twice", "an id twice"), ("", None)]:
+                     ("twice", "an id twice"), ("bell", "logit rows"), ("", None)]:
         with tempfile.TemporaryDirectory() as d:
             os.environ.update(APR_FAKE_BAD=bad, APR_FAKE_DIR=d)
             srv = Server("--worker-bin", fake)
