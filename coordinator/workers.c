@@ -289,6 +289,14 @@ static void on_hello(coord *c, worker *w, const apr_wmsg *m)
     pick_active(c);
 }
 
+/* The step in flight on w is over (its done message, or its doorbell). */
+static void step_done(coord *c, worker *w, const apr_wmsg *m)
+{
+    w->busy = false;
+    sched_on_done(c, w, m);
+    pick_active(c); /* a switch waits for the step in flight */
+}
+
 void workers_on_frame(coord *c, const unsigned char *ident, size_t ident_len, const void *data,
                       size_t len)
 {
@@ -331,9 +339,7 @@ void workers_on_frame(coord *c, const unsigned char *ident, size_t ident_len, co
             worker_lost(c, w, "a result for a step never sent");
             break;
         }
-        w->busy = false;
-        sched_on_done(c, w, &m);
-        pick_active(c); /* a switch waits for the step in flight */
+        step_done(c, w, &m);
         break;
     default:
         worker_lost(c, w, "an unexpected message type");
@@ -359,9 +365,7 @@ bool workers_doorbells(coord *c)
         m.step = w->step_id;
         m.ok = true;
         m.n_logits = __atomic_load_n(&db->n_logits, __ATOMIC_RELAXED);
-        w->busy = false;
-        sched_on_done(c, w, &m); /* checks n_logits against the step as for a message */
-        pick_active(c);
+        step_done(c, w, &m); /* checks n_logits against the step as for a message */
         any = true;
     }
     return any;
