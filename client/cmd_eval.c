@@ -27,6 +27,8 @@ static void usage(FILE *out)
             "  --backend cpu|cuda  engine (default cpu)\n"
             "  --json              one JSON line per position: {\"step\",\"token\",\"top\"}\n"
             "  --logits-out FILE   write every position's full logits (float32, n_vocab each)\n"
+            "  --whole-rows        read every position's whole logits row from the engine (the\n"
+            "                      default, unless --logits-out, is its 5 best, as serving reads)\n"
             "A last line on stderr reports prefill and decode tok/s.\n");
 }
 
@@ -35,6 +37,33 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The five best entries of a step's row, largest first (ids -1 past the
+ * end): from the whole logits row, or from the candidate row (worker/backend.h)
+ * the engine wrote in its place. -1 when a candidate row is malformed or
+ * empty (no finite logit). */
+static void top5(const float *logits, int n, int32_t ids[5]);
+static int best5(const float *row, int n_vocab, bool cands, int32_t ids[5], float vals[5])
+{
+    if (!cands) {
+        top5(row, n_vocab, ids);
+        for (int k = 0; k < 5; k++) vals[k] = ids[k] >= 0 ? row[ids[k]] : 0.f;
+        return 0;
+    }
+    int32_t cnt;
+    memcpy(&cnt, row, sizeof cnt);
+    if (cnt < 1 || cnt > 5) return -1;
+    for (int k = 0; k < 5; k++) {
+        ids[k] = -1;
+        vals[k] = 0.f;
+    }
+    for (int k = 0; k < cnt; k++) {
+        memcpy(&ids[k], (const char *)row + 4 + 8 * (size_t)k, 4);
+        memcpy(&vals[k], (const char *)row + 8 + 8 * (size_t)k, 4);
+        if (ids[k] < 0 || ids[k] >= n_vocab) return -1;
+    }
+    return 0;
 }
 
 /* Parses "1,2,3" into a malloc'd array; -1 on a bad list. */
@@ -86,7 +115,7 @@ int apr_cmd_eval(int argc, char **argv)
     const char *model = NULL, *prompt = NULL, *tokens_arg = NULL, *force_arg = NULL;
     const char *backend = "cpu", *logits_path = NULL;
     long n_gen = 16, n_threads = 0, n_ctx = 0;
-    bool bos = false, json = false, ignore_eos = false;
+    bool bos = false, json = false, ignore_eos = false, whole = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         bool has = i + 1 < argc;
@@ -111,6 +140,7 @@ int apr_cmd_eval(int argc, char **argv)
         } else if (!strcmp(a, "--bos")) bos = true;
         else if (!strcmp(a, "--json")) json = true;
         else if (!strcmp(a, "--ignore-eos")) ignore_eos = true;
+        else if (!strcmp(a, "--whole-rows")) whole = true;
         else {
             fprintf(stderr, "apr eval: unknown or incomplete option '%s'\n", a);
             usage(stderr);
@@ -132,6 +162,7 @@ int apr_cmd_eval(int argc, char **argv)
     float *logits = NULL;
     FILE *logits_out = NULL;
     int32_t *batch_tok = NULL, *batch_pos = NULL, *batch_seq = NULL;
+    uint8_t *batch_k = NULL;
 
     gguf_file *f = gguf_open(model, err);
     if (!f) {
@@ -187,7 +218,8 @@ int apr_cmd_eval(int argc, char **argv)
     batch_tok = malloc(n_prompt * sizeof(int32_t));
     batch_pos = malloc(n_prompt * sizeof(int32_t));
     batch_seq = calloc(n_prompt, sizeof(int32_t));
-    if (!logits || !batch_tok || !batch_pos || !batch_seq) {
+    batch_k = calloc(n_prompt, 1);
+    if (!logits || !batch_tok || !batch_pos || !batch_seq || !batch_k) {
         fprintf(stderr, "apr eval: out of memory\n");
         goto out;
     }
@@ -202,7 +234,13 @@ int apr_cmd_eval(int argc, char **argv)
         batch_tok[i] = prompt_ids[i];
         batch_pos[i] = (int32_t)i;
     }
-    apr_batch b = {.n = (int)n_prompt, .token = batch_tok, .pos = batch_pos, .seq = batch_seq};
+    /* the 5 best of each row are all greedy decoding and --json print: the
+     * engine picks them (on the GPU for cuda) and sends 44 bytes, not a row
+     * of n_vocab floats, as it does for apr-coord */
+    const bool cands = !whole && !logits_path && APR_CAND_ROW_BYTES(5) <= (size_t)n_vocab * sizeof(float);
+    uint8_t k5 = cands ? 5 : 0;
+    batch_k[n_prompt - 1] = k5;
+    apr_batch b = {.n = (int)n_prompt, .token = batch_tok, .pos = batch_pos, .seq = batch_seq, .topk = batch_k};
     double t0 = now_s();
     if (apr_backend_step(be, &b, logits, err)) {
         fprintf(stderr, "apr eval: prefill: %s\n", err);
@@ -217,7 +255,11 @@ int apr_cmd_eval(int argc, char **argv)
     long n_decoded = 0;
     for (long step = 0; step < n_gen; step++) {
         int32_t top[5];
-        top5(logits, n_vocab, top);
+        float val[5];
+        if (best5(logits, n_vocab, cands, top, val) || top[0] < 0) {
+            fprintf(stderr, "apr eval: step %ld: the engine found no best token (non-finite logits?)\n", step);
+            goto out;
+        }
         int32_t next = top[0];
         if (logits_out && fwrite(logits, sizeof(float), (size_t)n_vocab, logits_out) != (size_t)n_vocab) {
             fprintf(stderr, "apr eval: writing %s failed\n", logits_path);
@@ -226,7 +268,7 @@ int apr_cmd_eval(int argc, char **argv)
         if (json) {
             printf("{\"step\":%ld,\"token\":%d,\"top\":[", step, next);
             for (int k = 0; k < 5 && top[k] >= 0; k++)
-                printf("%s[%d,%.6g]", k ? "," : "", top[k], (double)logits[top[k]]);
+                printf("%s[%d,%.6g]", k ? "," : "", top[k], (double)val[k]);
             printf("]}\n");
         }
         int32_t feed = (size_t)step < n_forced ? forced[step] : next;
@@ -242,7 +284,7 @@ int apr_cmd_eval(int argc, char **argv)
         if (!ignore_eos && (size_t)step >= n_forced && apr_tok_is_eog(tok, next)) break;
         if (step + 1 == n_gen) break;
         int32_t pos = (int32_t)(n_prompt + (size_t)step), seq = 0;
-        apr_batch one = {.n = 1, .token = &feed, .pos = &pos, .seq = &seq};
+        apr_batch one = {.n = 1, .token = &feed, .pos = &pos, .seq = &seq, .topk = &k5};
         double t1 = now_s();
         if (apr_backend_step(be, &one, logits, err)) {
             fprintf(stderr, "apr eval: step %ld: %s\n", step, err);
@@ -268,6 +310,7 @@ out:
     free(batch_tok);
     free(batch_pos);
     free(batch_seq);
+    free(batch_k);
     free(logits);
     free(prompt_ids);
     free(forced);

@@ -10,7 +10,9 @@
 #      qwen2.5-0.5b (short prompt and a 100-token prefill), qwen2.5-1.5b (also
 #      without PDL): argmax agreement over teacher-forced positions and max
 #      |dlogit|, beside the CPU-vs-CPU floor of the synthetic models
-#   4. benchmarks through apr eval: decode tok/s at batch 1 (128 tokens) for
+#   4. benchmarks through apr eval: decode tok/s at batch 1 (128 tokens; each
+#      position's 5 best picked on the GPU, as serving reads them, and once with
+#      whole logits rows to the host) for
 #      0.5B, 1.5B, 7B (also without PDL, unfused (APR_CUDA_FUSE=0: ten kernels
 #      a layer), all fused (63), and the 1.5B without graphs); batched decode of 1-64
 #      sequences on the 1.5B (test_kernels_cuda --batched); prefill
@@ -58,6 +60,16 @@ ev() {
     ev_b=$1 ev_m=$2 ev_n=$3
     shift 3
     "$APR" eval -m "$ev_m" --backend "$ev_b" --json --logits-out "$LOG/$ev_n.f32" "$@" >"$LOG/$ev_n.json" 2>"$LOG/$ev_n.err"
+    ev_r=$?
+    [ $ev_r -eq 0 ] || { echo "apr eval $ev_b $ev_n failed ($ev_r):"; tail -3 "$LOG/$ev_n.err"; }
+    return $ev_r
+}
+# evc: the same without the logits file, so that apr eval reads each position's 5 best
+# (candidate rows, picked on the GPU) as apr-coord does: what the timing rows use
+evc() {
+    ev_b=$1 ev_m=$2 ev_n=$3
+    shift 3
+    "$APR" eval -m "$ev_m" --backend "$ev_b" --json "$@" >"$LOG/$ev_n.json" 2>"$LOG/$ev_n.err"
     ev_r=$?
     [ $ev_r -eq 0 ] || { echo "apr eval $ev_b $ev_n failed ($ev_r):"; tail -3 "$LOG/$ev_n.err"; }
     return $ev_r
@@ -148,24 +160,27 @@ if has bench; then
         m=$(mk "qwen2.5-$s") || { fails=$((fails + 1)); continue; }
         case $s in 0.5b) ref=854;; 1.5b) ref=532;; 3b) ref=379;; 7b) ref=264;; 32b) ref=72.7;; *) ref=0;; esac
         by=$(wbytes "$m")
-        ev cuda "$m" "bench-$s" -p "Once upon a time" -n 128 --ignore-eos || { fails=$((fails + 1)); continue; }
+        evc cuda "$m" "bench-$s" -p "Once upon a time" -n 128 --ignore-eos || { fails=$((fails + 1)); continue; }
         d=$(rate decode "$LOG/bench-$s.err")
         echo "qwen2.5-$s decode: $d tok/s ($(awk -v b="$by" 'BEGIN {printf "%.3f", b / 1e9}') GB of weights per token)"
         row "qwen2.5-$s decode b=1 (tok/s)" "$d" "$ref" "$by"
-        APR_CUDA_PDL=0 ev cuda "$m" "bench-$s-nopdl" -p "Once upon a time" -n 128 --ignore-eos &&
+        # whole logits rows to the host every position (--logits-out), as before 2026-11-26's seventh pass
+        ev cuda "$m" "bench-$s-rows" -p "Once upon a time" -n 128 --ignore-eos &&
+            row "qwen2.5-$s decode b=1, whole rows" "$(rate decode "$LOG/bench-$s-rows.err")" "$ref" "$by"
+        APR_CUDA_PDL=0 evc cuda "$m" "bench-$s-nopdl" -p "Once upon a time" -n 128 --ignore-eos &&
             row "qwen2.5-$s decode b=1, no PDL" "$(rate decode "$LOG/bench-$s-nopdl.err")" "$ref" "$by"
         # the one-token step as ten kernels a layer (norm/quantize and bias+RoPE+KV
         # separate), and with every fusion on (the default picks by model width)
-        APR_CUDA_FUSE=0 ev cuda "$m" "bench-$s-nofuse" -p "Once upon a time" -n 128 --ignore-eos &&
+        APR_CUDA_FUSE=0 evc cuda "$m" "bench-$s-nofuse" -p "Once upon a time" -n 128 --ignore-eos &&
             row "qwen2.5-$s decode b=1, unfused" "$(rate decode "$LOG/bench-$s-nofuse.err")" "$ref" "$by"
-        APR_CUDA_FUSE=63 ev cuda "$m" "bench-$s-allfuse" -p "Once upon a time" -n 128 --ignore-eos &&
+        APR_CUDA_FUSE=63 evc cuda "$m" "bench-$s-allfuse" -p "Once upon a time" -n 128 --ignore-eos &&
             row "qwen2.5-$s decode b=1, all fused" "$(rate decode "$LOG/bench-$s-allfuse.err")" "$ref" "$by"
         if [ "$s" = 1.5b ]; then
-            APR_CUDA_GRAPHS=0 ev cuda "$m" "bench-$s-nograph" -p "Once upon a time" -n 128 --ignore-eos &&
+            APR_CUDA_GRAPHS=0 evc cuda "$m" "bench-$s-nograph" -p "Once upon a time" -n 128 --ignore-eos &&
                 row "qwen2.5-$s decode b=1, no graphs" "$(rate decode "$LOG/bench-$s-nograph.err")" "$ref" "$by"
             best=0
             for i in 1 2 3; do
-                ev cuda "$m" "prefill-$s" --tokens "$(seq -s, 1000 1511)" -n 1 || break
+                evc cuda "$m" "prefill-$s" --tokens "$(seq -s, 1000 1511)" -n 1 || break
                 p=$(rate prefill "$LOG/prefill-$s.err")
                 best=$(awk -v a="$p" -v b="$best" 'BEGIN {print (a > b ? a : b)}')
             done
@@ -174,25 +189,25 @@ if has bench; then
             # PDL in the 512-entry step too (APR_CUDA_PDL=2; the default leaves it to decode-sized steps)
             best=0
             for i in 1 2 3; do
-                APR_CUDA_PDL=2 ev cuda "$m" "prefill-$s-pdl" --tokens "$(seq -s, 1000 1511)" -n 1 || break
+                APR_CUDA_PDL=2 evc cuda "$m" "prefill-$s-pdl" --tokens "$(seq -s, 1000 1511)" -n 1 || break
                 p=$(rate prefill "$LOG/prefill-$s-pdl.err")
                 best=$(awk -v a="$p" -v b="$best" 'BEGIN {print (a > b ? a : b)}')
             done
             row "qwen2.5-$s prefill 512, PDL in it (best of 3)" "$best" 24700 0
             # where the time goes: events between the kernels of plain launches
-            APR_CUDA_PROFILE=1 ev cuda "$m" "profile-$s" --tokens "$(seq -s, 1000 1511)" -n 33 --ignore-eos &&
+            APR_CUDA_PROFILE=1 evc cuda "$m" "profile-$s" --tokens "$(seq -s, 1000 1511)" -n 33 --ignore-eos &&
                 grep -A12 '^cuda profile' "$LOG/profile-$s.err" | tee "$LOG/profile.txt"
             for fu in 0 63; do
-                APR_CUDA_FUSE=$fu APR_CUDA_PROFILE=1 ev cuda "$m" "profile-$s-fuse$fu" --tokens "$(seq -s, 1000 1511)" \
+                APR_CUDA_FUSE=$fu APR_CUDA_PROFILE=1 evc cuda "$m" "profile-$s-fuse$fu" --tokens "$(seq -s, 1000 1511)" \
                     -n 33 --ignore-eos && { echo "APR_CUDA_FUSE=$fu:"; grep -A12 '^cuda profile, decode' \
                     "$LOG/profile-$s-fuse$fu.err" | sed '/steps of several/,$d'; } | tee -a "$LOG/profile.txt"
             done
             # where a decode token's time goes inside the graph: a %globaltimer stamp after every kernel
-            APR_CUDA_PROFILE=3 ev cuda "$m" "stamps-$s" -p "Once upon a time" -n 128 --ignore-eos &&
+            APR_CUDA_PROFILE=3 evc cuda "$m" "stamps-$s" -p "Once upon a time" -n 128 --ignore-eos &&
                 { echo "APR_CUDA_PROFILE=3 (in the graph, each class plus one stamp):"; grep -A14 '^cuda profile, decode' \
                     "$LOG/stamps-$s.err" | sed '/steps of several/,$d'; } | tee -a "$LOG/profile.txt"
             # decode at a long context: 128 tokens after a 2000-token prompt (attention split across the context)
-            ev cuda "$m" "long-$s" --tokens "$(seq -s, 1000 2999)" -n 128 --ignore-eos &&
+            evc cuda "$m" "long-$s" --tokens "$(seq -s, 1000 2999)" -n 128 --ignore-eos &&
                 row "qwen2.5-$s decode after 2000 tokens" "$(rate decode "$LOG/long-$s.err")" 0 "$by"
             # batched decode: S sequences a step, every entry wanting logits (llama.cpp: 8400 tok/s at 64)
             "$C/bin/test_kernels_cuda" --batched "$m" 128 | tee "$LOG/batched.txt" || fails=$((fails + 1))
@@ -310,7 +325,7 @@ fault() {
 if has serve || has serve-decode; then
     say "serving through apr-coord (qwen2.5-1.5b)"
     if SP=$(mk qwen2.5-1.5b); then
-        ev cuda "$SP" serve-eval -p "Once upon a time" -n 128 --ignore-eos || fails=$((fails + 1))
+        evc cuda "$SP" serve-eval -p "Once upon a time" -n 128 --ignore-eos || fails=$((fails + 1))
         eval_d=$(rate decode "$LOG/serve-eval.err")
         if coord_start cuda serve-bench; then
             "$APR" bench --endpoint "$EP" -n 128 --runs 20 --warmup 3 --baseline "apr-eval=$eval_d" \

@@ -38,6 +38,27 @@ def run_record(model, rec, logits_path):
         return None
     return [json.loads(line) for line in out.stdout.splitlines()]
 
+def rows_or_candidates(name):
+    """apr eval without --logits-out reads the engine's 5 best (candidate
+    rows, as serving does) instead of whole rows: the same tokens and top-5,
+    to the printed digit, as --whole-rows and as the --logits-out runs."""
+    model = os.path.join(shared, "models", name + ".gguf")
+    rec = json.loads(open(os.path.join(shared, "golden", name + ".jsonl")).readline())
+    base = [apr, "eval", "-m", model, "--backend", backend, "--json", "--ignore-eos",
+            "--tokens", ",".join(map(str, rec["prompt_tokens"])), "-n", str(len(rec["steps"]))]
+    outs = []
+    for extra in ([], ["--whole-rows"]):
+        out = subprocess.run(base + extra, capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            fail(f"{name}: apr eval {' '.join(extra)} exited {out.returncode}: {out.stderr.strip()[-300:]}")
+            return
+        outs.append(out.stdout)
+    lines = outs[0].splitlines()
+    if not lines or outs[0] != outs[1]:
+        fail(f"{name}: candidate rows and whole rows disagree ({len(lines)} lines)")
+    else:
+        print(f"  {name}: candidate rows = whole rows over {len(lines)} positions")
+
 def compare(name, strict):
     model = os.path.join(shared, "models", name + ".gguf")
     recs = [json.loads(l) for l in open(os.path.join(shared, "golden", name + ".jsonl"))]
@@ -95,5 +116,7 @@ print(f"parity ({backend} backend vs llama.cpp golden)")
 compare("stories260K", strict=True)
 compare("tiny-qwen2-a", strict=False)
 compare("tiny-qwen2-b", strict=False)
+rows_or_candidates("stories260K")
+rows_or_candidates("tiny-qwen2-a")
 print("parity:", "FAILED" if failures else "ok", f"({failures} failures)")
 sys.exit(1 if failures else 0)
