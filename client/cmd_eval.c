@@ -39,33 +39,6 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* The five best entries of a step's row, largest first (ids -1 past the
- * end): from the whole logits row, or from the candidate row (worker/backend.h)
- * the engine wrote in its place. -1 when a candidate row is malformed or
- * empty (no finite logit). */
-static void top5(const float *logits, int n, int32_t ids[5]);
-static int best5(const float *row, int n_vocab, bool cands, int32_t ids[5], float vals[5])
-{
-    if (!cands) {
-        top5(row, n_vocab, ids);
-        for (int k = 0; k < 5; k++) vals[k] = ids[k] >= 0 ? row[ids[k]] : 0.f;
-        return 0;
-    }
-    int32_t cnt;
-    memcpy(&cnt, row, sizeof cnt);
-    if (cnt < 1 || cnt > 5) return -1;
-    for (int k = 0; k < 5; k++) {
-        ids[k] = -1;
-        vals[k] = 0.f;
-    }
-    for (int k = 0; k < cnt; k++) {
-        memcpy(&ids[k], (const char *)row + 4 + 8 * (size_t)k, 4);
-        memcpy(&vals[k], (const char *)row + 8 + 8 * (size_t)k, 4);
-        if (ids[k] < 0 || ids[k] >= n_vocab) return -1;
-    }
-    return 0;
-}
-
 /* Parses "1,2,3" into a malloc'd array; -1 on a bad list. */
 static int parse_ids(const char *s, int32_t **out, size_t *n)
 {
@@ -108,6 +81,32 @@ static void top5(const float *logits, int n, int32_t ids[5])
         memmove(&ids[k + 1], &ids[k], (size_t)(4 - k) * sizeof ids[0]);
         ids[k] = i;
     }
+}
+
+/* The five best entries of a step's row, largest first (ids -1 past the
+ * end): from the whole logits row, or from the candidate row (worker/backend.h)
+ * the engine wrote in its place. -1 when a candidate row is malformed or
+ * empty (no finite logit). */
+static int best5(const float *row, int n_vocab, bool cands, int32_t ids[5], float vals[5])
+{
+    if (!cands) {
+        top5(row, n_vocab, ids);
+        for (int k = 0; k < 5; k++) vals[k] = ids[k] >= 0 ? row[ids[k]] : 0.f;
+        return 0;
+    }
+    int32_t cnt;
+    memcpy(&cnt, row, sizeof cnt);
+    if (cnt < 1 || cnt > 5) return -1;
+    for (int k = 0; k < 5; k++) {
+        ids[k] = -1;
+        vals[k] = 0.f;
+    }
+    for (int k = 0; k < cnt; k++) {
+        memcpy(&ids[k], (const char *)row + 4 + 8 * (size_t)k, 4);
+        memcpy(&vals[k], (const char *)row + 8 + 8 * (size_t)k, 4);
+        if (ids[k] < 0 || ids[k] >= n_vocab) return -1;
+    }
+    return 0;
 }
 
 int apr_cmd_eval(int argc, char **argv)

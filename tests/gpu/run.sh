@@ -56,19 +56,14 @@ echo "d2d copy bandwidth: $BW GB/s (DESIGN.md's H100: 3017)"
 
 # eval BACKEND MODEL NAME ARGS...: JSON to $LOG/NAME.json, logits to NAME.f32, stderr to NAME.err
 # (sh functions share one scope: each uses its own prefix for its variables)
-ev() {
-    ev_b=$1 ev_m=$2 ev_n=$3
-    shift 3
-    "$APR" eval -m "$ev_m" --backend "$ev_b" --json --logits-out "$LOG/$ev_n.f32" "$@" >"$LOG/$ev_n.json" 2>"$LOG/$ev_n.err"
-    ev_r=$?
-    [ $ev_r -eq 0 ] || { echo "apr eval $ev_b $ev_n failed ($ev_r):"; tail -3 "$LOG/$ev_n.err"; }
-    return $ev_r
-}
+ev() { ev_rows=1 eval_run "$@"; }
 # evc: the same without the logits file, so that apr eval reads each position's 5 best
 # (candidate rows, picked on the GPU) as apr-coord does: what the timing rows use
-evc() {
+evc() { ev_rows=0 eval_run "$@"; }
+eval_run() {
     ev_b=$1 ev_m=$2 ev_n=$3
     shift 3
+    [ "$ev_rows" = 1 ] && set -- --logits-out "$LOG/$ev_n.f32" "$@"
     "$APR" eval -m "$ev_m" --backend "$ev_b" --json "$@" >"$LOG/$ev_n.json" 2>"$LOG/$ev_n.err"
     ev_r=$?
     [ $ev_r -eq 0 ] || { echo "apr eval $ev_b $ev_n failed ($ev_r):"; tail -3 "$LOG/$ev_n.err"; }
