@@ -1424,6 +1424,49 @@ static int gemv_bench(void)
 
 /* ------------------------------------------------------------ bandwidth */
 
+/* --topk-bench: candidate rows of a 152k vocabulary, 50 launches in a
+ * graph with programmatic dependent launch as the engine's graphs have them,
+ * for the row counts and k of decode (1 row: apr eval's 5, greedy's 1,
+ * top-k sampling's 40) and of batched steps. Logits: a bell-shaped spread
+ * (the sum of four uniforms), as a model's are. */
+static int topk_bench(void)
+{
+    rng r = {0x51ed27a4e1ad3ull};
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const apr_cu_ctx ctx = {s, 1, NULL, 0, NULL, 0};
+    apr_cu_init();
+    const int n = 151936, max_rows = 64, launches = 50;
+    float *l = malloc(sizeof(float) * (size_t)n * max_rows);
+    for (size_t i = 0; i < (size_t)n * max_rows; i++)
+        l[i] = 3.f * (rng_unif(&r) + rng_unif(&r) + rng_unif(&r) + rng_unif(&r));
+    float *dl = dev_upload(l, sizeof(float) * (size_t)n * max_rows);
+    free(l);
+    uint8_t *dout = NULL;
+    void *work = NULL;
+    CK(cudaMalloc((void **)&dout, (size_t)max_rows * APR_CU_TOPK_STRIDE));
+    CK(cudaMalloc(&work, apr_cu_topk_work_bytes(max_rows)));
+    const struct { int rows, k; } cfg[] = {{1, 1}, {1, 5}, {1, 40}, {1, 64}, {8, 40}, {16, 40}, {64, 40}};
+    printf("%-28s %9s\n", "candidate rows of 151936", "us");
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+        for (int i = 0; i < launches; i++)
+            if (apr_cu_topk(dl, n, cfg[c].rows, NULL, cfg[c].k, dout, APR_CU_TOPK_STRIDE, work, &ctx)) failures++;
+        CK(cudaStreamEndCapture(s, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        printf("%2d rows, k %-2d %24.2f\n", cfg[c].rows, cfg[c].k, graph_us(ge, launches, s));
+        cudaGraphExecDestroy(ge);
+        cudaGraphDestroy(g);
+    }
+    cudaFree(dl);
+    cudaFree(dout);
+    cudaFree(work);
+    cudaStreamDestroy(s);
+    return failures ? 1 : 0;
+}
+
 static int bandwidth(void)
 {
     const size_t bytes = (size_t)2 << 30;
@@ -1542,6 +1585,7 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "--bandwidth")) return bandwidth();
     if (argc > 1 && !strcmp(argv[1], "--mma-bench")) return mma_bench();
     if (argc > 1 && !strcmp(argv[1], "--gemv-bench")) return gemv_bench();
+    if (argc > 1 && !strcmp(argv[1], "--topk-bench")) return topk_bench();
     if (argc > 1 && !strcmp(argv[1], "--sync-bench")) return apr_cu_sync_bench() ? 1 : 0;
     if (argc > 2 && !strcmp(argv[1], "--batched")) return batched_bench(argv[2], argc > 3 ? atoi(argv[3]) : 128);
     rng r = {0x9e3779b97f4a7c15ull ^ (uint64_t)(argc > 1 ? strtoull(argv[1], NULL, 0) : 1)};
