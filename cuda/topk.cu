@@ -18,6 +18,7 @@
 #define TOPK_WARPS 16
 #define TOPK_MAX 64
 #define FULL 0xffffffffu
+#define FLOOR_ONE_PASS 8 /* k up to this: the floor from the first elements, one pass (see topk_kernel) */
 
 static_assert(APR_CU_TOPK_MAX == TOPK_MAX, "one limit");
 
@@ -36,6 +37,7 @@ struct wlist {
     int h;      /* entries kept, <= k */
     float tv;   /* the k-th entry once h == k (the bar) */
     int ti;
+    float floor; /* no value below it can be among the part's k best (topk_kernel) */
 };
 
 /* Inserts (v, i) (warp-uniform) at its place; the entry at place k falls out
@@ -77,7 +79,7 @@ static __device__ __forceinline__ void insert(wlist &w, float v, int i, int k, i
 /* Offers 32 elements, one a lane (v, i; invalid lanes pass -inf). */
 static __device__ __forceinline__ void offer(wlist &w, float v, int i, int k, int lane)
 {
-    const bool pass = v > -INFINITY && (w.h < k || better(v, i, w.tv, w.ti));
+    const bool pass = v > -INFINITY && v >= w.floor && (w.h < k || better(v, i, w.tv, w.ti));
     unsigned m = __ballot_sync(FULL, pass);
     while (m) {
         const int src = __ffs(m) - 1;
@@ -89,9 +91,46 @@ static __device__ __forceinline__ void offer(wlist &w, float v, int i, int k, in
     }
 }
 
+/* Keeps m1 >= m2 the two largest values seen (NaN compares false: passed over). */
+static __device__ __forceinline__ void top2(float &m1, float &m2, float x)
+{
+    if (x > m1) {
+        m2 = m1;
+        m1 = x;
+    } else if (x > m2) m2 = x;
+}
+
+/* The k-th largest (k <= 32) of the lanes' m: the k lanes ranked above it
+ * hold k elements >= it. */
+static __device__ __forceinline__ float kth_of_32(float m, int k, int lane)
+{
+    int rank = 0; /* lanes ahead: larger, or equal on a lower lane */
+    for (int j = 0; j < 32; j++) {
+        const float o = __shfl_sync(FULL, m, j);
+        rank += o > m || (o == m && j < lane);
+    }
+    return __shfl_sync(FULL, m, __ffs(__ballot_sync(FULL, rank == k - 1)) - 1);
+}
+
+/* The k-th largest (k <= 64) of the warp's 64 values, each lane's two
+ * largest elements m1 >= m2 (-inf where it has fewer): if it is finite, the
+ * k values ranked above it are k distinct elements, all >= it. */
+static __device__ __forceinline__ float kth_of_64(float m1, float m2, int k, int lane)
+{
+    int r1 = 0, r2 = 0; /* values ahead (larger, or equal at a lower place: m1 at place lane, m2 at 32 + lane) */
+    for (int j = 0; j < 32; j++) {
+        const float o1 = __shfl_sync(FULL, m1, j), o2 = __shfl_sync(FULL, m2, j);
+        r1 += (o1 > m1 || (o1 == m1 && j < lane)) + (o2 > m1);
+        r2 += (o1 >= m2) + (o2 > m2 || (o2 == m2 && j < lane));
+    }
+    const unsigned a1 = __ballot_sync(FULL, r1 == k - 1), a2 = __ballot_sync(FULL, r2 == k - 1);
+    return a1 ? __shfl_sync(FULL, m1, __ffs(a1) - 1) : __shfl_sync(FULL, m2, __ffs(a2) - 1);
+}
+
 /* One warp merges nl (<= TOPK_WARPS) sorted lists into the first k of their
- * union, written at o as a candidate row. */
-static __device__ void merge_write(const float (*lv)[TOPK_MAX], const int (*li)[TOPK_MAX], const int *lh, int nl,
+ * union, written at o as a candidate row: k rounds of a warp reduction, the
+ * cheaper way for small k. */
+static __device__ void merge_seq(const float (*lv)[TOPK_MAX], const int (*li)[TOPK_MAX], const int *lh, int nl,
                                    int k, uint8_t *o, int lane)
 {
     int head = 0;
@@ -121,6 +160,45 @@ static __device__ void merge_write(const float (*lv)[TOPK_MAX], const int (*li)[
     if (lane == 0) *(int32_t *)o = cnt;
 }
 
+/* The first k of the union of nl (<= TOPK_WARPS) sorted lists (best
+ * first, lh[j] entries each, ids distinct), written at o as a candidate row
+ * by the block's nthreads threads together: an entry's place in the union
+ * is its place in its list plus, in every other list, how many entries are
+ * better (a binary search); entries placed past k stop counting early. The
+ * block synchronizes before calling it. For k past FLOOR_ONE_PASS: at k 40
+ * one warp's k rounds were ~4 us a merge. */
+static __device__ void merge_rank(const float (*lv)[TOPK_MAX], const int (*li)[TOPK_MAX], const int *lh, int nl,
+                                  int k, uint8_t *o, int tid, int nthreads)
+{
+    for (int e = tid; e < nl * TOPK_MAX; e += nthreads) {
+        const int a = e / TOPK_MAX, q = e % TOPK_MAX;
+        if (q >= min(lh[a], k)) continue;
+        const float v = lv[a][q];
+        const int id = li[a][q];
+        int place = q;
+        for (int b = 0; b < nl && place < k; b++) {
+            if (b == a) continue;
+            int lo = 0, hi = min(lh[b], k); /* entries of b better than this one: [0, lo) */
+            while (lo < hi) {
+                const int mid = (lo + hi) >> 1;
+                if (better(lv[b][mid], li[b][mid], v, id)) lo = mid + 1;
+                else hi = mid;
+            }
+            place += lo;
+        }
+        if (place < k) {
+            int32_t *pair = (int32_t *)(o + 4 + 8 * (size_t)place);
+            pair[0] = id;
+            ((float *)pair)[1] = v;
+        }
+    }
+    if (tid == 0) {
+        int total = 0;
+        for (int j = 0; j < nl; j++) total += min(lh[j], k);
+        *(int32_t *)o = min(total, k);
+    }
+}
+
 /* ks[r] (or k_all where ks is NULL): candidates of row r; 0 skips the row.
  * Block b takes part b % parts of row b / parts (a row in several parts
  * keeps the GPU busy when rows are few) and writes its best k as a candidate
@@ -138,17 +216,46 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const floa
     if (k <= 0) return;
     k = min(k, TOPK_MAX);
     const float *l = logits + (size_t)row * n;
-    wlist w = {-INFINITY, -INFINITY, INT_MAX, INT_MAX, 0, -INFINITY, INT_MAX};
+    wlist w = {-INFINITY, -INFINITY, INT_MAX, INT_MAX, 0, -INFINITY, INT_MAX, -INFINITY};
     const int plen = (n + parts - 1) / parts, p0 = part * plen, p1 = min(n, p0 + plen);
     const int per = (p1 - p0 + TOPK_WARPS - 1) / TOPK_WARPS, s0 = p0 + warp * per, s1 = min(p1, s0 + per);
-    /* eight loads in flight a lane (the part's end among them: a warp's
-     * ~600 elements of a one-row step are three round trips to L2, not
-     * eight), then the eight offers; the answer does not depend on the
-     * order of the offers (better() is a total order) */
+    /* A floor: no value below it can be among the part's k best, so only
+     * what reaches it is offered, sparing most of the serial inserts (a
+     * one-row step at k 40 spent most of its ~70 us admitting a warp's
+     * first elements one by one). Up to FLOOR_ONE_PASS the floor is the
+     * k-th of the lanes' largest among the warp's first 256 elements and
+     * the scan is one pass. Above, a first pass takes each lane's two
+     * largest over the whole range, each warp the k-th of its 64, and the
+     * part's floor is the largest of these (each has k elements >= it):
+     * about k offers a part; the second pass reads from L1. Eight loads in flight a lane, the range's end among them.
+     * better() is a total order: which elements are offered, and in what
+     * order, does not change the answer. */
+    const bool two = k > FLOOR_ONE_PASS; /* uniform in the block */
+    __shared__ float wfloor[TOPK_WARPS];
+    float m1 = -INFINITY, m2 = -INFINITY;
+    for (int base = s0; two && base < s1; base += 256) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) v[u] = base + 32 * u + lane < s1 ? l[base + 32 * u + lane] : -INFINITY;
+#pragma unroll
+        for (int u = 0; u < 8; u++) top2(m1, m2, v[u]);
+    }
+    if (two) {
+        const float f = kth_of_64(m1, m2, k, lane);
+        if (lane == 0) wfloor[warp] = f;
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < TOPK_WARPS; j++) w.floor = fmaxf(w.floor, wfloor[j]);
+    }
     for (int base = s0; base < s1; base += 256) {
         float v[8];
 #pragma unroll
         for (int u = 0; u < 8; u++) v[u] = base + 32 * u + lane < s1 ? l[base + 32 * u + lane] : -INFINITY;
+        if (!two && base == s0) {
+#pragma unroll
+            for (int u = 0; u < 8; u++) m1 = fmaxf(m1, v[u]); /* fmaxf passes NaN over */
+            w.floor = kth_of_32(m1, k, lane);
+        }
 #pragma unroll
         for (int u = 0; u < 8; u++) offer(w, v[u], base + 32 * u + lane, k, lane);
     }
@@ -158,18 +265,18 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const floa
     li[warp][lane + 32] = w.bi;
     if (lane == 0) lh[warp] = w.h;
     __syncthreads();
-    if (warp != 0) return;
     uint8_t *o = parts == 1 ? out + (size_t)row * stride : work + ((size_t)row * parts + part) * stride;
-    merge_write(lv, li, lh, TOPK_WARPS, k, o, lane);
+    if (two) merge_rank(lv, li, lh, TOPK_WARPS, k, o, threadIdx.x, TOPK_WARPS * 32);
+    else if (warp == 0) merge_seq(lv, li, lh, TOPK_WARPS, k, o, lane);
 }
 
 /* The parts' candidate rows of each row (work) merged into its answer. */
-static __global__ void __launch_bounds__(32) topk_merge_kernel(const int32_t *ks, int k_all, uint8_t *out,
+static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(const int32_t *ks, int k_all, uint8_t *out,
                                                                size_t stride, int parts, const uint8_t *work)
 {
     __shared__ float lv[TOPK_WARPS][TOPK_MAX];
     __shared__ int li[TOPK_WARPS][TOPK_MAX], lh[TOPK_WARPS];
-    const int row = blockIdx.x, lane = threadIdx.x;
+    const int row = blockIdx.x, tid = threadIdx.x;
     griddep();
     int k = ks ? ks[row] : k_all;
     if (k <= 0) return;
@@ -179,10 +286,9 @@ static __global__ void __launch_bounds__(32) topk_merge_kernel(const int32_t *ks
      * all, where a part after another took three each (a one-row step: 16
      * parts, ~25 us of the 30 this kernel pair took) */
     const uint8_t *base = work + (size_t)row * parts * stride;
-    if (lane < parts) lh[lane] = min(*(const int32_t *)(base + (size_t)lane * stride), k);
-    __syncwarp();
-#pragma unroll 4
-    for (int e = lane; e < parts * k; e += 32) {
+    if (tid < parts) lh[tid] = min(*(const int32_t *)(base + (size_t)tid * stride), k);
+    __syncthreads();
+    for (int e = tid; e < parts * k; e += TOPK_WARPS * 32) {
         const int j = e / k, q = e % k;
         if (q < lh[j]) {
             const uint8_t *src = base + (size_t)j * stride + 4 + 8 * (size_t)q;
@@ -190,8 +296,9 @@ static __global__ void __launch_bounds__(32) topk_merge_kernel(const int32_t *ks
             lv[j][q] = *(const float *)(src + 4);
         }
     }
-    __syncwarp();
-    merge_write(lv, li, lh, parts, k, out + (size_t)row * stride, lane);
+    __syncthreads();
+    if (k > FLOOR_ONE_PASS) merge_rank(lv, li, lh, parts, k, out + (size_t)row * stride, tid, TOPK_WARPS * 32);
+    else if (tid < 32) merge_seq(lv, li, lh, parts, k, out + (size_t)row * stride, tid);
 }
 
 extern "C" size_t apr_cu_topk_work_bytes(int nrows) { return (size_t)nrows * APR_CU_TOPK_PARTS * APR_CU_TOPK_STRIDE; }
@@ -213,7 +320,7 @@ extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t 
     launch(c, topk_kernel, dim3((unsigned)(nrows * parts)), dim3(TOPK_WARPS * 32), logits, n, ks, k_all,
            (uint8_t *)out, stride, parts, (uint8_t *)work);
     if (parts > 1)
-        launch(c, topk_merge_kernel, dim3((unsigned)nrows), dim3(32), ks, k_all, (uint8_t *)out, stride, parts,
+        launch(c, topk_merge_kernel, dim3((unsigned)nrows), dim3(TOPK_WARPS * 32), ks, k_all, (uint8_t *)out, stride, parts,
                (const uint8_t *)work);
     return 0;
 }
