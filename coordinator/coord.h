@@ -87,6 +87,9 @@ typedef struct {
     bool busy;
     uint64_t step_id;
     double step_sent;
+    /* the last message sent to it was a step (since its hello): the next
+     * step may go through the step box too (proto.h) */
+    bool last_sent_step;
 } worker;
 
 typedef enum { SEQ_FREE = 0, SEQ_QUEUED, SEQ_RUNNING, SEQ_ZOMBIE } seq_state;

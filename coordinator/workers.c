@@ -49,6 +49,7 @@ static void spawn(coord *c, worker *w)
     }
     w->state = W_STARTING;
     w->busy = false;
+    w->last_sent_step = false;
     w->started_at = w->last_hb = coord_now();
     pid_t pid = fork();
     if (pid < 0) {
@@ -215,6 +216,16 @@ int worker_send(coord *c, worker *w, const apr_wmsg *m)
     char err[APR_ERRLEN];
     bool unreachable = false;
     int rc = apr_wmsg_encode(&b, m);
+    if (rc == 0 && m->type == APR_W_STEP && w->last_sent_step && w->logits.base &&
+        b.size <= sizeof ((apr_stepbox *)0)->msg) {
+        /* the previous message was the previous step, done: nothing the
+         * worker has not run can be ahead of this one (proto.h, step box) */
+        apr_stepbox *box = apr_stepbox_of(&w->logits);
+        memcpy(box->msg, b.data, b.size);
+        __atomic_store_n(&box->len, (uint32_t)b.size, __ATOMIC_RELAXED);
+        __atomic_store_n(&box->step, m->step, __ATOMIC_RELEASE);
+    }
+    w->last_sent_step = m->type == APR_W_STEP;
     if (rc == 0) {
         rc = apr_zmq_router_send(c->wsock, w->name, strlen(w->name), b.data, b.size, err);
         unreachable = rc < 0 && errno == EHOSTUNREACH; /* zmq_send's, kept by the helper */
@@ -243,6 +254,7 @@ static void on_engine_restart(coord *c, worker *w, const apr_wmsg *m)
     w->restarts++;
     c->restarts++;
     w->busy = false;
+    w->last_sent_step = false; /* a new process: its first step goes by the socket alone */
     w->engine_pid = (pid_t)m->pid;
     bool active = c->active == (int)(w - c->workers);
     logf_("worker %s: engine restarted (pid %d), KV cache %s", w->name, (int)m->pid,

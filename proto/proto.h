@@ -417,14 +417,40 @@ typedef struct {
     int32_t pad[13];
 } apr_doorbell;
 #define APR_DOORBELL_BYTES 64
-/* The segment for rows_bytes of logits: the rows, then the doorbell on 64 bytes. */
+
+/* Before the doorbell, the step box: the coordinator's step message (the
+ * bytes it sends on the socket) for a worker that waits awake for its next
+ * step (an engine, for 0.5 ms after each done), which takes it from here
+ * without the two ZeroMQ I/O threads' wake-ups; the message still follows on
+ * the socket and is dropped there (a step id it has run). The coordinator
+ * writes the bytes, then len, then step (release), and only for a step whose
+ * previous message to that worker was the previous step, which is done: so
+ * no earlier message (a trim) can still be on its way, and nobody reads the
+ * box while it is written. A worker takes a box only after a step from the
+ * socket in its life and only with a step id above every one it ran, so a
+ * box left for a process that died is never run. Too long a message goes by
+ * the socket alone. */
+#define APR_STEPBOX_BYTES 16384
+typedef struct {
+    uint64_t step; /* stored last */
+    uint32_t len;
+    uint32_t pad[13];
+    unsigned char msg[APR_STEPBOX_BYTES - 64];
+} apr_stepbox;
+
+/* The segment for rows_bytes of logits: the rows, the step box, then the
+ * doorbell on 64 bytes. */
 static inline size_t apr_logits_shm_bytes(size_t rows_bytes)
 {
-    return (rows_bytes + 63) / 64 * 64 + APR_DOORBELL_BYTES;
+    return (rows_bytes + 63) / 64 * 64 + APR_STEPBOX_BYTES + APR_DOORBELL_BYTES;
 }
 static inline apr_doorbell *apr_doorbell_of(const apr_shm *s)
 {
     return (apr_doorbell *)((char *)s->base + s->size - APR_DOORBELL_BYTES);
+}
+static inline apr_stepbox *apr_stepbox_of(const apr_shm *s)
+{
+    return (apr_stepbox *)((char *)s->base + s->size - APR_DOORBELL_BYTES - APR_STEPBOX_BYTES);
 }
 
 #endif

@@ -19,6 +19,9 @@
 
 #include "proto/proto_internal.h"
 
+_Static_assert(sizeof(apr_stepbox) == APR_STEPBOX_BYTES, "the step box is laid out as proto.h says");
+_Static_assert(sizeof(apr_doorbell) == APR_DOORBELL_BYTES, "the doorbell is 64 bytes");
+
 /* A step of APR_WORKER_MAX_BATCH entries is at most ~90 KB; anything near
  * this is not one of ours. */
 #define WMSG_MAX_FRAME ((size_t)1 << 20)

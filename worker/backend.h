@@ -129,6 +129,7 @@ typedef struct {
     int max_logits;       /* logit rows per step, 1..APR_WORKER_MAX_BATCH */
     bool engine;          /* a cuda holder's engine (started by the holder, not apr-coord) */
     int ipc_fd;           /* engine: the block shared with the holder (worker/holder.h) */
+    int spin_us;          /* waiting awake for the next step after a done; -1: 500 for an engine, else 0 */
 } apr_worker_opts;
 
 /* Returns the process exit status: 0 after "shutdown", 1 when the backend

@@ -49,6 +49,9 @@ static void usage(FILE *out)
             "  --max-logits L     logit rows per step, 1..%d (default: the --n-seq value)\n"
             "  --engine           run as a CUDA holder's engine (the holder starts it)\n"
             "  --ipc-fd FD        engine: the block shared with the holder\n"
+            "  --spin-us US       after each done, wait awake this long for the next step,\n"
+            "                     on the socket and in the step box (0..1000000; default:\n"
+            "                     500 for an engine, 0 otherwise)\n"
             "  --devices          list the CUDA devices and exit\n"
             "  -h, --help         this text\n"
             "\n"
@@ -111,7 +114,7 @@ int main(int argc, char **argv)
     if (getppid() != parent)
         return 1;
 
-    apr_worker_opts o = {.logits_fd = -1, .n_seq = 16, .max_batch = 512, .max_logits = 0, .ipc_fd = -1};
+    apr_worker_opts o = {.logits_fd = -1, .n_seq = 16, .max_batch = 512, .max_logits = 0, .ipc_fd = -1, .spin_us = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -146,6 +149,8 @@ int main(int argc, char **argv)
             ok = parse_int(a, v, 1, APR_WORKER_MAX_BATCH, &o.max_logits);
         } else if (!strcmp(a, "--ipc-fd")) {
             ok = parse_int(a, v, 0, INT_MAX, &o.ipc_fd);
+        } else if (!strcmp(a, "--spin-us")) {
+            ok = parse_int(a, v, 0, 1000000, &o.spin_us);
         } else {
             fprintf(stderr, "apr-worker: unknown option or missing value: %s\n", a);
             usage(stderr);

@@ -25,10 +25,11 @@
  * long is taken for hung, say on a kernel that never ends: its liveness stops
  * and its holder replaces it. A step takes milliseconds, setup a second. */
 #define ENGINE_STUCK_NS (30 * 1000000000LL)
-/* How long an engine waits awake for its next message before it sleeps in
- * zmq_poll: covers the coordinator's turn between a done and the next step
- * (0.1-0.15 ms on the H100 host), not the gaps between requests. */
-#define ENGINE_SPIN_NS (500 * 1000LL)
+/* How long an engine waits awake for its next step (on the socket and in
+ * the step box) before it sleeps in zmq_poll, unless --spin-us says: covers
+ * the coordinator's turn between a done and the next step (0.07-0.15 ms on
+ * the H100 host), not the gaps between requests. */
+#define ENGINE_SPIN_US 500
 
 void wlog(const char *name, const char *fmt, ...)
 {
@@ -218,6 +219,13 @@ typedef struct {
      * a token's time between the backend, this loop, and the wait for the
      * next step (the coordinator's turn plus the round trip). */
     int64_t t_recv, last_done_ns;
+    /* the step box (proto.h): taken only after a step from the socket
+     * (socket_step), and only for a step id above last_step, the last run;
+     * box_refused: one found malformed */
+    int64_t spin_ns;
+    uint64_t last_step, box_refused;
+    bool socket_step;
+    unsigned char *box_copy; /* sizeof apr_stepbox.msg */
     int64_t solo_n, solo_backend_ns, solo_loop_ns, solo_wait_ns;
     int64_t solo_rows_ns; /* part of solo_loop_ns: candidates picked or rows copied */
 } worker;
@@ -269,6 +277,7 @@ static void write_rows(worker *w, const apr_wmsg *m)
 static int run_step(worker *w, const apr_wmsg *m)
 {
     apr_wmsg done = {.type = APR_W_DONE, .step = m->step};
+    w->last_step = m->step;
     int64_t t0 = 0, t1 = 0, t2 = 0;
     int n_want = 0, max_k = 0;
     for (int i = 0; i < m->n; i++) {
@@ -341,6 +350,60 @@ static void run_trim(worker *w, const apr_wmsg *m)
     apr_backend_seq_trim(w->b, m->trim_seq, m->trim_from);
 }
 
+/* The step in the step box (proto.h), if it is one to run now: 1 when it
+ * ran, -1 when the engine must exit (as run_step), 0 when there is none. */
+static int take_box(worker *w)
+{
+    const apr_stepbox *box = apr_stepbox_of(&w->logits);
+    const uint64_t step = __atomic_load_n(&box->step, __ATOMIC_ACQUIRE);
+    if (!w->socket_step || step <= w->last_step || step == w->box_refused)
+        return 0;
+    const uint32_t len = __atomic_load_n(&box->len, __ATOMIC_RELAXED);
+    char err[APR_ERRLEN] = "";
+    apr_wmsg m;
+    memset(&m, 0, sizeof m);
+    int rc = -1;
+    if (len == 0 || len > sizeof box->msg) {
+        snprintf(err, sizeof err, "length %u", (unsigned)len);
+    } else {
+        /* a copy: the bytes are the coordinator's memory */
+        memcpy(w->box_copy, box->msg, len);
+        rc = apr_wmsg_parse(w->box_copy, len, &m, err);
+        if (rc == 0 && (m.type != APR_W_STEP || m.step != step)) {
+            snprintf(err, sizeof err, "a %s message for step %llu", apr_wtype_str(m.type), (unsigned long long)m.step);
+            rc = -1;
+        }
+    }
+    if (rc != 0) {
+        /* the socket still brings the step */
+        wlog(w->o->name, "step box for step %llu ignored: %s", (unsigned long long)step, err);
+        w->box_refused = step;
+        apr_wmsg_free(&m);
+        return 0;
+    }
+    w->t_recv = mono_ns();
+    rc = run_step(w, &m);
+    apr_wmsg_free(&m);
+    return rc != 0 ? -1 : 1;
+}
+
+/* After a done: waits awake up to spin_ns for the next step, in the step
+ * box or on the socket. 1: a step from the box ran; -1: the engine must
+ * exit; 0: read the socket (a message is there, or the wait is over). */
+static int wait_awake(worker *w)
+{
+    zmq_pollitem_t item = {w->ctl, 0, ZMQ_POLLIN, 0};
+    const int64_t end = mono_ns() + w->spin_ns;
+    do {
+        const int r = take_box(w);
+        if (r != 0)
+            return r;
+        if (zmq_poll(&item, 1, 0) != 0) /* a message, or an error recv reports */
+            return 0;
+    } while (mono_ns() < end);
+    return 0;
+}
+
 /* Until shutdown (0), a broken socket (1) or a failed device (an engine's
  * ENGINE_EXIT_DEVICE). */
 static int serve_loop(worker *w)
@@ -351,11 +414,14 @@ static int serve_loop(worker *w)
         void *data = NULL;
         size_t len = 0;
         bool multipart = false;
-        if (stepped && w->o->engine) {
+        if (stepped && w->spin_ns > 0) {
             /* the next step follows the done by ~0.1 ms while the
-             * coordinator streams: waiting awake for it saves a wake-up */
-            zmq_pollitem_t item = {w->ctl, 0, ZMQ_POLLIN, 0};
-            apr_zmq_spin(&item, 1, ENGINE_SPIN_NS);
+             * coordinator streams: waiting awake for it saves wake-ups */
+            const int r = wait_awake(w);
+            if (r < 0)
+                return ENGINE_EXIT_DEVICE;
+            if (r > 0)
+                continue;
         }
         int got = apr_zmq_recv(w->ctl, -1, &data, &len, &multipart, err);
         if (got < 0) {
@@ -377,8 +443,11 @@ static int serve_loop(worker *w)
         int end = -1;
         switch (m.type) {
         case APR_W_STEP:
+            if (w->socket_step && m.step <= w->last_step)
+                break; /* the copy of a step taken from the step box */
             if (run_step(w, &m) != 0)
                 end = ENGINE_EXIT_DEVICE;
+            w->socket_step = true;
             stepped = true;
             break;
         case APR_W_TRIM:
@@ -499,6 +568,13 @@ int apr_worker_serve(const apr_worker_opts *o)
         send_msg(&w, &hello);
         goto out;
     }
+    w.spin_ns = 1000LL * (o->spin_us >= 0 ? o->spin_us : o->engine ? ENGINE_SPIN_US : 0);
+    w.box_copy = malloc(sizeof ((apr_stepbox *)0)->msg);
+    if (!w.box_copy) {
+        snprintf(hello.error, sizeof hello.error, "out of memory");
+        send_msg(&w, &hello);
+        goto out;
+    }
     hello.ok = true;
     hello.n_vocab = w.n_vocab;
     hello.n_ctx = apr_backend_n_ctx(w.b);
@@ -531,6 +607,7 @@ out:
     zmq_ctx_term(zctx);
     apr_shm_close(&w.logits);
     free(w.scratch);
+    free(w.box_copy);
     apr_backend_close(w.b);
     apr_shm_close(&w.block);
     return status;

@@ -12,7 +12,11 @@ refuse the row, replace this worker, and then finish the request:
   twice  the same id twice
   bell   the doorbell (proto.h apr_doorbell) rung with one row more than written
 Like apr-worker it rings the doorbell (the step's row count, then its id, in
-the segment's last 64 bytes) before it sends done.
+the segment's last 64 bytes) before it sends done. It takes every message from
+the socket, and checks the coordinator's step box (proto.h apr_stepbox, before
+the doorbell) beside each step: the box must hold exactly that step's bytes
+when the message before it was a step, and must not hold it otherwise (a trim
+may still be ahead of it); APR_FAKE_DIR/box gets "copies wrong" counts.
 """
 import mmap, os, struct, sys, time
 
@@ -64,6 +68,9 @@ def pack(c):
     return struct.pack("<i", len(c)) + b"".join(struct.pack("<if", i, v) for i, v in c)
 
 
+BOX = len(shm) - 64 - 16384
+box_copies = box_wrong = 0
+prev = None  # the type of the message before this one
 last_hb = 0
 while True:
     if time.time() - last_hb > 0.2:
@@ -71,11 +78,21 @@ while True:
         last_hb = time.time()
     if not ctl.poll(100):
         continue
-    m = msgpack.unpackb(ctl.recv(), raw=False)
+    raw = ctl.recv()
+    m = msgpack.unpackb(raw, raw=False)
+    kind, prev = prev, m["t"]
     if m["t"] == "shutdown":
         sys.exit(0)
     if m["t"] != "step":
         continue
+    box_step, box_len = struct.unpack_from("<QI", shm, BOX)
+    if box_step == m["step"]:
+        ok = kind == "step" and shm[BOX + 64:BOX + 64 + box_len] == raw
+        box_copies += ok
+        box_wrong += not ok
+    elif kind == "step" and len(raw) <= 16384 - 64:
+        box_wrong += 1  # the step could have gone through the box and did not
+    open(os.path.join(os.environ["APR_FAKE_DIR"], "box"), "w").write(f"{box_copies} {box_wrong}")
     topk = m.get("topk", [0] * len(m["want"]))
     r = 0
     for w, k in zip(m["want"], topk):

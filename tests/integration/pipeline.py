@@ -410,6 +410,7 @@ def test_bad_candidates():
                       f"candidates {bad or 'good'}: top-k gave {r['k']['tokens']} ({r['k']['error']})")
                 restarts = srv.status()["restarts"]
                 s.close()
+                box = open(os.path.join(d, "box")).read().split() if os.path.exists(os.path.join(d, "box")) else ["0", "0"]
             finally:
                 srv.stop()
                 for k in ("APR_FAKE_BAD", "APR_FAKE_DIR"):
@@ -419,6 +420,8 @@ def test_bad_candidates():
                 check(why in log and restarts >= 1, f"candidates {bad}: restarts {restarts}, log:\n{log[-800:]}")
             else:
                 check(restarts == 0, f"candidates: a good fake worker was restarted:\n{log[-800:]}")
+                # the coordinator's step box (proto.h): each step after a step, never after another message
+                check(int(box[0]) > 0 and box[1] == "0", f"step box: {box[0]} steps in it, {box[1]} wrong")
 
 
 def main():

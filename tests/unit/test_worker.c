@@ -438,6 +438,120 @@ END_TEST
 /* apr_topk_select against a full sort, on rows real models rarely give:
  * ties, NaN, -inf, +inf, fewer finite entries than k, every length around
  * the 32-entry blocks. */
+/* Writes step m into the step box the way apr-coord does (proto.h). */
+static void box_put(harness *h, const apr_wmsg *m)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    ck_assert_int_eq(apr_wmsg_encode(&sb, m), 0);
+    apr_stepbox *box = apr_stepbox_of(&h->shm);
+    ck_assert_uint_le(sb.size, sizeof box->msg);
+    memcpy(box->msg, sb.data, sb.size);
+    __atomic_store_n(&box->len, (uint32_t)sb.size, __ATOMIC_RELAXED);
+    __atomic_store_n(&box->step, m->step, __ATOMIC_RELEASE);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+static apr_wmsg expect_done(harness *h, uint64_t step)
+{
+    apr_wmsg done;
+    ck_assert_msg(h_next(h, DONE_MS, &done) == 1, "no done for step %llu", (unsigned long long)step);
+    ck_assert_msg(done.type == APR_W_DONE, "got %s, expected done", apr_wtype_str(done.type));
+    ck_assert_msg(done.step == step, "done for step %llu, expected %llu", (unsigned long long)done.step,
+                  (unsigned long long)step);
+    ck_assert_msg(done.ok, "step %llu refused: %s", (unsigned long long)step, done.error);
+    return done;
+}
+
+/* A worker that waits awake (--spin-us, as an engine does) takes its next
+ * step from the step box: only after a step from the socket, only a step id
+ * above those it ran, never a malformed box; the socket's copy of a step it
+ * took is dropped, and the logits are the backend's. */
+START_TEST(takes_steps_from_the_box)
+{
+    apr_backend *ref = open_reference();
+    int nv = (int)apr_backend_hparams(ref)->n_vocab;
+    harness h;
+    h_open(&h, "w0", apr_logits_shm_bytes(sizeof(float) * (size_t)MAX_LOGITS * (size_t)nv));
+    h_bind(&h);
+    static const char *const opts[] = {"--threads", "1", "--ctx", "64", "--n-seq", "2", "--max-batch", "16",
+                                       "--max-logits", "8", "--spin-us", "1000000", NULL};
+    h_spawn(&h, "cpu", model, opts, NULL);
+    apr_wmsg hello = wait_hello(&h);
+    ck_assert_msg(hello.ok, "hello refused: %s", hello.error);
+    h.next_step = 10;
+
+    /* a box before any step from the socket (a dead process's leftover) is not run */
+    batch b = {0};
+    add(&b, 0, 0, 1, true);
+    apr_wmsg step = {.type = APR_W_STEP, .step = 9, .n = b.n, .token = b.token, .pos = b.pos, .seq = b.seq,
+                     .want = b.want};
+    box_put(&h, &step);
+    usleep(200000);
+    float worst = run_both(&h, ref, &b); /* step 10, from the socket: the first done is its */
+
+    /* step 11 in the box alone: taken, its rows the backend's */
+    b = (batch){0};
+    add(&b, 0, 1, 403, true);
+    step = (apr_wmsg){.type = APR_W_STEP, .step = 11, .n = b.n, .token = b.token, .pos = b.pos, .seq = b.seq,
+                      .want = b.want, .topk = b.topk};
+    box_put(&h, &step);
+    apr_wmsg done = expect_done(&h, 11);
+    ck_assert_uint_eq(__atomic_load_n(&apr_doorbell_of(&h.shm)->step, __ATOMIC_ACQUIRE), 11);
+    float *want = malloc(sizeof(float) * (size_t)nv);
+    char err[APR_ERRLEN];
+    apr_batch ab = {.n = b.n, .token = b.token, .pos = b.pos, .seq = b.seq, .want_logits = b.want};
+    ck_assert_msg(apr_backend_step(ref, &ab, want, err) == 0, "reference: %s", err);
+    const float *got = h.shm.base;
+    for (int j = 0; j < nv; j++)
+        worst = fmaxf(worst, fabsf(got[j] - want[j]) / fmaxf(1.0f, fabsf(want[j])));
+    free(want);
+    ck_assert_msg(worst <= 1e-6f, "logits differ from the in-process backend by %g", worst);
+    ck_assert_int_eq(done.n_logits, 1);
+
+    /* its copy on the socket is dropped: the next done is step 12's */
+    h_send(&h, &step);
+    h.next_step = 12;
+    b = (batch){0};
+    add(&b, 0, 2, 407, true);
+    worst = fmaxf(worst, run_both(&h, ref, &b));
+
+    /* a malformed box (a length past the box, then bytes that do not
+     * parse) is ignored and the socket's step runs */
+    apr_stepbox *box = apr_stepbox_of(&h.shm);
+    __atomic_store_n(&box->len, (uint32_t)sizeof box->msg + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&box->step, 13, __ATOMIC_RELEASE);
+    usleep(100000);
+    b = (batch){0};
+    add(&b, 0, 3, 261, true);
+    worst = fmaxf(worst, run_both(&h, ref, &b)); /* step 13 by the socket */
+    memset(box->msg, 0xc1, 8);
+    __atomic_store_n(&box->len, 8, __ATOMIC_RELAXED);
+    __atomic_store_n(&box->step, 14, __ATOMIC_RELEASE);
+    usleep(100000);
+    b = (batch){0};
+    add(&b, 0, 4, 378, true);
+    worst = fmaxf(worst, run_both(&h, ref, &b)); /* step 14 by the socket */
+
+    /* a trim by the socket, then the next step by the socket: in order */
+    apr_wmsg trim = {.type = APR_W_TRIM, .trim_seq = 0, .trim_from = 4};
+    h_send(&h, &trim);
+    apr_backend_seq_trim(ref, 0, 4);
+    b = (batch){0};
+    add(&b, 0, 4, 286, true);
+    worst = fmaxf(worst, run_both(&h, ref, &b)); /* step 15 */
+    printf("step box: max relative logit difference %g\n", worst);
+
+    apr_wmsg bye = {.type = APR_W_SHUTDOWN};
+    h_send(&h, &bye);
+    ck_assert_int_eq(wait_exit(h.pid, 10000), 0);
+    h.pid = 0;
+    apr_wmsg_free(&hello);
+    apr_backend_close(ref);
+    h_close(&h);
+}
+END_TEST
+
 START_TEST(topk_select_is_exact)
 {
     uint64_t s = 0x243f6a8885a308d3ULL;
@@ -617,6 +731,7 @@ int main(void)
     TCase *tc = tcase_create("worker");
     tcase_set_timeout(tc, 180);
     tcase_add_test(tc, serves_like_the_backend);
+    tcase_add_test(tc, takes_steps_from_the_box);
     tcase_add_test(tc, bad_model_is_refused);
     tcase_add_test(tc, cuda_refusal_reaches_the_coordinator);
     tcase_add_test(tc, small_logits_memory_is_refused);
