@@ -35,6 +35,8 @@
  *                       GEMV, bias + RoPE + KV append before attention); a mask of FUSE_*
  *                       chooses fusions (63: all; default: RoPE only, see open_model)
  *   APR_CUDA_PREFETCH=N, APR_CUDA_PRO_GRID=N  knobs of the fused GEMV (cuda/kernels.cu)
+ *   APR_CUDA_MAPPED=0   graphs upload the batch and download the candidates with copies
+ *                       instead of kernels on mapped pinned memory
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -95,6 +97,9 @@ struct apr_cuda_model {
     apr_cu_act act;
     int32_t *d_batch; /* [BATCH_ROWS][CHUNK_CAP]: token, pos, seq, logits row source, candidates wanted */
     int32_t *h_batch; /* pinned mirror */
+    /* h_batch and h_cands as the device sees them (mapped pinned memory):
+     * graphs move them with kernels rather than copies (APR_CUDA_MAPPED) */
+    void *hd_batch, *hd_cands;
     float *h_logits;  /* pinned [LOGIT_ROWS][n_vocab] */
     uint8_t *d_cands; /* [LOGIT_ROWS][CAND_STRIDE]: a graph step's candidate rows (apr_cu_topk) */
     uint8_t *d_cand_work; /* apr_cu_topk's, for rows split across blocks */
@@ -516,6 +521,8 @@ typedef struct {
     cudaIpcMemHandle_t weights, kv;
 } cuda_export;
 static_assert(sizeof(cuda_export) <= APR_BACKEND_EXPORT_BYTES, "the export area is too small");
+static_assert((size_t)LOGIT_ROWS * CAND_STRIDE % 16 == 0 && BATCH_ROWS * CHUNK_CAP * sizeof(int32_t) % 16 == 0,
+              "apr_cu_copy16 moves the batch block and the candidate rows in 16-byte words");
 
 #define EXPORT_MAGIC 0x43525041u /* "APRC" */
 #define EXPORT_VERSION 1u
@@ -652,14 +659,23 @@ static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
 {
     const apr_hparams *hp = &m->hp;
     if (cuda_fail(cudaMalloc((void **)&m->d_scratch, m->scratch_bytes), "cudaMalloc (scratch)", err) ||
-        cuda_fail(cudaHostAlloc((void **)&m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaHostAllocDefault),
+        cuda_fail(cudaHostAlloc((void **)&m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaHostAllocMapped),
                   "cudaHostAlloc", err) ||
         cuda_fail(cudaHostAlloc((void **)&m->h_logits, (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float),
                                 cudaHostAllocDefault),
                   "cudaHostAlloc", err) ||
-        cuda_fail(cudaHostAlloc((void **)&m->h_cands, (size_t)LOGIT_ROWS * CAND_STRIDE, cudaHostAllocDefault),
+        cuda_fail(cudaHostAlloc((void **)&m->h_cands, (size_t)LOGIT_ROWS * CAND_STRIDE, cudaHostAllocMapped),
                   "cudaHostAlloc", err))
         return -1;
+    /* A copy node at each end of a graph: the first kernel cannot launch
+     * before the upload is done, nor the download start before the last
+     * kernel is (no programmatic dependent launch across copies). */
+    const char *mp = getenv("APR_CUDA_MAPPED");
+    if (!(mp && !strcmp(mp, "0")) && (cudaHostGetDevicePointer(&m->hd_batch, m->h_batch, 0) != cudaSuccess ||
+                                      cudaHostGetDevicePointer(&m->hd_cands, m->h_cands, 0) != cudaSuccess)) {
+        cudaGetLastError(); /* not fatal: copies instead */
+        m->hd_batch = m->hd_cands = NULL;
+    }
     carve_scratch(m, m->d_scratch);
     if (m->profile || m->stamps) {
         m->pcap = 12 * (int)hp->n_layer + 8;
@@ -943,7 +959,8 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     cudaGraph_t g = NULL;
     if (cuda_fail(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture", err))
         return -1;
-    cudaMemcpyAsync(m->d_batch, m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
+    if (m->hd_batch) apr_cu_copy16(m->hd_batch, m->d_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), &m->cu);
+    else cudaMemcpyAsync(m->d_batch, m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
     m->stamping = m->stamps && B == 1;
     m->pn = 0;
     int frc = enqueue_forward(m, B, B);
@@ -954,7 +971,8 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     if (m->stamping) m->stamp_n = m->pn;
     m->stamping = false;
     m->pn = 0;
-    cudaMemcpyAsync(m->h_cands, m->d_cands, (size_t)B * CAND_STRIDE, cudaMemcpyDeviceToHost, s);
+    if (m->hd_cands) apr_cu_copy16(m->d_cands, m->hd_cands, ((size_t)B * CAND_STRIDE + 15) / 16 * 16, &m->cu);
+    else cudaMemcpyAsync(m->h_cands, m->d_cands, (size_t)B * CAND_STRIDE, cudaMemcpyDeviceToHost, s);
     cudaError_t e = cudaStreamEndCapture(s, &g);
     if (frc) {
         if (g) cudaGraphDestroy(g);

@@ -271,6 +271,22 @@ extern "C" void apr_cu_stamp(unsigned long long *slot, const apr_cu_ctx *c)
     launch(c, stamp_kernel, dim3(1), dim3(32), slot);
 }
 
+/* 16-byte words, read around the caches (__ldcv: host memory mapped into the
+ * device's space changes between launches) */
+static __global__ void copy16_kernel(const uint4 *src, uint4 *dst, int n)
+{
+    griddep();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) dst[i] = __ldcv(src + i);
+}
+
+extern "C" void apr_cu_copy16(const void *src, void *dst, size_t bytes, const apr_cu_ctx *c)
+{
+    const int n = (int)(bytes / 16);
+    if (n <= 0) return;
+    launch(c, copy16_kernel, dim3((unsigned)((n + 255) / 256 < 64 ? (n + 255) / 256 : 64)), dim3(256),
+           (const uint4 *)src, (uint4 *)dst, n);
+}
+
 /* ------------------------------------------------ norm + quantize */
 /* Block (t, g) of 256 threads owns elements 256g .. 256g+255 of token row t,
  * one per thread, so a decode row of 8960 is quantized by 35 blocks at once

@@ -189,6 +189,11 @@ int apr_cu_sync_bench(void);
 int apr_cu_read_bench(const void *p, size_t bytes, int shape, unsigned *sink, const apr_cu_ctx *c);
 /* Writes the GPU's %globaltimer (ns) to *slot once the previous kernel is done (profiling). */
 void apr_cu_stamp(unsigned long long *slot, const apr_cu_ctx *c);
+/* dst <- src, bytes (a multiple of 16, both 16-byte aligned) in a kernel:
+ * for pinned host memory mapped into the device's space (either side), a
+ * graph node that, unlike a copy, lets the kernels around it overlap their
+ * launches (programmatic dependent launch). */
+void apr_cu_copy16(const void *src, void *dst, size_t bytes, const apr_cu_ctx *c);
 int apr_cu_topk(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out, size_t stride,
                 void *work, const apr_cu_ctx *c);
 
