@@ -1033,7 +1033,7 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
  * calls it (it may synchronize). A token's sums do not depend on NT (each
  * lane takes the same chunks in the same order for every token of the tile),
  * so a sequence's logits are the same bits whatever else shares its step. */
-template <int U, int WPR, int NT, bool SWIGLU, bool WAIT>
+template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPE = 0>
 static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const act_dev &a, int g)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
@@ -1046,7 +1046,7 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     float acc[2][NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = 0.f;
-    switch (s.type) { /* uniform across the warps of a row */
+    switch (TYPE ? TYPE : s.type) { /* uniform across the warps of a row; TYPE: the launch's only one */
     case APR_TYPE_Q4_K:
         if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
         else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
@@ -1106,10 +1106,10 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
  * chunks or more in matrices of 3584 rows or more (the 7B's and 32B's q/k/v
  * and o, H100: 7B o 6.8 -> 5.9 us, 32B q/k/v 14.2 -> 13.0, o 12.0 -> 10.4). */
 #define GEMV1_BIG_BYTES (32u << 20)
-template <int U, int WPR, int NT, bool SWIGLU, int MINB>
+template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPE = 0>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(const __grid_constant__ gemv_params p)
 {
-    gemv1_block<U, WPR, NT, SWIGLU, true>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
+    gemv1_block<U, WPR, NT, SWIGLU, true, TYPE>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
 
 /* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200;
@@ -1232,6 +1232,13 @@ static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
  * kernel (warp a row, token tiles in grid.x) instead, to measure what this
  * one buys. */
 static int gemv1_on = 1;
+/* APR_CUDA_GEMV1_ANYTYPE=1 (read by apr_cu_init): one-token launches of one
+ * weight type on the instance that holds every type's dot, as all did
+ * before (measurement). By default they take an instance with that type's
+ * dot only: fewer registers and instructions around the loop (H100 decode
+ * 0.5B 1726-1728 -> 1774-1781 tok/s, 1.5B 1124-1129 -> 1143-1144, 7B
+ * 458-459 -> 462; the mixed q/k/v of the K-quant models keep the general one). */
+static int gemv1_anytype;
 /* apr_cu_gemv1_force: chunks a lane loads at once (1, 2) and warps a row (1,
  * 2, 4, 8) instead of gemv1's choice; 0: its choice. */
 static int gemv1_u, gemv1_w;
@@ -1261,6 +1268,8 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
     p.a = act_of(a);
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
+    bool one_type = true; /* decode: an instance with that type's dot only (gemv1_anytype) */
+    for (int i = 1; i < n_seg; i++) one_type = one_type && seg[i].w.type == seg[0].w.type;
     /* the forced shape of 8 warps a row exists for one-token tiles only */
     int wpr = gemv1_w ? gemv1_w : gemv1_wpr(nch, p.rows);
     if (ntok > 1 && wpr > 4) wpr = 4;
@@ -1288,10 +1297,22 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     const bool big = nt == 1 && (gemv1_minb ? gemv1_minb == 4 : bytes > GEMV1_BIG_BYTES || (nch >= 112 && p.rows >= 3584));
     const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt));
     const dim3 block(GEMV_WARPS * 32);
+#define GEMV1_T(U, WPR, NT, SW, MINB)                                                                  \
+    do {                                                                                               \
+        if (NT == 1 && one_type && !gemv1_anytype) {                                                  \
+            switch (seg[0].w.type) {                                                                   \
+            case APR_TYPE_Q4_K: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, APR_TYPE_Q4_K>, grid, block, p); break; \
+            case APR_TYPE_Q6_K: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, APR_TYPE_Q6_K>, grid, block, p); break; \
+            case APR_TYPE_Q5_0: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, APR_TYPE_Q5_0>, grid, block, p); break; \
+            case APR_TYPE_Q8_0: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, APR_TYPE_Q8_0>, grid, block, p); break; \
+            default: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p); break;            \
+            }                                                                                          \
+        } else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p);                         \
+    } while (0)
 #define GEMV1_B(U, WPR, NT, MINB)                                                               \
     do {                                                                                        \
-        if (swiglu) launch(c, gemv1_kernel<U, WPR, NT, true, MINB>, grid, block, p);           \
-        else launch(c, gemv1_kernel<U, WPR, NT, false, MINB>, grid, block, p);                 \
+        if (swiglu) GEMV1_T(U, WPR, NT, true, MINB);                                            \
+        else GEMV1_T(U, WPR, NT, false, MINB);                                                  \
     } while (0)
 #define GEMV1(U, WPR, NT)                                                                       \
     do {                                                                                        \
@@ -1329,6 +1350,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
 #undef GEMV1_W
 #undef GEMV1
 #undef GEMV1_B
+#undef GEMV1_T
     return 0;
 }
 
@@ -1392,6 +1414,7 @@ extern "C" void apr_cu_init(void)
     pro_prefetch = env_int("APR_CUDA_PREFETCH", PRO_PREFETCH_GROUPS);
     pro_per_sm = env_int("APR_CUDA_PRO_GRID", -1);
     gemv1_on = env_int("APR_CUDA_GEMV1", 1);
+    gemv1_anytype = env_int("APR_CUDA_GEMV1_ANYTYPE", 0);
     const int minb = env_int("APR_CUDA_GEMV1_MINB", 0);
     gemv1_minb = minb == 3 || minb == 4 ? minb : 0; /* anything else: the default */
     const void *k[8] = {(const void *)gemv_pro_kernel<1, false>, (const void *)gemv_pro_kernel<1, true>,
