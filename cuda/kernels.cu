@@ -1033,7 +1033,10 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
  * calls it (it may synchronize). A token's sums do not depend on NT (each
  * lane takes the same chunks in the same order for every token of the tile),
  * so a sequence's logits are the same bits whatever else shares its step. */
-template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPE = 0>
+/* TYPES: a mask of 1 << type of the weight types the launch holds (0: any),
+ * so that an instance carries only their dots */
+#define TYPE_BIT(t) (1u << (t))
+template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPES = 0>
 static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const act_dev &a, int g)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
@@ -1046,17 +1049,31 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     float acc[2][NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = 0.f;
-    switch (TYPE ? TYPE : s.type) { /* uniform across the warps of a row; TYPE: the launch's only one */
+#define HAS(t) (TYPES == 0 || (TYPES & TYPE_BIT(t)))
+    switch (s.type) { /* uniform across the warps of a row */
     case APR_TYPE_Q4_K:
-        if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        if constexpr (!HAS(APR_TYPE_Q4_K)) break;
+        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
         else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
         else __trap(); /* gemv1 launches SwiGLU's Q4_K pairs one a lane, in tiles of up to 4 (more spill) */
         break;
-    case APR_TYPE_Q6_K: gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
-    case APR_TYPE_Q5_0: gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
-    case APR_TYPE_Q4_0: gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
-    case APR_TYPE_Q8_0: gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc); break;
+    case APR_TYPE_Q6_K:
+        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        break;
+    case APR_TYPE_Q5_0:
+        if constexpr (HAS(APR_TYPE_Q5_0))
+            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        break;
+    case APR_TYPE_Q4_0:
+        if constexpr (HAS(APR_TYPE_Q4_0))
+            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        break;
+    case APR_TYPE_Q8_0:
+        if constexpr (HAS(APR_TYPE_Q8_0))
+            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        break;
     }
+#undef HAS
     float v[NT], u[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -1106,10 +1123,10 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
  * chunks or more in matrices of 3584 rows or more (the 7B's and 32B's q/k/v
  * and o, H100: 7B o 6.8 -> 5.9 us, 32B q/k/v 14.2 -> 13.0, o 12.0 -> 10.4). */
 #define GEMV1_BIG_BYTES (32u << 20)
-template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPE = 0>
+template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPES = 0>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(const __grid_constant__ gemv_params p)
 {
-    gemv1_block<U, WPR, NT, SWIGLU, true, TYPE>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
+    gemv1_block<U, WPR, NT, SWIGLU, true, TYPES>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
 
 /* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200;
@@ -1232,12 +1249,13 @@ static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
  * kernel (warp a row, token tiles in grid.x) instead, to measure what this
  * one buys. */
 static int gemv1_on = 1;
-/* APR_CUDA_GEMV1_ANYTYPE=1 (read by apr_cu_init): one-token launches of one
- * weight type on the instance that holds every type's dot, as all did
- * before (measurement). By default they take an instance with that type's
- * dot only: fewer registers and instructions around the loop (H100 decode
+/* APR_CUDA_GEMV1_ANYTYPE=1 (read by apr_cu_init): one-token launches on the
+ * instance that holds every type's dot, as all did before (measurement).
+ * By default a launch of one weight type, or of the q/k/v pairs Q4_K + Q6_K
+ * and Q5_0 + Q8_0, takes an instance with those types' dots only: fewer
+ * registers and instructions around the loop (H100 decode, one type:
  * 0.5B 1726-1728 -> 1774-1781 tok/s, 1.5B 1124-1129 -> 1143-1144, 7B
- * 458-459 -> 462; the mixed q/k/v of the K-quant models keep the general one). */
+ * 458-459 -> 462). */
 static int gemv1_anytype;
 /* apr_cu_gemv1_force: chunks a lane loads at once (1, 2) and warps a row (1,
  * 2, 4, 8) instead of gemv1's choice; 0: its choice. */
@@ -1268,8 +1286,8 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
     p.a = act_of(a);
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
-    bool one_type = true; /* decode: an instance with that type's dot only (gemv1_anytype) */
-    for (int i = 1; i < n_seg; i++) one_type = one_type && seg[i].w.type == seg[0].w.type;
+    uint32_t types = 0; /* decode: an instance with these types' dots only (gemv1_anytype) */
+    for (int i = 0; i < n_seg; i++) types |= TYPE_BIT(seg[i].w.type);
     /* the forced shape of 8 warps a row exists for one-token tiles only */
     int wpr = gemv1_w ? gemv1_w : gemv1_wpr(nch, p.rows);
     if (ntok > 1 && wpr > 4) wpr = 4;
@@ -1299,12 +1317,20 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     const dim3 block(GEMV_WARPS * 32);
 #define GEMV1_T(U, WPR, NT, SW, MINB)                                                                  \
     do {                                                                                               \
-        if (NT == 1 && one_type && !gemv1_anytype) {                                                  \
-            switch (seg[0].w.type) {                                                                   \
-            case APR_TYPE_Q4_K: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, APR_TYPE_Q4_K>, grid, block, p); break; \
-            case APR_TYPE_Q6_K: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, APR_TYPE_Q6_K>, grid, block, p); break; \
-            case APR_TYPE_Q5_0: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, APR_TYPE_Q5_0>, grid, block, p); break; \
-            case APR_TYPE_Q8_0: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, APR_TYPE_Q8_0>, grid, block, p); break; \
+        if (NT == 1 && !gemv1_anytype) {                                                              \
+            switch (types) {                                                                           \
+            case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K)>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q6_K)>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0)>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q8_0)>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K): /* the K-quant models' q/k/v */           \
+                if (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K)>, grid, block, p); \
+                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p);                   \
+                break;                                                                                 \
+            case TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0): /* the 0.5B's */                    \
+                if (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0)>, grid, block, p); \
+                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p);                   \
+                break;                                                                                 \
             default: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p); break;            \
             }                                                                                          \
         } else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p);                         \
