@@ -37,6 +37,8 @@
  *   APR_CUDA_PREFETCH=N, APR_CUDA_PRO_GRID=N  knobs of the fused GEMV (cuda/kernels.cu)
  *   APR_CUDA_MAPPED=0   graphs upload the batch and download the candidates with copies
  *                       instead of kernels on mapped pinned memory
+ *   APR_CUDA_NORM_GEMV=0  steps of up to 16 entries normalize and quantize q/k/v's input
+ *                       in a kernel of its own instead of in the product (apr_cu_gemv_norm)
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -857,6 +859,16 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
         if (apr_cu_matmul(seg, n_seg, &use, n, &m->cu)) return -1;
         mark(m, cls);
         return 0;
+    }
+    /* q/k/v: the attention norm folded into the product (every step size that
+     * takes the GEMV, so a sequence's bits do not depend on its batch) */
+    if (fuse == FUSE_QKV && per32) {
+        const int rc = apr_cu_gemv_norm(seg, n_seg, src, n, &m->cu);
+        if (rc < 0) return -1;
+        if (rc == 0) {
+            mark(m, cls);
+            return 0;
+        }
     }
     if (n == 1 && (m->fuse & fuse)) {
         const int rc = apr_cu_gemv_fused(seg, n_seg, src, &m->cu);

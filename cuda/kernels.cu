@@ -458,14 +458,97 @@ struct pro_dev {
     int prefetch; /* groups of each warp whose weights go towards L2 before the wait */
 };
 
+/* The q/k/v product with the RMSNorm folded in (apr_cu_gemv_norm): the
+ * residual rows x (ld apart), the norm's weight g, n elements. */
+struct nrm_dev {
+    const float *x, *g;
+    float eps;
+    int n, ld;
+    int pitch; /* floats a token in shared memory */
+};
+
 struct gemv_params {
     seg_dev seg[APR_CU_MAX_SEG];
     int n_seg, rows, ntok; /* rows: warp groups in all */
     act_dev a;
     pro_dev pro;
+    nrm_dev nrm;
 };
 
 #define GEMV_WARPS 8
+
+/* The norm-folded products' activations y = x * g (apr_cu_gemv_norm), staged
+ * by the block in shared memory (nrm_stage), 4 floats of padding after every
+ * 16 so that the lanes' chunks (16-32 floats apart) spread over the banks (an
+ * XOR swizzle that spreads them further measured slower: H100, 0.5B
+ * 1907-1913 -> 1843-1847 tok/s; reading x and g from global memory instead,
+ * L1 hits but 16 float4 loads a chunk 64-128 bytes apart across the lanes,
+ * 1660-1672). The row's 1 / rms multiplies the finished sum (gemv1_block). */
+static __device__ __forceinline__ int nrm_pad(int e) { return e + (e >> 4) * 4; }
+
+extern __shared__ __align__(16) float nrm_smem[];
+
+static __device__ __forceinline__ float4 nrm_y4(const nrm_dev &m, int slot, int e)
+{
+    return *(const float4 *)(nrm_smem + slot * m.pitch + nrm_pad(e));
+}
+
+/* Every thread of the block, after the wait: the tile's y into shared memory
+ * (rows of up to NRM_MAX_N, a float4 a thread). */
+#define NRM_MAX_N (4 * GEMV_WARPS * 32)
+template <int NT>
+static __device__ __forceinline__ void nrm_stage(const nrm_dev &m, const int (&tt)[NT])
+{
+    const int e = 4 * (int)threadIdx.x;
+    if (e < m.n) {
+        const float4 g = *(const float4 *)(m.g + e);
+        float4 x[NT];
+#pragma unroll
+        for (int t = 0; t < NT; t++) x[t] = *(const float4 *)(m.x + (size_t)tt[t] * m.ld + e);
+#pragma unroll
+        for (int t = 0; t < NT; t++)
+            *(float4 *)(nrm_smem + t * m.pitch + nrm_pad(e)) =
+                make_float4(x[t].x * g.x, x[t].y * g.y, x[t].z * g.z, x[t].w * g.w);
+    }
+    __syncthreads();
+}
+
+/* 1 / rms of token tok's row by one warp: lanes take float4s 128 floats apart
+ * in order, then the butterfly sum (every row's warp gets the same bits). */
+static __device__ __forceinline__ float nrm_scale(const nrm_dev &m, int tok, int lane)
+{
+    const float *xr = m.x + (size_t)tok * m.ld;
+    float ss = 0.f;
+    for (int k0 = 0; k0 < m.n; k0 += 512) {
+        float4 xv[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int e = k0 + 128 * j + 4 * lane;
+            xv[j] = e < m.n ? *(const float4 *)(xr + e) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            ss = fmaf(xv[j].x, xv[j].x, ss);
+            ss = fmaf(xv[j].y, xv[j].y, ss);
+            ss = fmaf(xv[j].z, xv[j].z, ss);
+            ss = fmaf(xv[j].w, xv[j].w, ss);
+        }
+    }
+    return 1.0f / sqrtf(warp_sum(ss) / (float)m.n + m.eps);
+}
+
+/* Byte b of v as a float minus off, without a conversion instruction: the
+ * byte as the low mantissa bits of 2^23 (one byte permute), then a subtract
+ * (exact: everything here is an integer under 2^24). */
+static __device__ __forceinline__ float bytef(uint32_t v, int b, float off)
+{
+    return __int_as_float((int)__byte_perm(v, 0x4B000000u, 0x7650u | (unsigned)b)) - (8388608.f + off);
+}
+
+static __device__ __forceinline__ float f4get(const float4 &v, int i)
+{
+    return i == 0 ? v.x : i == 1 ? v.y : i == 2 ? v.z : v.w;
+}
 
 /* Each type is a pair of steps: load() fetches a chunk's weight bytes (the
  * DRAM traffic), dot() multiplies them with the tile's activations (L1/L2
@@ -511,6 +594,39 @@ struct K_Q4_K {
             const float v0 = half ? a0 * (float)s0 : fmaf(a0, (float)s0, -b0 * ds0.y);
             const float v1 = half ? a1 * (float)s1 : fmaf(a1, (float)s1, -b1 * ds1.y);
             acc[t] += fmaf(ds0.x, v0, ds1.x * v1);
+        }
+    }
+    /* f32 activations (apr_cu_gemv_norm): the same chunk, nibbles as floats,
+     * each half-group's mins term from its own sum of activations */
+    template <int NT>
+    static __device__ __forceinline__ void dotf(const W &x, int c, const nrm_dev &m, const int (&tt)[NT], float (&acc)[NT])
+    {
+        const int j = c & 7, g = j >> 1, half = j & 1;
+        float a0, a1, b0, b1;
+        q4k_pair_scales(x.h, g, a0, a1, b0, b1);
+        const int e = (c >> 3) * 256 + 64 * g + 16 * half;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float4 yl[4], yh[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                yl[i] = nrm_y4(m, t, e + 4 * i);
+                yh[i] = nrm_y4(m, t, e + 32 + 4 * i);
+            }
+            float s0 = 0.f, s1 = 0.f, y0 = 0.f, y1 = 0.f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t v = u4get(x.q, i), vl = v & 0x0F0F0F0Fu, vh = (v >> 4) & 0x0F0F0F0Fu;
+                const float4 lo = yl[i], hi = yh[i];
+#pragma unroll
+                for (int b = 0; b < 4; b++) {
+                    s0 = fmaf(bytef(vl, b, 0.f), f4get(lo, b), s0);
+                    s1 = fmaf(bytef(vh, b, 0.f), f4get(hi, b), s1);
+                    y0 += f4get(lo, b);
+                    y1 += f4get(hi, b);
+                }
+            }
+            acc[t] += fmaf(a0, s0, -b0 * y0) + fmaf(a1, s1, -b1 * y1);
         }
     }
 };
@@ -617,6 +733,40 @@ struct K_Q6_K {
             acc[t] += fmaf(dlo, alo * (float)s0, dhi * (ahi * (float)s1));
         }
     }
+    template <int NT>
+    static __device__ __forceinline__ void dotf(const W &x, int c, const nrm_dev &m, const int (&tt)[NT], float (&acc)[NT])
+    {
+        const int j = c & 7, h = j >> 2, k = j & 3, qa = k >> 1, l0 = 16 * (k & 1);
+        uint32_t vlo[4], vhi[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t l = u4get(x.ql, i), hb = u4get(x.qh, i);
+            vlo[i] = (l & 0x0F0F0F0Fu) | ((hb << (4 - 2 * qa)) & 0x30303030u);
+            vhi[i] = ((l >> 4) & 0x0F0F0F0Fu) | ((hb >> (2 * qa)) & 0x30303030u);
+        }
+        const int e = (c >> 3) * 256 + 128 * h + 32 * qa + l0;
+        const float alo = x.d * (float)x.sclo, ahi = x.d * (float)x.schi;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float4 yl[4], yh[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                yl[i] = nrm_y4(m, t, e + 4 * i);
+                yh[i] = nrm_y4(m, t, e + 64 + 4 * i);
+            }
+            float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const float4 lo = yl[i], hi = yh[i];
+#pragma unroll
+                for (int b = 0; b < 4; b++) {
+                    s0 = fmaf(bytef(vlo[i], b, 32.f), f4get(lo, b), s0);
+                    s1 = fmaf(bytef(vhi[i], b, 32.f), f4get(hi, b), s1);
+                }
+            }
+            acc[t] += fmaf(alo, s0, ahi * s1);
+        }
+    }
 };
 
 /* Q4_0, Q5_0, Q8_0: one chunk is one 32-block. */
@@ -678,6 +828,47 @@ struct K_Q_0 {
                 s = dp4a((int)v[i + 4], i4get(x1, i), s);
             }
             acc[t] += (float)s * (x.d * dx);
+        }
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dotf(const W &x, int c, const nrm_dev &m, const int (&tt)[NT], float (&acc)[NT])
+    {
+        uint32_t v[8]; /* signed bytes: element 4 i + b of the block */
+        if (TYPE == APR_TYPE_Q8_0) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                v[i] = u4get(x.q0, i);
+                v[i + 4] = u4get(x.q1, i);
+            }
+        } else {
+            const uint32_t off = TYPE == APR_TYPE_Q5_0 ? 0x10101010u : 0x08080808u;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t q = u4get(x.q0, i);
+                uint32_t lo = q & 0x0F0F0F0Fu, hi = (q >> 4) & 0x0F0F0F0Fu;
+                if (TYPE == APR_TYPE_Q5_0) {
+                    lo |= spread4(x.qh >> (4 * i));
+                    hi |= spread4(x.qh >> (16 + 4 * i));
+                }
+                v[i] = __vsub4(lo, off);
+                v[i + 4] = __vsub4(hi, off);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 8; i++) v[i] ^= 0x80808080u; /* signed bytes as q + 128 */
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            float4 yv[8];
+#pragma unroll
+            for (int i = 0; i < 8; i++) yv[i] = nrm_y4(m, t, c * 32 + 4 * i);
+            float s = 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const float4 y = yv[i];
+#pragma unroll
+                for (int b = 0; b < 4; b++) s = fmaf(bytef(v[i], b, 128.f), f4get(y, b), s);
+            }
+            acc[t] += x.d * s;
         }
     }
 };
@@ -1000,9 +1191,9 @@ static __device__ __forceinline__ void gemv_group(const gemv_params &p, const ac
  * under programmatic dependent launch they are in flight while it finishes
  * (the small q/k/v and o products are then mostly loaded before their input
  * exists). */
-template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT>
-static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, int r, const int (&tt)[NT],
-                                                 int slice, int lane, float (&acc)[2][NT])
+template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT, bool NORM = false>
+static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, const nrm_dev &m, int r,
+                                                 const int (&tt)[NT], int slice, int lane, float (&acc)[2][NT])
 {
     constexpr int STEP = 32 * WPR;
     const int nch = K::chunks(s.n_in);
@@ -1015,11 +1206,15 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
             x[u] = K::load(s.w, nbt, r, s.n_in, c);
             if (SWIGLU) y[u] = K::load(s.w2, nbt, r, s.n_in, c);
         }
-        if (WAIT && round == 0) griddep();
+        if (WAIT && round == 0) {
+            griddep();
+            if constexpr (NORM) nrm_stage<NT>(m, tt);
+        }
 #pragma unroll
         for (int u = 0; u < U; u++)
             if (c0 + STEP * u < nch) {
-                K::template dot<NT>(x[u], c0 + STEP * u, a, tt, acc[0]);
+                if constexpr (NORM) K::template dotf<NT>(x[u], c0 + STEP * u, m, tt, acc[0]);
+                else K::template dot<NT>(x[u], c0 + STEP * u, a, tt, acc[0]);
                 if (SWIGLU) K::template dot<NT>(y[u], c0 + STEP * u, a, tt, acc[1]);
             }
         c0 += STEP * U;
@@ -1036,7 +1231,7 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
 /* TYPES: a mask of 1 << type of the weight types the launch holds (0: any),
  * so that an instance carries only their dots */
 #define TYPE_BIT(t) (1u << (t))
-template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPES = 0>
+template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPES = 0, bool NORM = false>
 static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const act_dev &a, int g)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
@@ -1053,24 +1248,24 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     switch (s.type) { /* uniform across the warps of a row */
     case APR_TYPE_Q4_K:
         if constexpr (!HAS(APR_TYPE_Q4_K)) break;
-        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
-        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
+        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
         else __trap(); /* gemv1 launches SwiGLU's Q4_K pairs one a lane, in tiles of up to 4 (more spill) */
         break;
     case APR_TYPE_Q6_K:
-        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
         break;
     case APR_TYPE_Q5_0:
         if constexpr (HAS(APR_TYPE_Q5_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
         break;
     case APR_TYPE_Q4_0:
         if constexpr (HAS(APR_TYPE_Q4_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
         break;
     case APR_TYPE_Q8_0:
         if constexpr (HAS(APR_TYPE_Q8_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT>(s, a, r, tt, slice, lane, acc);
+            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
         break;
     }
 #undef HAS
@@ -1103,6 +1298,9 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
         __syncthreads(); /* the fused kernel's blocks come back for more rows */
         if (slice != 0) return;
     }
+    if constexpr (NORM)
+#pragma unroll
+        for (int t = 0; t < NT; t++) v[t] *= nrm_scale(p.nrm, tt[t], lane);
     if (lane != 0 || g >= p.rows) return;
 #pragma unroll
     for (int t = 0; t < NT; t++) {
@@ -1123,10 +1321,11 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
  * chunks or more in matrices of 3584 rows or more (the 7B's and 32B's q/k/v
  * and o, H100: 7B o 6.8 -> 5.9 us, 32B q/k/v 14.2 -> 13.0, o 12.0 -> 10.4). */
 #define GEMV1_BIG_BYTES (32u << 20)
-template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPES = 0>
+template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPES = 0, bool NORM = false>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(const __grid_constant__ gemv_params p)
 {
-    gemv1_block<U, WPR, NT, SWIGLU, true, TYPES>(p, p.a, blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
+    gemv1_block<U, WPR, NT, SWIGLU, true, TYPES, NORM>(p, p.a,
+                                                      blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
 
 /* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200;
@@ -1413,6 +1612,73 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
     return 0;
 }
 
+/* APR_CUDA_NORM_GEMV=0 (read by apr_cu_init): q/k/v after the norm/quantize
+ * kernel, as before apr_cu_gemv_norm (measurement). */
+static int norm_gemv_on = 1;
+/* One warp a row, one chunk a lane; NT tokens a tile. */
+template <int NT>
+static void launch_norm(const apr_cu_ctx *c, dim3 grid, size_t smem, const gemv_params &p, uint32_t types)
+{
+    constexpr int MINB = NT >= 4 ? 2 : 3;
+    constexpr uint32_t KQ = TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K),
+                       Q0 = TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0);
+    const dim3 block(GEMV_WARPS * 32);
+    if constexpr (NT == 1) {
+        if (!gemv1_anytype && (types & ~KQ) == 0) { /* Q4_K, Q6_K or both */
+            launch_smem(c, smem, gemv1_kernel<1, 1, 1, false, MINB, KQ, true>, grid, block, p);
+            return;
+        }
+        if (!gemv1_anytype && (types & ~Q0) == 0) { /* the 0.5B's Q5_0 + Q8_0 */
+            launch_smem(c, smem, gemv1_kernel<1, 1, 1, false, MINB, Q0, true>, grid, block, p);
+            return;
+        }
+    }
+    launch_smem(c, smem, gemv1_kernel<1, 1, NT, false, MINB, 0, true>, grid, block, p);
+}
+
+extern "C" int apr_cu_gemv_norm(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src, int ntok,
+                                const apr_cu_ctx *c)
+{
+    if (n_seg < 1 || n_seg > APR_CU_MAX_SEG || !src || !src->x || !src->w || src->n <= 0 || ntok < 1) return -1;
+    if (!gemv1_on || !norm_gemv_on || src->rows || ntok >= APR_CU_MMA_MIN_TOK || src->n % 128 ||
+        src->n > NRM_MAX_N || src->ldx % 4 || ((uintptr_t)src->x | (uintptr_t)src->w) % 16)
+        return 1;
+    int nch = 0;
+    uint32_t types = 0;
+    for (int i = 0; i < n_seg; i++) {
+        const uint32_t t = seg[i].w.type;
+        if ((t != APR_TYPE_Q4_K && t != APR_TYPE_Q6_K && t != APR_TYPE_Q4_0 && t != APR_TYPE_Q5_0 &&
+             t != APR_TYPE_Q8_0) ||
+            seg[i].mode != APR_CU_STORE || seg[i].w.n_in != src->n)
+            return 1;
+        nch = max(nch, chunks_of(t, src->n));
+        types |= TYPE_BIT(t);
+    }
+    gemv_params p = {};
+    if (gemv_setup(seg, n_seg, ntok, src->ldx, true, 1, p)) return -1;
+    p.nrm = nrm_dev{src->x, src->w, src->eps, src->n, src->ldx, 0};
+    /* Only products that one warp a row covers in one chunk a lane (rows of
+     * up to 1024) and whose blocks fit on the GPU at once: every block stages
+     * the row, and what that adds to a block's latency pays only where the
+     * product is one round of loads a lane in one wave. H100, decode against
+     * the norm kernel + gemv1: 0.5B (896 wide, 144 blocks) 1773-1781 ->
+     * 1936-1943 tok/s; 1.5B (1536, 48 chunks) at one warp a row, two chunks
+     * a lane: 1147-1148 -> 1106-1130, at two warps a row (512 blocks, two
+     * waves) 1143-1150 -> 1125-1135; 7B (3584, 1152 blocks) 452-455 ->
+     * 412-425. The choice depends on the rows only, so every step size of a
+     * model takes the same path. */
+    if (nch > 32 || (p.rows + GEMV_WARPS - 1) / GEMV_WARPS > 3 * apr_cu_sms()) return 1;
+    const int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8;
+    p.nrm.pitch = src->n + src->n / 4; /* the padding: 4 floats after every 16 */
+    const size_t smem = (size_t)nt * p.nrm.pitch * sizeof(float); /* at most 40 KB */
+    const dim3 grid((unsigned)((p.rows + GEMV_WARPS - 1) / GEMV_WARPS), (unsigned)((ntok + nt - 1) / nt));
+    if (nt == 1) launch_norm<1>(c, grid, smem, p, types);
+    else if (nt == 2) launch_norm<2>(c, grid, smem, p, types);
+    else if (nt == 4) launch_norm<4>(c, grid, smem, p, types);
+    else launch_norm<8>(c, grid, smem, p, types);
+    return 0;
+}
+
 /* Most shared memory a fused GEMV block may ask for without opting in. */
 #define PRO_SMEM_MAX (48 * 1024)
 
@@ -1441,6 +1707,7 @@ extern "C" void apr_cu_init(void)
     pro_per_sm = env_int("APR_CUDA_PRO_GRID", -1);
     gemv1_on = env_int("APR_CUDA_GEMV1", 1);
     gemv1_anytype = env_int("APR_CUDA_GEMV1_ANYTYPE", 0);
+    norm_gemv_on = env_int("APR_CUDA_NORM_GEMV", 1);
     const int minb = env_int("APR_CUDA_GEMV1_MINB", 0);
     gemv1_minb = minb == 3 || minb == 4 ? minb : 0; /* anything else: the default */
     const void *k[8] = {(const void *)gemv_pro_kernel<1, false>, (const void *)gemv_pro_kernel<1, true>,

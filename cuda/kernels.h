@@ -131,6 +131,20 @@ typedef struct {
  * the shared memory, misaligned rows: quantize and call apr_cu_gemv), -1 on a
  * bad argument. */
 int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src, const apr_cu_ctx *c);
+/* The q/k/v product of a step of up to APR_CU_MMA_MIN_TOK - 1 entries with
+ * the RMSNorm folded in, so that no norm/quantize kernel runs before it: the
+ * f32 rows x (ntok of them, ldx apart; rows must be NULL) times w (the norm's
+ * weight, n elements), staged by each block in shared memory and multiplied
+ * with the dequantized weights in f32, each output then times
+ * 1 / sqrt(mean(x^2) + eps), which every row's warp works out alike. A
+ * token's outputs are the same bits for every ntok. Taken for STORE segments
+ * of Q4_K, Q6_K, Q4_0, Q5_0 and Q8_0 with n a multiple of 128 up to 1024 and
+ * rows that fit on the GPU in one wave (where it measured faster: the 0.5B's
+ * q/k/v, not the 1.5B's). Returns 0 when launched, 1 when this case is not
+ * taken (the caller runs apr_cu_norm_quant + apr_cu_gemv), -1 on a bad
+ * argument. */
+int apr_cu_gemv_norm(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src, int ntok,
+                     const apr_cu_ctx *c);
 /* Asks the device once what the fused GEMV's grid sizes need (its launches
  * call it too); call it before capturing a graph that launches them. */
 void apr_cu_init(void);

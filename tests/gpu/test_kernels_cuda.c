@@ -604,6 +604,142 @@ static void test_fused_all(rng *r)
     test_fused(r, &q4k, 1, 18944, APR_CU_ADD, false, false);   /* 7B down */
 }
 
+/* q/k/v with the RMSNorm folded in (apr_cu_gemv_norm): every token's outputs
+ * against the weights dequantized on the CPU times x * g / rms(x) in double,
+ * and a token's outputs the same bits whatever step it is in (each token
+ * alone, then all of them at ntok 2..16). Rows are ld apart (ld > n). */
+static void test_gemv_norm(rng *r, const uint32_t *types, int n_seg, int n, int ntok_max)
+{
+    const int outs[3] = {96, 40, 72}, ld = n + 128;
+    const float eps = 1e-6f;
+    apr_cu_init(); /* the multiprocessor count its one-wave rule reads */
+    int ldo = 0;
+    for (int i = 0; i < n_seg; i++) ldo += outs[i];
+    float *x = malloc(sizeof(float) * (size_t)ld * ntok_max), *g = malloc(sizeof(float) * n);
+    fill_acts(r, x, (size_t)ld * ntok_max);
+    for (int t = 0; t < ntok_max; t++) /* a few rows far from unit scale */
+        for (int i = 0; i < n; i++) x[(size_t)t * ld + i] *= t % 3 == 1 ? 40.f : t % 3 == 2 ? 0.02f : 1.f;
+    for (int i = 0; i < n; i++) g[i] = 1.0f + 0.1f * rng_unif(r);
+    float *ref = calloc((size_t)ldo * ntok_max, sizeof(float)), *wrow = malloc(sizeof(float) * n);
+    double *y = malloc(sizeof(double) * n);
+    apr_cu_gemv_seg sg[3];
+    float *dout = NULL, *done = NULL;
+    CK(cudaMalloc((void **)&dout, sizeof(float) * (size_t)ldo * ntok_max));
+    CK(cudaMalloc((void **)&done, sizeof(float) * (size_t)ldo * ntok_max));
+    int col = 0;
+    for (int i = 0; i < n_seg; i++) {
+        const size_t wb = apr_cu_weight_bytes(types[i], n, outs[i]), rb = apr_row_bytes(types[i], (uint64_t)n);
+        uint8_t *h = malloc(wb);
+        fill_rows(r, types[i], h, n, outs[i]);
+        for (int t = 0; t < ntok_max; t++) {
+            const float *xr = x + (size_t)t * ld;
+            double ss = 0;
+            for (int k = 0; k < n; k++) ss += (double)xr[k] * xr[k];
+            const double sc = 1.0 / sqrt(ss / n + eps);
+            for (int k = 0; k < n; k++) y[k] = (double)xr[k] * sc * g[k];
+            for (int o = 0; o < outs[i]; o++) {
+                apr_dequant_row(types[i], h + rb * o, wrow, n);
+                double acc = 0;
+                for (int k = 0; k < n; k++) acc += (double)wrow[k] * y[k];
+                ref[(size_t)t * ldo + col + o] = (float)acc;
+            }
+        }
+        const apr_cu_weight none = {NULL, 0, 0, 0};
+        sg[i] = (apr_cu_gemv_seg){weight_upload(types[i], n, outs[i], h), none, dout + col, ldo, APR_CU_STORE};
+        col += outs[i];
+        free(h);
+    }
+    float *dx = dev_upload(x, sizeof(float) * (size_t)ld * ntok_max), *dg = dev_upload(g, sizeof(float) * n);
+    float *one = malloc(sizeof(float) * (size_t)ldo * ntok_max), *got = malloc(sizeof(float) * (size_t)ldo * ntok_max);
+    /* each token alone */
+    int rc = 0;
+    poison(done, sizeof(float) * (size_t)ldo * ntok_max);
+    for (int t = 0; t < ntok_max; t++) {
+        apr_cu_gemv_seg st[3];
+        for (int i = 0; i < n_seg; i++) {
+            st[i] = sg[i];
+            st[i].out = done + (size_t)t * ldo + (sg[i].out - dout);
+        }
+        const apr_cu_quant_src src = {dx + (size_t)t * ld, NULL, ld, dg, eps, n};
+        rc |= apr_cu_gemv_norm(st, n_seg, &src, 1, &cu0);
+    }
+    CK_LAUNCH();
+    CK(cudaMemcpy(one, done, sizeof(float) * (size_t)ldo * ntok_max, cudaMemcpyDeviceToHost));
+    char what[128] = "gemv norm ";
+    for (int i = 0; i < n_seg; i++)
+        snprintf(what + strlen(what), sizeof what - strlen(what), "%s%s", i ? "+" : "", apr_type_get(types[i])->name);
+    snprintf(what + strlen(what), sizeof what - strlen(what), " n %d, %d tokens", n, ntok_max);
+    if (rc) {
+        printf("FAIL %s: not launched (%d)\n", what, rc);
+        failures++;
+    }
+    report(what, one, ref, (size_t)ldo * ntok_max, 1e-5);
+    /* then in steps of several tokens: the same bits */
+    int bad = 0;
+    for (int nt = 2; nt <= ntok_max; nt++) {
+        poison(dout, sizeof(float) * (size_t)ldo * ntok_max);
+        const apr_cu_quant_src src = {dx, NULL, ld, dg, eps, n};
+        if (apr_cu_gemv_norm(sg, n_seg, &src, nt, &cu0)) bad++;
+        CK_LAUNCH();
+        CK(cudaMemcpy(got, dout, sizeof(float) * (size_t)ldo * nt, cudaMemcpyDeviceToHost));
+        if (memcmp(got, one, sizeof(float) * (size_t)ldo * nt)) bad++;
+    }
+    printf("%-4s %s: steps of 2..%d tokens equal one token at a time, bit for bit%s\n", bad ? "FAIL" : "ok", what,
+           ntok_max, bad ? " (differ)" : "");
+    if (bad) failures++;
+    for (int i = 0; i < n_seg; i++) cudaFree((void *)sg[i].w.data);
+    cudaFree(dx);
+    cudaFree(dg);
+    cudaFree(dout);
+    cudaFree(done);
+    free(x);
+    free(g);
+    free(ref);
+    free(wrow);
+    free(y);
+    free(one);
+    free(got);
+}
+
+/* What apr_cu_gemv_norm must leave to the caller (1) or refuse (-1). */
+static void test_gemv_norm_declines(void)
+{
+    const apr_cu_weight f16 = {(void *)16, APR_TYPE_F16, 256, 8}, q4 = {(void *)16, APR_TYPE_Q4_K, 256, 8};
+    const apr_cu_weight q4w = {(void *)16, APR_TYPE_Q4_K, 384, 8}, none = {NULL, 0, 0, 0};
+    const apr_cu_weight wide = {(void *)16, APR_TYPE_Q4_K, 1536, 8}; /* 48 chunks: the 1.5B's q/k/v */
+    apr_cu_init();
+    const apr_cu_weight tall = {(void *)16, APR_TYPE_Q4_K, 256, 8 * 3 * apr_cu_sms() + 8};
+    float *dx = NULL;
+    CK(cudaMalloc((void **)&dx, sizeof(float) * 2048));
+    const int32_t *rows = (const int32_t *)dx;
+    const apr_cu_quant_src ok = {dx, NULL, 256, dx, 1e-6f, 256}, gathered = {dx, rows, 256, dx, 1e-6f, 256},
+                           odd = {dx, NULL, 256, dx, 1e-6f, 192}, nonorm = {dx, NULL, 256, NULL, 0.f, 256},
+                           misaligned = {dx + 1, NULL, 256, dx, 1e-6f, 256}, w1536 = {dx, NULL, 1536, dx, 1e-6f, 1536};
+    const apr_cu_gemv_seg sf = {f16, none, dx, 8, APR_CU_STORE}, sa = {q4, none, dx, 8, APR_CU_ADD},
+                          sw = {q4w, none, dx, 8, APR_CU_STORE}, sq = {q4, none, dx, 8, APR_CU_STORE},
+                          st = {tall, none, dx, 8, APR_CU_STORE}, sd = {wide, none, dx, 8, APR_CU_STORE};
+    const int got[] = {apr_cu_gemv_norm(&sf, 1, &ok, 1, &cu0),
+                       apr_cu_gemv_norm(&sa, 1, &ok, 1, &cu0),
+                       apr_cu_gemv_norm(&sw, 1, &ok, 1, &cu0),
+                       apr_cu_gemv_norm(&sq, 1, &gathered, 1, &cu0),
+                       apr_cu_gemv_norm(&sq, 1, &odd, 1, &cu0),
+                       apr_cu_gemv_norm(&sq, 1, &misaligned, 1, &cu0),
+                       apr_cu_gemv_norm(&sq, 1, &ok, APR_CU_MMA_MIN_TOK, &cu0),
+                       apr_cu_gemv_norm(&st, 1, &ok, 1, &cu0),
+                       apr_cu_gemv_norm(&sd, 1, &w1536, 1, &cu0),
+                       apr_cu_gemv_norm(&sq, 1, &nonorm, 1, &cu0),
+                       apr_cu_gemv_norm(&sq, 0, &ok, 1, &cu0),
+                       apr_cu_gemv_norm(&sq, 1, NULL, 1, &cu0)};
+    const int want[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, -1, -1, -1};
+    int bad = 0;
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) bad += got[i] != want[i];
+    printf("%-4s gemv norm declines F16, ADD, a width other than n, gathered rows, n %% 128, misaligned rows, "
+           "prefill sizes, more rows than one wave, rows over 1024; refuses bad arguments%s\n",
+           bad ? "FAIL" : "ok", bad ? " (wrong answers)" : "");
+    if (bad) failures++;
+    cudaFree(dx);
+}
+
 /* ------------------------------------------------------- norm, embedding */
 
 static void test_norm(rng *r)
@@ -1707,6 +1843,17 @@ int main(int argc, char **argv)
     test_attention(&r, 12, 2, 128, true, true, true, false);
     test_attention(&r, 8, 4, 8, false, false, true, false);
     test_fused_all(&r);
+    {
+        const uint32_t qkv15[3] = {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K};
+        const uint32_t qkv05[3] = {APR_TYPE_Q5_0, APR_TYPE_Q5_0, APR_TYPE_Q8_0};
+        const uint32_t mixed[3] = {APR_TYPE_Q4_K, APR_TYPE_Q4_0, APR_TYPE_Q8_0};
+        const uint32_t q6k = APR_TYPE_Q6_K;
+        test_gemv_norm(&r, qkv05, 3, 896, APR_CU_MMA_MIN_TOK - 1); /* 0.5B */
+        test_gemv_norm(&r, qkv15, 3, 1024, APR_CU_MMA_MIN_TOK - 1); /* the widest it takes */
+        test_gemv_norm(&r, mixed, 3, 512, 9);
+        test_gemv_norm(&r, &q6k, 1, 768, 3);
+        test_gemv_norm_declines();
+    }
     /* the 7B's and 32B's row splits: one warp a row of 112 chunks, four a row of 864 and 288 */
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 3584, 16384, APR_CU_SWIGLU);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 27648, 4096, APR_CU_ADD);
