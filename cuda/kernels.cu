@@ -493,6 +493,17 @@ static __device__ __forceinline__ float4 nrm_y4(const nrm_dev &m, int slot, int 
     return *(const float4 *)(nrm_smem + slot * m.pitch + nrm_pad(e));
 }
 
+/* The two 16-element halves of a K-quant chunk: from e and from e + gap. */
+static __device__ __forceinline__ void nrm_halves(const nrm_dev &m, int slot, int e, int gap, float4 (&lo)[4],
+                                                  float4 (&hi)[4])
+{
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        lo[i] = nrm_y4(m, slot, e + 4 * i);
+        hi[i] = nrm_y4(m, slot, e + gap + 4 * i);
+    }
+}
+
 /* Every thread of the block, after the wait: the tile's y into shared memory
  * (rows of up to NRM_MAX_N, a float4 a thread). */
 #define NRM_MAX_N (4 * GEMV_WARPS * 32)
@@ -608,11 +619,7 @@ struct K_Q4_K {
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             float4 yl[4], yh[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                yl[i] = nrm_y4(m, t, e + 4 * i);
-                yh[i] = nrm_y4(m, t, e + 32 + 4 * i);
-            }
+            nrm_halves(m, t, e, 32, yl, yh);
             float s0 = 0.f, s1 = 0.f, y0 = 0.f, y1 = 0.f;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
@@ -691,6 +698,16 @@ struct K_Q6_K {
         return W{*(const uint4 *)(w + gb * 128 + 64 * h + 16 * k), *(const uint4 *)(w + nbt * 128 + gb * 64 + 32 * h + l0),
                  scp[si], scp[si + 4], h2f(((const uint16_t *)(w + nbt * 208))[gb])};
     }
+    /* the chunk's 6-bit quants as stored (0..63), low and high 16 */
+    static __device__ __forceinline__ void quants(const W &x, int qa, uint32_t (&vlo)[4], uint32_t (&vhi)[4])
+    {
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t l = u4get(x.ql, i), hb = u4get(x.qh, i);
+            vlo[i] = (l & 0x0F0F0F0Fu) | ((hb << (4 - 2 * qa)) & 0x30303030u);
+            vhi[i] = ((l >> 4) & 0x0F0F0F0Fu) | ((hb >> (2 * qa)) & 0x30303030u);
+        }
+    }
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
@@ -702,16 +719,13 @@ struct K_Q6_K {
          * dot products per token: they subtract. */
         constexpr bool RAW = NT <= 2;
         uint32_t vlo[4], vhi[4];
+        quants(x, qa, vlo, vhi);
+        if (!RAW)
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t l = u4get(x.ql, i), hb = u4get(x.qh, i);
-            vlo[i] = (l & 0x0F0F0F0Fu) | ((hb << (4 - 2 * qa)) & 0x30303030u);
-            vhi[i] = ((l >> 4) & 0x0F0F0F0Fu) | ((hb >> (2 * qa)) & 0x30303030u);
-            if (!RAW) {
+            for (int i = 0; i < 4; i++) {
                 vlo[i] = __vsub4(vlo[i], 0x20202020u);
                 vhi[i] = __vsub4(vhi[i], 0x20202020u);
             }
-        }
         const int e = (c >> 3) * 256 + 128 * h + 32 * qa + l0;
         const float alo = x.d * (float)x.sclo, ahi = x.d * (float)x.schi; /* once for the tile's tokens */
 #pragma unroll
@@ -738,22 +752,13 @@ struct K_Q6_K {
     {
         const int j = c & 7, h = j >> 2, k = j & 3, qa = k >> 1, l0 = 16 * (k & 1);
         uint32_t vlo[4], vhi[4];
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t l = u4get(x.ql, i), hb = u4get(x.qh, i);
-            vlo[i] = (l & 0x0F0F0F0Fu) | ((hb << (4 - 2 * qa)) & 0x30303030u);
-            vhi[i] = ((l >> 4) & 0x0F0F0F0Fu) | ((hb >> (2 * qa)) & 0x30303030u);
-        }
+        quants(x, qa, vlo, vhi);
         const int e = (c >> 3) * 256 + 128 * h + 32 * qa + l0;
         const float alo = x.d * (float)x.sclo, ahi = x.d * (float)x.schi;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             float4 yl[4], yh[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                yl[i] = nrm_y4(m, t, e + 4 * i);
-                yh[i] = nrm_y4(m, t, e + 64 + 4 * i);
-            }
+            nrm_halves(m, t, e, 64, yl, yh);
             float s0 = 0.f, s1 = 0.f;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
@@ -792,10 +797,9 @@ struct K_Q_0 {
         }
         return x;
     }
-    template <int NT>
-    static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    /* the block's quants as signed bytes: element 4 i + b is byte b of v[i] */
+    static __device__ __forceinline__ void quants(const W &x, uint32_t (&v)[8])
     {
-        uint32_t v[8];
         if (TYPE == APR_TYPE_Q8_0) {
 #pragma unroll
             for (int i = 0; i < 4; i++) {
@@ -816,6 +820,12 @@ struct K_Q_0 {
                 v[i + 4] = __vsub4(hi, off);
             }
         }
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
+        uint32_t v[8];
+        quants(x, v);
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.q0 + (size_t)tt[t] * a.ld + c * 32;
@@ -833,27 +843,8 @@ struct K_Q_0 {
     template <int NT>
     static __device__ __forceinline__ void dotf(const W &x, int c, const nrm_dev &m, const int (&tt)[NT], float (&acc)[NT])
     {
-        uint32_t v[8]; /* signed bytes: element 4 i + b of the block */
-        if (TYPE == APR_TYPE_Q8_0) {
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                v[i] = u4get(x.q0, i);
-                v[i + 4] = u4get(x.q1, i);
-            }
-        } else {
-            const uint32_t off = TYPE == APR_TYPE_Q5_0 ? 0x10101010u : 0x08080808u;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const uint32_t q = u4get(x.q0, i);
-                uint32_t lo = q & 0x0F0F0F0Fu, hi = (q >> 4) & 0x0F0F0F0Fu;
-                if (TYPE == APR_TYPE_Q5_0) {
-                    lo |= spread4(x.qh >> (4 * i));
-                    hi |= spread4(x.qh >> (16 + 4 * i));
-                }
-                v[i] = __vsub4(lo, off);
-                v[i + 4] = __vsub4(hi, off);
-            }
-        }
+        uint32_t v[8];
+        quants(x, v);
 #pragma unroll
         for (int i = 0; i < 8; i++) v[i] ^= 0x80808080u; /* signed bytes as q + 128 */
 #pragma unroll
