@@ -315,17 +315,26 @@ static apr_backend *open_reference(void)
     return b;
 }
 
+/* The reference backend (*nv: its vocabulary) and a CPU worker with opts
+ * serving the same model on h's sockets and logits segment. */
+static apr_backend *start_cpu_worker(harness *h, const char *const *opts, int *nv)
+{
+    apr_backend *ref = open_reference();
+    *nv = (int)apr_backend_hparams(ref)->n_vocab;
+    h_open(h, "w0", apr_logits_shm_bytes(sizeof(float) * (size_t)MAX_LOGITS * (size_t)*nv));
+    h_bind(h);
+    h_spawn(h, "cpu", model, opts, NULL);
+    return ref;
+}
+
 static const char *const serve_opts[] = {"--threads", "1", "--ctx", "64", "--n-seq", "2",
                                          "--max-batch", "16", "--max-logits", "8", NULL};
 
 START_TEST(serves_like_the_backend)
 {
-    apr_backend *ref = open_reference();
-    int nv = (int)apr_backend_hparams(ref)->n_vocab;
     harness h;
-    h_open(&h, "w0", apr_logits_shm_bytes(sizeof(float) * (size_t)MAX_LOGITS * (size_t)nv));
-    h_bind(&h);
-    h_spawn(&h, "cpu", model, serve_opts, NULL);
+    int nv;
+    apr_backend *ref = start_cpu_worker(&h, serve_opts, &nv);
 
     apr_wmsg hello = wait_hello(&h);
     ck_assert_msg(hello.ok, "hello refused: %s", hello.error);
@@ -469,14 +478,11 @@ static apr_wmsg expect_done(harness *h, uint64_t step)
  * took is dropped, and the logits are the backend's. */
 START_TEST(takes_steps_from_the_box)
 {
-    apr_backend *ref = open_reference();
-    int nv = (int)apr_backend_hparams(ref)->n_vocab;
-    harness h;
-    h_open(&h, "w0", apr_logits_shm_bytes(sizeof(float) * (size_t)MAX_LOGITS * (size_t)nv));
-    h_bind(&h);
     static const char *const opts[] = {"--threads", "1", "--ctx", "64", "--n-seq", "2", "--max-batch", "16",
                                        "--max-logits", "8", "--spin-us", "1000000", NULL};
-    h_spawn(&h, "cpu", model, opts, NULL);
+    harness h;
+    int nv;
+    apr_backend *ref = start_cpu_worker(&h, opts, &nv);
     apr_wmsg hello = wait_hello(&h);
     ck_assert_msg(hello.ok, "hello refused: %s", hello.error);
     h.next_step = 10;
