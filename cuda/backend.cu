@@ -39,6 +39,9 @@
  *                       instead of kernels on mapped pinned memory
  *   APR_CUDA_NORM_GEMV=0  steps of up to 16 entries normalize and quantize q/k/v's input
  *                       in a kernel of its own instead of in the product (apr_cu_gemv_norm)
+ *   APR_CUDA_EARLY=MASK  one-token steps: the products (FUSE_* bits) whose norm/quantize
+ *                       kernel lets them launch at its start (default: the down product's
+ *                       for models up to 1024 wide)
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -110,6 +113,8 @@ struct apr_cuda_model {
     cudaGraphExec_t graph[N_BUCKETS];
     bool use_graphs;
     int fuse; /* one-token steps: which fusions (FUSE_*) are on */
+    int early; /* one-token steps: the products (FUSE_*) whose norm/quantize kernel lets them launch
+                  at its start (APR_CUDA_EARLY, a mask) */
     bool att_q8; /* steps of up to 16 entries: attention quantizes the o product's input (APR_CUDA_ATT_Q8=0: off) */
     int pdl;  /* APR_CUDA_PDL: 0 never, 1 steps of up to 64 entries, 2 always */
     /* APR_CUDA_PROFILE=1: events between the launches of plain (graph-less)
@@ -765,6 +770,14 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
          * cost (H200: 7B 367 tok/s without, 164 with) */
         const char *fu = getenv("APR_CUDA_FUSE");
         m->fuse = fu ? (int)strtol(fu, NULL, 0) & FUSE_ALL : FUSE_ROPE;
+        /* The quantize kernel before the down product lets it launch at its
+         * start where the model is narrow (the 0.5B's 896; H100 decode, same
+         * tokens: 1892-1899 -> 1958-1976 tok/s): the down blocks take the
+         * multiprocessors that gate/up's last wave leaves idle and load their
+         * weights. Not wider: 1.5B 1143-1145 -> 1132-1141. Before other
+         * products it measured neutral or slower (docs/PERF.md, ninth pass). */
+        const char *ea = getenv("APR_CUDA_EARLY");
+        m->early = ea ? (int)strtol(ea, NULL, 0) & FUSE_ALL : hp->n_embd <= 1024 ? FUSE_DOWN : 0;
         const char *aq = getenv("APR_CUDA_ATT_Q8");
         m->att_q8 = !(aq && !strcmp(aq, "0"));
         const char *f16 = getenv("APR_CUDA_F16_ACC"); /* "1": the CPU's attention numerics (parity checks) */
@@ -888,7 +901,9 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
     }
     if (!want_k) act.qk = NULL;
     if (!want_0) act.q0 = NULL;
-    apr_cu_norm_quant(src->x, src->ldx, src->rows, src->w, src->eps, src->n, n, &act, &m->cu);
+    apr_cu_ctx cc = m->cu;
+    cc.early = n == 1 && (m->early & fuse);
+    apr_cu_norm_quant(src->x, src->ldx, src->rows, src->w, src->eps, src->n, n, &act, &cc);
     mark(m, qcls);
     if (apr_cu_matmul(seg, n_seg, &use, n, &m->cu)) return -1;
     mark(m, cls);

@@ -352,11 +352,12 @@ static __device__ __forceinline__ void q8_store(const q8_dev &q8, int t, int e0,
 
 static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const float *x, int ldx, const int32_t *rows,
                                                                        const float *w, float eps, int n,
-                                                                       apr_cu_act a)
+                                                                       apr_cu_act a, int early)
 {
     const int t = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int e = blockIdx.y * 256 + tid;
     const bool valid = e < n;
+    if (early) griddep_trigger();
     const float we = w && valid ? w[e] : 0.f; /* a constant: loaded while the previous kernel finishes */
     griddep();
     const float *src = x + (size_t)(rows ? rows[t] : t) * ldx;
@@ -422,7 +423,7 @@ extern "C" void apr_cu_norm_quant(const float *x, int ldx, const int32_t *rows, 
 {
     if (ntok <= 0 || n <= 0) return;
     const dim3 grid((unsigned)ntok, (unsigned)((n + 255) / 256));
-    launch(c, norm_quant_kernel, grid, dim3(NQ_THREADS), x, ldx, rows, w, eps, n, *out);
+    launch(c, norm_quant_kernel, grid, dim3(NQ_THREADS), x, ldx, rows, w, eps, n, *out, c->early != 0);
 }
 
 /* ------------------------------------------------------------- GEMV */

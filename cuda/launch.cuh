@@ -18,6 +18,15 @@ static __device__ __forceinline__ void griddep(void)
 #endif
 }
 
+/* The trigger alone, for a kernel that lets its successor launch before it
+ * waits (apr_cu_ctx.early); griddep() still follows. */
+static __device__ __forceinline__ void griddep_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 /* A launch on c's stream, with the programmatic-serialization attribute
  * where c asks for it. Errors also surface in cudaGetLastError(). */
 template <typename... KArgs, typename... Args>
