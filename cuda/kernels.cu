@@ -42,6 +42,24 @@ static __device__ __forceinline__ float warp_max(float v)
     return v;
 }
 
+/* warp_max and warp_sum where lanes 4k..4k+3 hold one value each (8 of them):
+ * the same steps over lanes of one position in their groups, so the same
+ * bits as the full trees over one lane a value (the other steps only add 0
+ * or take the max of equal values). */
+static __device__ __forceinline__ float keys8_max(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 2; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+static __device__ __forceinline__ float keys8_sum(float v)
+{
+#pragma unroll
+    for (int o = 16; o > 2; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 static __device__ __forceinline__ int dp4a(int a, int b, int c) { return __dp4a(a, b, c); }
 
 /* Two halves packed in a word, as floats. */
@@ -2101,10 +2119,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                 dot = __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 2));
                 const bool live = j <= p;
                 const float sc = live ? __fmul_rn(dot, scale) : -INFINITY;
-                const float mn = fmaxf(m, warp_max(sc));
+                /* the 4 lanes of a key hold the same score and weight: the
+                 * max and the sum of the warp's 8 keys in three steps (the
+                 * bits of the five-step trees over one lane a key) */
+                const float mn = fmaxf(m, keys8_max(sc));
                 const float corr = expf(m - mn); /* 0 while m is -inf */
                 const float pj = live ? expf(sc - mn) : 0.f;
-                l = fmaf(l, corr, warp_sum(part == 0 ? pj : 0.f)); /* each key once */
+                l = fmaf(l, corr, keys8_sum(pj)); /* each key once */
 #pragma unroll
                 for (int i = 0; i < DPL; i++) acc[i] = __fmul_rn(acc[i], corr);
                 m = mn;
@@ -2186,23 +2207,46 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     __syncthreads();
     /* warps past the block's last key had none (their m is -inf): not visited */
     const int nw = min(ATT_WARPS, (kend - k0) / (narrow ? 8 : 32) + 1);
+    /* Every warp wrote its state, so the threads that merge (the output's
+     * hd, and the first ATT_WARPS for the factors) load all of them at once
+     * (fully unrolled, the loads independent) and combine those of the nw
+     * warps in order: one round of shared memory latency where loops of
+     * dependent loads took ~1200 cycles for the output alone; the other
+     * warps stay out (the same loads in all 16 warps cost ~700 cycles of
+     * shared memory bandwidth). */
+    const bool merger = (int)threadIdx.x < max(hd, ATT_WARPS);
+    bool live[ATT_WARPS] = {};
     float M = -INFINITY;
-    for (int w = 0; w < nw; w++) M = fmaxf(M, wm[w]);
+    if (merger)
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) {
+            const float mw = wm[w];
+            live[w] = w < nw && mw != -INFINITY;
+            if (w < nw) M = fmaxf(M, mw);
+        }
     /* each warp's rescale factor once (16 expf a thread were most of the merge) */
     __shared__ float wf[ATT_WARPS];
     if (threadIdx.x < nw) wf[threadIdx.x] = wm[threadIdx.x] != -INFINITY ? expf(wm[threadIdx.x] - M) : 0.f;
     __syncthreads();
-    float L = 0.f;
-    for (int w = 0; w < nw; w++)
-        if (wm[w] != -INFINITY) L += wl[w] * wf[w];
+    float f[ATT_WARPS] = {}, L = 0.f;
+    if (merger)
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) {
+            f[w] = wf[w];
+            const float lw = wl[w];
+            if (live[w]) L += lw * f[w];
+        }
     float *part = sp.part + ((size_t)(t * sh.n_head + h) * sp.n_chunks) * (2 + hd);
     const float inv = L == 0.f ? 0.f : 1.f / L;
     float fin = 0.f; /* thread i's output element (hd <= 256 < the block's threads) */
     if (threadIdx.x < hd) {
         const int i = threadIdx.x;
-        float v = 0.f;
-        for (int w = 0; w < nw; w++)
-            if (wm[w] != -INFINITY) v += wacc[w][i] * wf[w];
+        float a[ATT_WARPS], v = 0.f;
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++) a[w] = wacc[w][i];
+#pragma unroll
+        for (int w = 0; w < ATT_WARPS; w++)
+            if (live[w]) v += a[w] * f[w];
         if (!SPLIT || nc == 1) o[i] = fin = v * inv;
         else part[(size_t)blockIdx.z * (2 + hd) + 2 + i] = v;
     }
