@@ -1241,6 +1241,22 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
 /* TYPES: a mask of 1 << type of the weight types the launch holds (0: any),
  * so that an instance carries only their dots */
 #define TYPE_BIT(t) (1u << (t))
+/* The epilogue of row r's finished sums (v: the row, u: SwiGLU's up row) for
+ * the tile's nt tokens from t0, by one lane. */
+template <int NT, bool SWIGLU>
+static __device__ __forceinline__ void gemv1_store(const seg_dev &s, int r, int t0, int nt, const float (&v)[NT],
+                                                   const float (&u)[NT])
+{
+#pragma unroll
+    for (int t = 0; t < NT; t++) {
+        if (t >= nt) break;
+        float *o = s.out + (size_t)(t0 + t) * s.ldo + r;
+        if (SWIGLU) *o = v[t] / (1.0f + expf(-v[t])) * u[t];
+        else if (s.mode == APR_CU_ADD) *o += v[t];
+        else *o = v[t];
+    }
+}
+
 template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPES = 0, bool NORM = false>
 static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const act_dev &a, int g)
 {
@@ -1312,14 +1328,7 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
 #pragma unroll
         for (int t = 0; t < NT; t++) v[t] *= nrm_scale(p.nrm, tt[t], lane);
     if (lane != 0 || g >= p.rows) return;
-#pragma unroll
-    for (int t = 0; t < NT; t++) {
-        if (t >= nt) break;
-        float *o = s.out + (size_t)(t0 + t) * s.ldo + r;
-        if (SWIGLU) *o = v[t] / (1.0f + expf(-v[t])) * u[t];
-        else if (s.mode == APR_CU_ADD) *o += v[t];
-        else *o = v[t];
-    }
+    gemv1_store<NT, SWIGLU>(s, r, t0, nt, v, u);
 }
 
 /* grid.x: blocks of GEMV_WARPS / WPR rows; grid.y: tiles of NT tokens.
@@ -1336,6 +1345,54 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(con
 {
     gemv1_block<U, WPR, NT, SWIGLU, true, TYPES, NORM>(p, p.a,
                                                       blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
+}
+
+/* One token, one warp a row, one chunk a lane, one segment: two row groups a
+ * block, both rows' chunks loaded before the wait, for products of one to
+ * two waves' worth of groups (the 0.5B's gate/up: 608 groups, 396 resident
+ * blocks), so the product is one wave of one round of loads. Lane l takes
+ * chunk l of each row and the epilogue is gemv1_block's: the same bits. */
+template <class K, bool SWIGLU>
+static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev &a, int r0, int r1, int lane,
+                                                 float (&acc)[2][2][1])
+{
+    const int nch = K::chunks(s.n_in), c = min(lane, nch - 1), tt[1] = {0};
+    const size_t nbt = K::blocks(s.n_in, s.n_out);
+    const typename K::W x0 = K::load(s.w, nbt, r0, s.n_in, c), x1 = K::load(s.w, nbt, r1, s.n_in, c);
+    typename K::W y0 = x0, y1 = x1;
+    if (SWIGLU) {
+        y0 = K::load(s.w2, nbt, r0, s.n_in, c);
+        y1 = K::load(s.w2, nbt, r1, s.n_in, c);
+    }
+    griddep();
+    if (lane >= nch) return;
+    K::template dot<1>(x0, lane, a, tt, acc[0][0]);
+    if (SWIGLU) K::template dot<1>(y0, lane, a, tt, acc[0][1]);
+    K::template dot<1>(x1, lane, a, tt, acc[1][0]);
+    if (SWIGLU) K::template dot<1>(y1, lane, a, tt, acc[1][1]);
+}
+
+template <bool SWIGLU, int MINB, uint32_t TYPE>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kernel(const __grid_constant__ gemv_params p)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g[2] = {(int)blockIdx.x * GEMV_WARPS + warp, (int)(blockIdx.x + gridDim.x) * GEMV_WARPS + warp};
+    const seg_dev &s = p.seg[0];
+    const int r0 = min(g[0], p.rows - 1), r1 = min(g[1], p.rows - 1);
+    float acc[2][2][1] = {};
+    if constexpr (TYPE == APR_TYPE_Q4_K) {
+        if constexpr (SWIGLU) rows2_dot<K_Q4_K2, SWIGLU>(s, p.a, r0, r1, lane, acc);
+        else rows2_dot<K_Q4_K, SWIGLU>(s, p.a, r0, r1, lane, acc);
+    } else if constexpr (TYPE == APR_TYPE_Q6_K) {
+        rows2_dot<K_Q6_K, SWIGLU>(s, p.a, r0, r1, lane, acc);
+    } else {
+        rows2_dot<K_Q_0<TYPE>, SWIGLU>(s, p.a, r0, r1, lane, acc);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const float v[1] = {warp_sum(acc[i][0][0])}, u[1] = {SWIGLU ? warp_sum(acc[i][1][0]) : 0.f};
+        if (lane == 0 && g[i] < p.rows) gemv1_store<1, SWIGLU>(s, g[i], 0, 1, v, u);
+    }
 }
 
 /* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200;
@@ -1472,6 +1529,8 @@ static int gemv1_u, gemv1_w;
 /* APR_CUDA_GEMV1_MINB=3 or 4 (measurement): the one-token kernel's blocks a
  * multiprocessor for every product instead of by size (GEMV1_BIG_BYTES). */
 static int gemv1_minb;
+/* APR_CUDA_GEMV1_ROWS2=0 (measurement): no gemv1_rows2_kernel */
+static int gemv1_rows2 = 1;
 
 extern "C" void apr_cu_gemv1_force(int u, int wpr)
 {
@@ -1524,6 +1583,30 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     const bool big = nt == 1 && (gemv1_minb ? gemv1_minb == 4 : bytes > GEMV1_BIG_BYTES || (nch >= 112 && p.rows >= 3584));
     const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt));
     const dim3 block(GEMV_WARPS * 32);
+    /* one token, one round of loads, one to two waves' worth of blocks: two
+     * groups a block (gemv1_rows2_kernel). H100 decode, same tokens: 0.5B
+     * (gate/up, 608 blocks) 1984-1998 -> 2042-2063 tok/s; the 1.5B's gate/up
+     * (1120 blocks, 560 with two groups) measured slower, 1154-1167 ->
+     * 1094-1102, so more waves keep a block a group */
+    const bool one_chunk = pairs ? nch <= 64 : nch <= 32; /* a lane's only chunk (Q4_K pairs: its only pair) */
+    if (gemv1_rows2 && nt == 1 && wpr == 1 && u == 1 && one_chunk && n_seg == 1 && !big &&
+        (int)grid.x > 3 * apr_cu_sms() && (int)grid.x <= 6 * apr_cu_sms()) {
+        const dim3 g2((grid.x + 1) / 2);
+#define ROWS2(T)                                                                                        \
+    do {                                                                                                \
+        if (swiglu) launch(c, gemv1_rows2_kernel<true, 3, T>, g2, block, p);                           \
+        else launch(c, gemv1_rows2_kernel<false, 3, T>, g2, block, p);                                 \
+    } while (0)
+        switch (seg[0].w.type) {
+        case APR_TYPE_Q4_K: ROWS2(APR_TYPE_Q4_K); return 0;
+        case APR_TYPE_Q6_K: ROWS2(APR_TYPE_Q6_K); return 0;
+        case APR_TYPE_Q5_0: ROWS2(APR_TYPE_Q5_0); return 0;
+        case APR_TYPE_Q4_0: ROWS2(APR_TYPE_Q4_0); return 0;
+        case APR_TYPE_Q8_0: ROWS2(APR_TYPE_Q8_0); return 0;
+        default: break;
+        }
+#undef ROWS2
+    }
 #define GEMV1_T(U, WPR, NT, SW, MINB)                                                                  \
     do {                                                                                               \
         if (NT == 1 && !gemv1_anytype) {                                                              \
@@ -1717,6 +1800,7 @@ extern "C" void apr_cu_init(void)
     pro_per_sm = env_int("APR_CUDA_PRO_GRID", -1);
     gemv1_on = env_int("APR_CUDA_GEMV1", 1);
     gemv1_anytype = env_int("APR_CUDA_GEMV1_ANYTYPE", 0);
+    gemv1_rows2 = env_int("APR_CUDA_GEMV1_ROWS2", 1);
     norm_gemv_on = env_int("APR_CUDA_NORM_GEMV", 1);
     const int minb = env_int("APR_CUDA_GEMV1_MINB", 0);
     gemv1_minb = minb == 3 || minb == 4 ? minb : 0; /* anything else: the default */

@@ -1771,6 +1771,16 @@ int main(int argc, char **argv)
     test_gemv_batch_invariance(&r, APR_TYPE_Q8_0, 4864, 29, APR_CU_ADD);
     test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 896, 45, APR_CU_STORE);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 4100, APR_CU_SWIGLU); /* wide: routed by batch size */
+    /* one to two waves of one-round blocks: a token alone takes two groups a
+     * block (gemv1_rows2_kernel), batches the one-group kernel (the wave is
+     * the multiprocessor count apr_cu_init reads) */
+    apr_cu_init();
+    test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 896, 4864, APR_CU_SWIGLU); /* the 0.5B's gate/up */
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1024, 4000, APR_CU_STORE);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 512, 3300, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1024, 3999, APR_CU_SWIGLU); /* Q4_K pairs, a partial group */
+    test_gemv_case(&r, APR_TYPE_Q5_0, 896, 4864, 1);
+    test_gemv_case(&r, APR_TYPE_Q4_K, 1024, 4000, 1);
     test_topk(&r);
     test_mma_split(&r, APR_TYPE_Q4_K, 8960, 1536, 64, APR_CU_ADD);   /* the 1.5B's down at 64 streams */
     test_mma_split(&r, APR_TYPE_Q6_K, 8960, 200, 33, APR_CU_ADD);
