@@ -100,6 +100,10 @@ struct apr_cuda_model {
     /* views of the scratch region */
     float *x, *qkv, *att, *hb, *logits;
     apr_cu_act act;
+    /* steps of up to 16 entries: the ffn norm's input quantized by the o
+     * product (apr_cu_gemv_onorm) and its groups' sums of squares, for gate/up */
+    apr_cu_act ffn_act;
+    bool onorm; /* APR_CUDA_ONORM=0: off (the o product, then the norm kernel) */
     int32_t *d_batch; /* [BATCH_ROWS][CHUNK_CAP]: token, pos, seq, logits row source, candidates wanted */
     int32_t *h_batch; /* pinned mirror */
     /* h_batch and h_cands as the device sees them (mapped pinned memory):
@@ -416,6 +420,9 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     CARVE(m->act.q0, int8_t, C * (size_t)ld);
     CARVE(m->act.dsk, float, C * (size_t)(ld / 32) * 2);
     CARVE(m->act.ds0, float, C * (size_t)(ld / 32) * 2);
+    CARVE(m->ffn_act.q0, int8_t, (size_t)APR_CU_MMA_MIN_TOK * ld);
+    CARVE(m->ffn_act.ds0, float, (size_t)APR_CU_MMA_MIN_TOK * (ld / 32) * 2);
+    CARVE(m->ffn_act.rms, double, (size_t)APR_CU_MMA_MIN_TOK * (ld / 32));
     CARVE(m->d_batch, int32_t, BATCH_ROWS * C);
     CARVE(m->d_cands, uint8_t, (size_t)LOGIT_ROWS * CAND_STRIDE);
     CARVE(m->d_cand_work, uint8_t, apr_cu_topk_work_bytes(LOGIT_ROWS));
@@ -429,6 +436,11 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     CARVE(m->cu.att_work, uint8_t, m->cu.att_work_bytes);
 #undef CARVE
     m->act.ld = ld;
+    m->ffn_act.qk = m->ffn_act.q0; /* Q8_0-style rows for every type, as the GEMV's steps take them */
+    m->ffn_act.dsk = m->ffn_act.ds0;
+    m->ffn_act.ld = ld;
+    m->ffn_act.rms_eps = hp->rms_eps;
+    m->ffn_act.rms_n = (int)hp->n_embd;
     return off;
 }
 
@@ -778,6 +790,14 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
          * products it measured neutral or slower (docs/PERF.md, ninth pass). */
         const char *ea = getenv("APR_CUDA_EARLY");
         m->early = ea ? (int)strtol(ea, NULL, 0) & FUSE_ALL : hp->n_embd <= 1024 ? FUSE_DOWN : 0;
+        /* The ffn norm's quantize folded into the o product, steps of up to
+         * 16 entries (apr_cu_gemv_onorm; it then takes gate/up over
+         * APR_CUDA_FUSE's gate/up fusion). H100 decode against the build
+         * before it, same call: 0.5B 2043-2060 -> 2110-2121 tok/s, 1.5B
+         * 1152-1161 -> 1168-1171 (docs/PERF.md, tenth pass); parity as
+         * before (0.5B 32/32, 1.5B 30/32 against a floor of 29/32) */
+        const char *on = getenv("APR_CUDA_ONORM");
+        m->onorm = !(on && !strcmp(on, "0"));
         const char *aq = getenv("APR_CUDA_ATT_Q8");
         m->att_q8 = !(aq && !strcmp(aq, "0"));
         const char *f16 = getenv("APR_CUDA_F16_ACC"); /* "1": the CPU's attention numerics (parity checks) */
@@ -910,6 +930,12 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
     return 0;
 }
 
+/* Weights the one-token GEMV takes with 8-bit activations. */
+static bool quantized(uint32_t t)
+{
+    return t == APR_TYPE_Q4_K || t == APR_TYPE_Q6_K || t == APR_TYPE_Q4_0 || t == APR_TYPE_Q5_0 || t == APR_TYPE_Q8_0;
+}
+
 /* Enqueues the forward pass of n entries whose (token, pos, seq, logits row)
  * are in d_batch; logits for n_out rows (0: none). Nothing here reads the
  * host, so the same sequence can be captured into a graph. */
@@ -956,12 +982,29 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
         }
         mark(m, P_ATTN);
         apr_cu_gemv_seg wo = {L->wo, none, m->x, E, APR_CU_ADD};
-        const apr_cu_quant_src att_in = {m->att, NULL, m->q_dim, NULL, 0.f, m->q_dim};
-        if (product(m, &wo, 1, n, q8 ? NULL : &att_in, FUSE_WO, P_QUANT, P_WO)) return -1;
-
         apr_cu_gemv_seg gu = {L->gate, L->up, m->hb, F, APR_CU_SWIGLU};
-        const apr_cu_quant_src ffn_in = {m->x, NULL, E, L->ffn_norm, hp->rms_eps, E};
-        if (product(m, &gu, 1, n, &ffn_in, FUSE_GATEUP, P_NORM, P_GATEUP)) return -1;
+        /* Steps whose attention quantized o's input: the o product also
+         * quantizes the ffn norm's input, a 32-group a block, and gate/up
+         * applies 1/rms to its sums (apr_cu_gemv_onorm): no norm kernel */
+        int orc = 1;
+        if (q8 && m->onorm && quantized(L->gate.type)) {
+            apr_cu_act in = m->act;
+            in.qk = in.q0;
+            in.dsk = in.ds0;
+            orc = apr_cu_gemv_onorm(&wo, &in, n, L->ffn_norm, &m->ffn_act, &m->cu);
+            if (orc < 0) return -1;
+            if (orc == 0) {
+                mark(m, P_WO);
+                if (apr_cu_matmul(&gu, 1, &m->ffn_act, n, &m->cu)) return -1;
+                mark(m, P_GATEUP);
+            }
+        }
+        if (orc) {
+            const apr_cu_quant_src att_in = {m->att, NULL, m->q_dim, NULL, 0.f, m->q_dim};
+            if (product(m, &wo, 1, n, q8 ? NULL : &att_in, FUSE_WO, P_QUANT, P_WO)) return -1;
+            const apr_cu_quant_src ffn_in = {m->x, NULL, E, L->ffn_norm, hp->rms_eps, E};
+            if (product(m, &gu, 1, n, &ffn_in, FUSE_GATEUP, P_NORM, P_GATEUP)) return -1;
+        }
         apr_cu_gemv_seg down = {L->down, none, m->x, E, APR_CU_ADD};
         const apr_cu_quant_src hb_in = {m->hb, NULL, F, NULL, 0.f, F};
         if (product(m, &down, 1, n, &hb_in, FUSE_DOWN, P_QUANT, P_DOWN)) return -1;

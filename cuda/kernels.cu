@@ -458,7 +458,30 @@ struct act_dev {
     const int8_t *q0;
     const float2 *ds0;
     int ld;
+    const double *rms; /* apr_cu_act.rms: sums of squares a 32-group, per token ld / 32 apart */
+    float rms_eps;
+    int rms_n;
 };
+
+/* The norm's 1/rms for a product whose rows owe it (act_dev.rms), in two
+ * steps so that the sums' L2 round trip overlaps the activations' loads:
+ * rms_load right after the wait (each lane its groups of token t, in order),
+ * rms_finish after the dot products (the warp's tree; every lane gets the
+ * same value, so the bits depend on the token only). */
+static __device__ __forceinline__ double rms_load(const act_dev &a, int t, int lane)
+{
+    const double *pp = a.rms + (size_t)t * (a.ld / 32);
+    double s = 0.0;
+    for (int i = lane; i < a.rms_n / 32; i += 32) s += pp[i];
+    return s;
+}
+
+static __device__ __forceinline__ float rms_finish(const act_dev &a, double s)
+{
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return 1.0f / sqrtf((float)(s / a.rms_n) + a.rms_eps);
+}
 
 struct seg_dev {
     const uint8_t *w, *w2;
@@ -1201,9 +1224,10 @@ static __device__ __forceinline__ void gemv_group(const gemv_params &p, const ac
  * under programmatic dependent launch they are in flight while it finishes
  * (the small q/k/v and o products are then mostly loaded before their input
  * exists). */
-template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT, bool NORM = false>
+template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT, bool NORM = false, bool RMS = false>
 static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, const nrm_dev &m, int r,
-                                                 const int (&tt)[NT], int slice, int lane, float (&acc)[2][NT])
+                                                 const int (&tt)[NT], int slice, int lane, float (&acc)[2][NT],
+                                                 double (&rp)[NT])
 {
     constexpr int STEP = 32 * WPR;
     const int nch = K::chunks(s.n_in);
@@ -1219,6 +1243,9 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
         if (WAIT && round == 0) {
             griddep();
             if constexpr (NORM) nrm_stage<NT>(m, tt);
+            if constexpr (RMS)
+#pragma unroll
+                for (int t = 0; t < NT; t++) rp[t] = rms_load(a, tt[t], lane);
         }
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -1257,7 +1284,7 @@ static __device__ __forceinline__ void gemv1_store(const seg_dev &s, int r, int 
     }
 }
 
-template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPES = 0, bool NORM = false>
+template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPES = 0, bool NORM = false, bool RMS = false>
 static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const act_dev &a, int g)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
@@ -1268,30 +1295,34 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
 #pragma unroll
     for (int t = 0; t < NT; t++) tt[t] = min(t0 + t, p.ntok - 1); /* past the batch: throwaway sums */
     float acc[2][NT];
+    double rp[NT]; /* act_dev.rms: this lane's part of each token's sum of squares */
 #pragma unroll
-    for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = 0.f;
+    for (int t = 0; t < NT; t++) {
+        acc[0][t] = acc[1][t] = 0.f;
+        rp[t] = 0.0;
+    }
 #define HAS(t) (TYPES == 0 || (TYPES & TYPE_BIT(t)))
     switch (s.type) { /* uniform across the warps of a row */
     case APR_TYPE_Q4_K:
         if constexpr (!HAS(APR_TYPE_Q4_K)) break;
-        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
-        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
+        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
+        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
         else __trap(); /* gemv1 launches SwiGLU's Q4_K pairs one a lane, in tiles of up to 4 (more spill) */
         break;
     case APR_TYPE_Q6_K:
-        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
+        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
         break;
     case APR_TYPE_Q5_0:
         if constexpr (HAS(APR_TYPE_Q5_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
+            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
         break;
     case APR_TYPE_Q4_0:
         if constexpr (HAS(APR_TYPE_Q4_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
+            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
         break;
     case APR_TYPE_Q8_0:
         if constexpr (HAS(APR_TYPE_Q8_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT, NORM>(s, a, p.nrm, r, tt, slice, lane, acc);
+            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
         break;
     }
 #undef HAS
@@ -1327,6 +1358,14 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     if constexpr (NORM)
 #pragma unroll
         for (int t = 0; t < NT; t++) v[t] *= nrm_scale(p.nrm, tt[t], lane);
+    if constexpr (RMS)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            if (!WAIT) rp[t] = rms_load(a, tt[t], lane); /* no wait in gemv1_row: nothing loaded yet */
+            const float ri = rms_finish(a, rp[t]);
+            v[t] *= ri;
+            u[t] *= ri;
+        }
     if (lane != 0 || g >= p.rows) return;
     gemv1_store<NT, SWIGLU>(s, r, t0, nt, v, u);
 }
@@ -1340,10 +1379,10 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
  * chunks or more in matrices of 3584 rows or more (the 7B's and 32B's q/k/v
  * and o, H100: 7B o 6.8 -> 5.9 us, 32B q/k/v 14.2 -> 13.0, o 12.0 -> 10.4). */
 #define GEMV1_BIG_BYTES (32u << 20)
-template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPES = 0, bool NORM = false>
+template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPES = 0, bool NORM = false, bool RMS = false>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(const __grid_constant__ gemv_params p)
 {
-    gemv1_block<U, WPR, NT, SWIGLU, true, TYPES, NORM>(p, p.a,
+    gemv1_block<U, WPR, NT, SWIGLU, true, TYPES, NORM, RMS>(p, p.a,
                                                       blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
 
@@ -1352,9 +1391,9 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(con
  * two waves' worth of groups (the 0.5B's gate/up: 608 groups, 396 resident
  * blocks), so the product is one wave of one round of loads. Lane l takes
  * chunk l of each row and the epilogue is gemv1_block's: the same bits. */
-template <class K, bool SWIGLU>
+template <class K, bool SWIGLU, bool RMS>
 static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev &a, int r0, int r1, int lane,
-                                                 float (&acc)[2][2][1])
+                                                 float (&acc)[2][2][1], double &rp)
 {
     const int nch = K::chunks(s.n_in), c = min(lane, nch - 1), tt[1] = {0};
     const size_t nbt = K::blocks(s.n_in, s.n_out);
@@ -1365,6 +1404,7 @@ static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev
         y1 = K::load(s.w2, nbt, r1, s.n_in, c);
     }
     griddep();
+    if constexpr (RMS) rp = rms_load(a, 0, lane);
     if (lane >= nch) return;
     K::template dot<1>(x0, lane, a, tt, acc[0][0]);
     if (SWIGLU) K::template dot<1>(y0, lane, a, tt, acc[0][1]);
@@ -1372,7 +1412,7 @@ static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev
     if (SWIGLU) K::template dot<1>(y1, lane, a, tt, acc[1][1]);
 }
 
-template <bool SWIGLU, int MINB, uint32_t TYPE>
+template <bool SWIGLU, int MINB, uint32_t TYPE, bool RMS = false>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kernel(const __grid_constant__ gemv_params p)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1380,17 +1420,23 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
     const seg_dev &s = p.seg[0];
     const int r0 = min(g[0], p.rows - 1), r1 = min(g[1], p.rows - 1);
     float acc[2][2][1] = {};
+    double rp = 0.0;
     if constexpr (TYPE == APR_TYPE_Q4_K) {
-        if constexpr (SWIGLU) rows2_dot<K_Q4_K2, SWIGLU>(s, p.a, r0, r1, lane, acc);
-        else rows2_dot<K_Q4_K, SWIGLU>(s, p.a, r0, r1, lane, acc);
+        if constexpr (SWIGLU) rows2_dot<K_Q4_K2, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp);
+        else rows2_dot<K_Q4_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp);
     } else if constexpr (TYPE == APR_TYPE_Q6_K) {
-        rows2_dot<K_Q6_K, SWIGLU>(s, p.a, r0, r1, lane, acc);
+        rows2_dot<K_Q6_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp);
     } else {
-        rows2_dot<K_Q_0<TYPE>, SWIGLU>(s, p.a, r0, r1, lane, acc);
+        rows2_dot<K_Q_0<TYPE>, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp);
     }
+    const float ri = RMS ? rms_finish(p.a, rp) : 1.f; /* as gemv1_block's */
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        const float v[1] = {warp_sum(acc[i][0][0])}, u[1] = {SWIGLU ? warp_sum(acc[i][1][0]) : 0.f};
+        float v[1] = {warp_sum(acc[i][0][0])}, u[1] = {SWIGLU ? warp_sum(acc[i][1][0]) : 0.f};
+        if (RMS) {
+            v[0] *= ri;
+            u[0] *= ri;
+        }
         if (lane == 0 && g[i] < p.rows) gemv1_store<1, SWIGLU>(s, g[i], 0, 1, v, u);
     }
 }
@@ -1500,7 +1546,8 @@ static int gemv_setup(const apr_cu_gemv_seg *seg, int n_seg, int ntok, int ld, b
 /* The kernels' view of an activation buffer. */
 static act_dev act_of(const apr_cu_act *a)
 {
-    return act_dev{a->f, a->qk, (const float2 *)a->dsk, a->q0, (const float2 *)a->ds0, a->ld};
+    return act_dev{a->f,  a->qk,  (const float2 *)a->dsk, a->q0, (const float2 *)a->ds0,
+                   a->ld, a->rms, a->rms_eps,                a->rms_n};
 }
 
 static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
@@ -1553,7 +1600,8 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     gemv_params p = {};
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
     p.a = act_of(a);
-    const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
+    const bool swiglu = seg[0].mode == APR_CU_SWIGLU, rms = a->rms != NULL;
+    if (rms && !swiglu) return -1; /* rows owing 1/rms are gate/up's (apr_cu_gemv_onorm) */
     uint32_t types = 0; /* decode: an instance with these types' dots only (gemv1_anytype) */
     for (int i = 0; i < n_seg; i++) types |= TYPE_BIT(seg[i].w.type);
     /* the forced shape of 8 warps a row exists for one-token tiles only */
@@ -1594,7 +1642,8 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
         const dim3 g2((grid.x + 1) / 2);
 #define ROWS2(T)                                                                                        \
     do {                                                                                                \
-        if (swiglu) launch(c, gemv1_rows2_kernel<true, 3, T>, g2, block, p);                           \
+        if (rms) launch(c, gemv1_rows2_kernel<true, 3, T, true>, g2, block, p);                        \
+        else if (swiglu) launch(c, gemv1_rows2_kernel<true, 3, T>, g2, block, p);                      \
         else launch(c, gemv1_rows2_kernel<false, 3, T>, g2, block, p);                                 \
     } while (0)
         switch (seg[0].w.type) {
@@ -1607,30 +1656,31 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
         }
 #undef ROWS2
     }
-#define GEMV1_T(U, WPR, NT, SW, MINB)                                                                  \
+#define GEMV1_T(U, WPR, NT, SW, MINB, R)                                                                  \
     do {                                                                                               \
         if (NT == 1 && !gemv1_anytype) {                                                              \
             switch (types) {                                                                           \
-            case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K)>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q6_K)>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0)>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q8_0)>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K), false, R>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0), false, R>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q8_0), false, R>, grid, block, p); break; \
             case TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K): /* the K-quant models' q/k/v */           \
-                if (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K)>, grid, block, p); \
-                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p);                   \
+                if (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); \
+                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                   \
                 break;                                                                                 \
             case TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0): /* the 0.5B's */                    \
-                if (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0)>, grid, block, p); \
-                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p);                   \
+                if (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0), false, R>, grid, block, p); \
+                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                   \
                 break;                                                                                 \
-            default: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p); break;            \
+            default: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p); break;            \
             }                                                                                          \
-        } else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB>, grid, block, p);                         \
+        } else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                         \
     } while (0)
 #define GEMV1_B(U, WPR, NT, MINB)                                                               \
     do {                                                                                        \
-        if (swiglu) GEMV1_T(U, WPR, NT, true, MINB);                                            \
-        else GEMV1_T(U, WPR, NT, false, MINB);                                                  \
+        if (rms) GEMV1_T(U, WPR, NT, true, MINB, true);                                         \
+        else if (swiglu) GEMV1_T(U, WPR, NT, true, MINB, false);                                \
+        else GEMV1_T(U, WPR, NT, false, MINB, false);                                           \
     } while (0)
 #define GEMV1(U, WPR, NT)                                                                       \
     do {                                                                                        \
@@ -1683,6 +1733,7 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
         const int rc = gemv1(seg, n_seg, a, ntok, c);
         if (rc <= 0) return rc;
     }
+    if (a->rms) return -1; /* only gemv1 applies the norm's 1/rms */
     const int per_group = swiglu ? 1 : ntok == 1 ? 2 : 1; /* rows a warp writes */
     gemv_params p = {};
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, per_group, p)) return -1;
@@ -1772,6 +1823,133 @@ extern "C" int apr_cu_gemv_norm(const apr_cu_gemv_seg *seg, int n_seg, const apr
     return 0;
 }
 
+/* ------------------------------------ the o product + the next norm's quantize */
+/* apr_cu_gemv_onorm: a block of ON_WARPS warps owns 32 rows of x (one
+ * 32-group of the norm's output), two a warp; lane l takes chunks l and
+ * l + 32 of both rows, all loaded before the wait. After the sums, warp t of
+ * the block takes token t's 32 new x: x * g quantized as q8_store does, and
+ * the group's sum of squares in double (norm_quant's rms_scale sums in
+ * double). The norm's 1/rms is the same for the row's every element, so its
+ * consumer multiplies its finished sums by it (rms_finish): no kernel waits for
+ * the whole row before quantizing, and no block waits for another. */
+#define ON_WARPS 16
+struct onorm_dev {
+    const float *g;
+    int8_t *q;
+    float2 *ds;
+    double *part;
+    int ld;
+};
+
+template <class K, int U, int NT>
+static __global__ void __launch_bounds__(ON_WARPS * 32, 1)
+    gemv_onorm_kernel(const __grid_constant__ gemv_params p, const onorm_dev on)
+{
+    static_assert(NT <= ON_WARPS, "a warp a token quantizes");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const seg_dev &s = p.seg[0];
+    const int rb = blockIdx.x * 32, r0 = rb + 2 * warp, t0 = blockIdx.y * NT, nt = min(NT, p.ntok - t0);
+    int tt[NT];
+#pragma unroll
+    for (int t = 0; t < NT; t++) tt[t] = min(t0 + t, p.ntok - 1); /* past the batch: throwaway sums */
+    const int nch = K::chunks(s.n_in);
+    const size_t nbt = K::blocks(s.n_in, s.n_out);
+    typename K::W w[2][U];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) w[i][u] = K::load(s.w, nbt, r0 + i, s.n_in, min(lane + 32 * u, nch - 1));
+    const float ge = on.g[rb + lane]; /* a constant: loaded while the previous kernel finishes */
+    griddep();
+    float acc[2][NT];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int t = 0; t < NT; t++) acc[i][t] = 0.f;
+#pragma unroll
+    for (int u = 0; u < U; u++)
+        if (lane + 32 * u < nch)
+#pragma unroll
+            for (int i = 0; i < 2; i++) K::template dot<NT>(w[i][u], lane + 32 * u, p.a, tt, acc[i]);
+    __shared__ float nx[NT][32];
+#pragma unroll
+    for (int t = 0; t < NT; t++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const float v = warp_sum(acc[i][t]);
+            if (lane == 0 && t < nt) {
+                float *o = s.out + (size_t)(t0 + t) * s.ldo + r0 + i;
+                const float xn = *o + v; /* APR_CU_ADD, as gemv1_store */
+                *o = xn;
+                nx[t][2 * warp + i] = xn;
+            }
+        }
+    __syncthreads();
+    if (warp >= nt) return;
+    const int t = t0 + warp;
+    const float xn = nx[warp][lane], z = xn * ge;
+    double ss = (double)xn * xn;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const unsigned full = 0xffffffffu;
+    const float amax = __uint_as_float(__reduce_max_sync(full, __float_as_uint(fabsf(z))));
+    const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;
+    const int q = __float2int_rn(z * id);
+    on.q[(size_t)t * on.ld + rb + lane] = (int8_t)q;
+    const int sum = __reduce_add_sync(full, q);
+    if (lane == 0) {
+        on.ds[(size_t)t * (on.ld / 32) + blockIdx.x] = make_float2(__half2float(__float2half_rn(d)), (float)sum);
+        on.part[(size_t)t * (on.ld / 32) + blockIdx.x] = ss;
+    }
+}
+
+template <class K, int U>
+static void launch_onorm(const apr_cu_ctx *c, dim3 grid, int nt, const gemv_params &p, const onorm_dev &on)
+{
+    const dim3 block(ON_WARPS * 32);
+    if (nt == 1) launch(c, gemv_onorm_kernel<K, U, 1>, grid, block, p, on);
+    else if (nt == 2) launch(c, gemv_onorm_kernel<K, U, 2>, grid, block, p, on);
+    else if (nt == 4) launch(c, gemv_onorm_kernel<K, U, 4>, grid, block, p, on);
+    else launch(c, gemv_onorm_kernel<K, U, 8>, grid, block, p, on);
+}
+
+/* APR_CUDA_ONORM=0 (read by apr_cu_init): apr_cu_gemv_onorm declines (measurement). */
+static int onorm_on = 1;
+
+extern "C" int apr_cu_gemv_onorm(const apr_cu_gemv_seg *seg, const apr_cu_act *a, int ntok, const float *g,
+                                 const apr_cu_act *out, const apr_cu_ctx *c)
+{
+    if (!seg || !a || !g || !out || ntok < 1 || !out->q0 || !out->ds0 || !out->rms || out->ld % 32) return -1;
+    const apr_cu_weight *w = &seg->w;
+    const uint32_t t = w->type;
+    if (!gemv1_on || !onorm_on || ntok >= APR_CU_MMA_MIN_TOK || seg->mode != APR_CU_ADD || w->n_out % 32 ||
+        w->n_out > out->ld || out->rms_n != w->n_out || a->rms ||
+        (t != APR_TYPE_Q4_K && t != APR_TYPE_Q6_K && t != APR_TYPE_Q4_0 && t != APR_TYPE_Q5_0 && t != APR_TYPE_Q8_0))
+        return 1;
+    const int nch = chunks_of(t, w->n_in);
+    if (nch > 64) return 1;
+    gemv_params p = {};
+    if (gemv_setup(seg, 1, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
+    p.a = act_of(a);
+    const onorm_dev on = {g, out->q0, (float2 *)out->ds0, out->rms, out->ld};
+    const int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8; /* gemv1's tiles */
+    const dim3 grid((unsigned)(w->n_out / 32), (unsigned)((ntok + nt - 1) / nt));
+#define ONORM(KT)                                              \
+    do {                                                        \
+        if (nch <= 32) launch_onorm<KT, 1>(c, grid, nt, p, on); \
+        else launch_onorm<KT, 2>(c, grid, nt, p, on);           \
+    } while (0)
+    switch (t) {
+    case APR_TYPE_Q4_K: ONORM(K_Q4_K); break;
+    case APR_TYPE_Q6_K: ONORM(K_Q6_K); break;
+    case APR_TYPE_Q5_0: ONORM(K_Q_0<APR_TYPE_Q5_0>); break;
+    case APR_TYPE_Q4_0: ONORM(K_Q_0<APR_TYPE_Q4_0>); break;
+    default: ONORM(K_Q_0<APR_TYPE_Q8_0>); break;
+    }
+#undef ONORM
+    return 0;
+}
+
 /* Most shared memory a fused GEMV block may ask for without opting in. */
 #define PRO_SMEM_MAX (48 * 1024)
 
@@ -1801,6 +1979,7 @@ extern "C" void apr_cu_init(void)
     gemv1_on = env_int("APR_CUDA_GEMV1", 1);
     gemv1_anytype = env_int("APR_CUDA_GEMV1_ANYTYPE", 0);
     gemv1_rows2 = env_int("APR_CUDA_GEMV1_ROWS2", 1);
+    onorm_on = env_int("APR_CUDA_ONORM", 1);
     norm_gemv_on = env_int("APR_CUDA_NORM_GEMV", 1);
     const int minb = env_int("APR_CUDA_GEMV1_MINB", 0);
     gemv1_minb = minb == 3 || minb == 4 ? minb : 0; /* anything else: the default */

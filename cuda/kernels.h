@@ -85,6 +85,14 @@ typedef struct {
     int8_t *q0;  /* Q8_0-style: per 32, d = amax/127 rounded to f16 */
     float *ds0;  /* [ld/32][2]: d and the sum of the quants */
     int ld;
+    /* NULL, or rows that still owe the RMSNorm's 1/rms (apr_cu_gemv_onorm's
+     * output): per token [ld/32] sums of squares of the norm's input, one per
+     * 32-group of rms_n elements; apr_cu_gemv's SwiGLU products (steps of up
+     * to APR_CU_MMA_MIN_TOK - 1) multiply their finished sums by
+     * 1 / sqrt(sum / rms_n + rms_eps), every other consumer refuses them */
+    double *rms;
+    float rms_eps;
+    int rms_n;
 } apr_cu_act;
 
 /* Row t of out <- row rows[t] (rows NULL: t) of x, RMS-normalized with
@@ -137,6 +145,20 @@ typedef struct {
  * the shared memory, misaligned rows: quantize and call apr_cu_gemv), -1 on a
  * bad argument. */
 int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src, const apr_cu_ctx *c);
+/* The o product of a step of up to APR_CU_MMA_MIN_TOK - 1 entries with the
+ * next RMSNorm's quantization folded in: seg (one ADD segment, x += W a, x's
+ * rows ldo apart) as apr_cu_gemv computes it, and then, per token, x * g
+ * (the norm's weight) quantized Q8_0-style into out's q0/ds0 and the sums of
+ * squares of x's 32-groups into out->rms (its rms_eps, rms_n: the norm's eps
+ * and n_out). A block owns one 32-group of rows, so no kernel has to wait for
+ * the whole row before quantizing; the consumer applies 1/rms (apr_cu_act).
+ * A token's outputs are the same bits for every ntok. Taken for Q4_K, Q6_K,
+ * Q4_0, Q5_0 and Q8_0 weights of up to 64 chunks a row and n_out a multiple
+ * of 32; returns 0 when launched, 1 when not taken (the caller runs the
+ * product and apr_cu_norm_quant), -1 on a bad argument. */
+int apr_cu_gemv_onorm(const apr_cu_gemv_seg *seg, const apr_cu_act *a, int ntok, const float *g, const apr_cu_act *out,
+                      const apr_cu_ctx *c);
+
 /* The q/k/v product of a step of up to APR_CU_MMA_MIN_TOK - 1 entries with
  * the RMSNorm folded in, so that no norm/quantize kernel runs before it: the
  * f32 rows x (ntok of them, ldx apart; rows must be NULL) times w (the norm's

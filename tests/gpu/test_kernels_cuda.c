@@ -146,7 +146,7 @@ static void report(const char *what, const float *g, const float *r, size_t n, d
 /* An activation buffer of ntok rows of ld elements. */
 static apr_cu_act act_alloc(int ntok, int ld)
 {
-    apr_cu_act a;
+    apr_cu_act a = {0};
     a.ld = ld;
     CK(cudaMalloc((void **)&a.f, (size_t)ntok * ld * sizeof(float)));
     CK(cudaMalloc((void **)&a.qk, (size_t)ntok * ld));
@@ -699,6 +699,152 @@ static void test_gemv_norm(rng *r, const uint32_t *types, int n_seg, int n, int 
     free(y);
     free(one);
     free(got);
+}
+
+/* The o product with the ffn norm's quantize folded in (apr_cu_gemv_onorm)
+ * and gate/up applying 1/rms (apr_cu_act.rms), against the o product, the
+ * norm kernel and gate/up: the new x to rounding (the o sums may add chunks
+ * in another order), gate/up's outputs to a few quantization steps (x * g
+ * and x * g / rms may round a quant differently); and a token's outputs the
+ * same bits whatever step it is in. E rows of x, Q inputs of o, F of gate/up. */
+static void test_onorm(rng *r, uint32_t to, uint32_t tg, int Q, int E, int F, int T)
+{
+    const float eps = 1e-6f;
+    const apr_cu_weight none = {NULL, 0, 0, 0};
+    float *att = malloc(sizeof(float) * (size_t)Q * T), *x0 = malloc(sizeof(float) * (size_t)E * T);
+    float *g = malloc(sizeof(float) * E);
+    fill_acts(r, att, (size_t)Q * T);
+    fill_acts(r, x0, (size_t)E * T);
+    for (int t = 0; t < T; t++) /* rows far from unit scale too */
+        for (int i = 0; i < E; i++) x0[(size_t)t * E + i] *= t % 3 == 1 ? 30.f : t % 3 == 2 ? 0.05f : 1.f;
+    for (int i = 0; i < E; i++) g[i] = 1.0f + 0.1f * rng_unif(r);
+    uint8_t *wo = malloc(apr_cu_weight_bytes(to, Q, E)), *wg = malloc(apr_cu_weight_bytes(tg, E, F)),
+            *wu = malloc(apr_cu_weight_bytes(tg, E, F));
+    fill_rows(r, to, wo, Q, E);
+    fill_rows(r, tg, wg, E, F);
+    fill_rows(r, tg, wu, E, F);
+    const apr_cu_weight dwo = weight_upload(to, Q, E, wo), dwg = weight_upload(tg, E, F, wg),
+                        dwu = weight_upload(tg, E, F, wu);
+    float *datt = dev_upload(att, sizeof(float) * (size_t)Q * T), *dg = dev_upload(g, sizeof(float) * E);
+    float *dx = NULL, *dh = NULL;
+    CK(cudaMalloc((void **)&dx, sizeof(float) * (size_t)E * T));
+    CK(cudaMalloc((void **)&dh, sizeof(float) * (size_t)F * T));
+    apr_cu_act a_in = act_alloc(T, Q), a_e = act_alloc(T, E), a_fo = act_alloc(T, E);
+    apr_cu_norm_quant(datt, Q, NULL, NULL, 0.f, Q, T, &a_in, &cu0);
+    /* the one-token GEMV's Q8_0-style rows, as the forward pass passes them */
+    apr_cu_act ain = a_in, ae = a_e, fo = a_fo;
+    ain.qk = ain.q0;
+    ain.dsk = ain.ds0;
+    CK(cudaMalloc((void **)&fo.rms, sizeof(double) * (size_t)T * (E / 32)));
+    fo.qk = fo.q0;
+    fo.dsk = fo.ds0;
+    fo.rms_eps = eps;
+    fo.rms_n = E;
+    const size_t xb = sizeof(float) * (size_t)E * T, hb = sizeof(float) * (size_t)F * T;
+    float *xref = malloc(xb), *href = malloc(hb), *xone = malloc(xb), *hone = malloc(hb), *xgot = malloc(xb),
+          *hgot = malloc(hb);
+    /* the reference: the o product, the norm kernel, gate/up */
+    CK(cudaMemcpy(dx, x0, xb, cudaMemcpyHostToDevice));
+    apr_cu_gemv_seg so = {dwo, none, dx, E, APR_CU_ADD}, sgu = {dwg, dwu, dh, F, APR_CU_SWIGLU};
+    int rc = apr_cu_matmul(&so, 1, &ain, T, &cu0);
+    apr_cu_norm_quant(dx, E, NULL, dg, eps, E, T, &ae, &cu0);
+    ae.qk = ae.q0;
+    ae.dsk = ae.ds0;
+    rc |= apr_cu_matmul(&sgu, 1, &ae, T, &cu0);
+    CK_LAUNCH();
+    CK(cudaMemcpy(xref, dx, xb, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(href, dh, hb, cudaMemcpyDeviceToHost));
+    /* each token alone */
+    CK(cudaMemcpy(dx, x0, xb, cudaMemcpyHostToDevice));
+    poison(dh, hb);
+    for (int t = 0; t < T; t++) {
+        apr_cu_act it = ain, ft = fo;
+        it.q0 += (size_t)t * Q;
+        it.ds0 += (size_t)t * (Q / 32) * 2;
+        it.qk = it.q0;
+        it.dsk = it.ds0;
+        ft.q0 += (size_t)t * E;
+        ft.ds0 += (size_t)t * (E / 32) * 2;
+        ft.rms += (size_t)t * (E / 32);
+        ft.qk = ft.q0;
+        ft.dsk = ft.ds0;
+        apr_cu_gemv_seg st = so, gt = sgu;
+        st.out = dx + (size_t)t * E;
+        gt.out = dh + (size_t)t * F;
+        rc |= apr_cu_gemv_onorm(&st, &it, 1, dg, &ft, &cu0);
+        rc |= apr_cu_matmul(&gt, 1, &ft, 1, &cu0);
+    }
+    CK_LAUNCH();
+    CK(cudaMemcpy(xone, dx, xb, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(hone, dh, hb, cudaMemcpyDeviceToHost));
+    char what[96];
+    snprintf(what, sizeof what, "onorm %s %dx%d + %s %d: x", apr_type_get(to)->name, Q, E, apr_type_get(tg)->name, F);
+    if (rc) {
+        printf("FAIL %s: not launched (%d)\n", what, rc);
+        failures++;
+    }
+    report(what, xone, xref, (size_t)E * T, 1e-5);
+    snprintf(what, sizeof what, "onorm %s %dx%d + %s %d: gate/up", apr_type_get(to)->name, Q, E,
+             apr_type_get(tg)->name, F);
+    report(what, hone, href, (size_t)F * T, 3e-3);
+    /* then in steps of several tokens: the same bits */
+    int bad = 0;
+    for (int n = 2; n <= T; n++) {
+        CK(cudaMemcpy(dx, x0, xb, cudaMemcpyHostToDevice));
+        poison(dh, hb);
+        if (apr_cu_gemv_onorm(&so, &ain, n, dg, &fo, &cu0) || apr_cu_matmul(&sgu, 1, &fo, n, &cu0)) bad++;
+        CK_LAUNCH();
+        CK(cudaMemcpy(xgot, dx, xb, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(hgot, dh, hb, cudaMemcpyDeviceToHost));
+        if (memcmp(xgot, xone, sizeof(float) * (size_t)E * n) || memcmp(hgot, hone, sizeof(float) * (size_t)F * n))
+            bad++;
+    }
+    printf("%-4s onorm %s + %s: steps of 2..%d tokens equal one token at a time, bit for bit%s\n",
+           bad ? "FAIL" : "ok", apr_type_get(to)->name, apr_type_get(tg)->name, T, bad ? " (differ)" : "");
+    if (bad) failures++;
+    /* what it leaves to the caller (1) or refuses (-1); rows owing 1/rms go to no other product */
+    apr_cu_gemv_seg sstore = so, sodd = so;
+    sstore.mode = APR_CU_STORE;
+    sodd.w.n_out = E - 16;
+    apr_cu_act nor = fo;
+    nor.rms = NULL;
+    const int got[] = {apr_cu_gemv_onorm(&sstore, &ain, 1, dg, &fo, &cu0),
+                       apr_cu_gemv_onorm(&sodd, &ain, 1, dg, &fo, &cu0),
+                       apr_cu_gemv_onorm(&so, &ain, APR_CU_MMA_MIN_TOK, dg, &fo, &cu0),
+                       apr_cu_gemv_onorm(&so, &ain, 1, dg, &nor, &cu0),
+                       apr_cu_gemv_onorm(&so, &ain, 1, NULL, &fo, &cu0),
+                       apr_cu_gemv_onorm(&so, &ain, 0, dg, &fo, &cu0),
+                       apr_cu_mma(&sgu, 1, &fo, APR_CU_MMA_MIN_TOK, &cu0)};
+    const int want[] = {1, 1, 1, -1, -1, -1, -1};
+    int wrong = 0;
+    for (size_t i = 0; i < sizeof got / sizeof got[0]; i++) wrong += got[i] != want[i];
+    CK_LAUNCH();
+    printf("%-4s onorm declines STORE, n_out %% 32, %d tokens; refuses no rms, no g, 0 tokens; mma refuses its rows%s\n",
+           wrong ? "FAIL" : "ok", APR_CU_MMA_MIN_TOK, wrong ? " (wrong answers)" : "");
+    if (wrong) failures++;
+    act_free(&a_in);
+    act_free(&a_e);
+    cudaFree(fo.rms);
+    act_free(&a_fo);
+    cudaFree((void *)dwo.data);
+    cudaFree((void *)dwg.data);
+    cudaFree((void *)dwu.data);
+    cudaFree(datt);
+    cudaFree(dg);
+    cudaFree(dx);
+    cudaFree(dh);
+    free(att);
+    free(x0);
+    free(g);
+    free(wo);
+    free(wg);
+    free(wu);
+    free(xref);
+    free(href);
+    free(xone);
+    free(hone);
+    free(xgot);
+    free(hgot);
 }
 
 /* What apr_cu_gemv_norm must leave to the caller (1) or refuse (-1). */
@@ -1861,6 +2007,11 @@ int main(int argc, char **argv)
         test_gemv_norm(&r, qkv05, 3, 896, APR_CU_MMA_MIN_TOK - 1); /* 0.5B */
         test_gemv_norm(&r, qkv15, 3, 1024, APR_CU_MMA_MIN_TOK - 1); /* the widest it takes */
         test_gemv_norm(&r, mixed, 3, 512, 9);
+        test_onorm(&r, APR_TYPE_Q5_0, APR_TYPE_Q5_0, 896, 896, 4864, APR_CU_MMA_MIN_TOK - 1); /* 0.5B */
+        test_onorm(&r, APR_TYPE_Q4_K, APR_TYPE_Q4_K, 1536, 1536, 8960, APR_CU_MMA_MIN_TOK - 1); /* 1.5B */
+        test_onorm(&r, APR_TYPE_Q6_K, APR_TYPE_Q8_0, 512, 1024, 3000, 9);
+        test_onorm(&r, APR_TYPE_Q8_0, APR_TYPE_Q6_K, 2048, 512, 1000, 5);
+        test_onorm(&r, APR_TYPE_Q4_0, APR_TYPE_Q4_K, 768, 512, 768, 3);
         test_gemv_norm(&r, &q6k, 1, 768, 3);
         test_gemv_norm_declines();
     }
