@@ -1227,7 +1227,7 @@ static __device__ __forceinline__ void gemv_group(const gemv_params &p, const ac
 template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT, bool NORM = false, bool RMS = false>
 static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, const nrm_dev &m, int r,
                                                  const int (&tt)[NT], int slice, int lane, float (&acc)[2][NT],
-                                                 double (&rp)[NT])
+                                                 double (&rp)[NT], float (&xr)[NT])
 {
     constexpr int STEP = 32 * WPR;
     const int nch = K::chunks(s.n_in);
@@ -1246,6 +1246,11 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
             if constexpr (RMS)
 #pragma unroll
                 for (int t = 0; t < NT; t++) rp[t] = rms_load(a, tt[t], lane);
+            /* ADD: the residual this lane will add to, fetched now rather
+             * than after the sums (an L2 round trip off the critical path) */
+            if (!SWIGLU && s.mode == APR_CU_ADD && lane == 0 && slice == 0)
+#pragma unroll
+                for (int t = 0; t < NT; t++) xr[t] = s.out[(size_t)tt[t] * s.ldo + r];
         }
 #pragma unroll
         for (int u = 0; u < U; u++)
@@ -1272,14 +1277,14 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
  * the tile's nt tokens from t0, by one lane. */
 template <int NT, bool SWIGLU>
 static __device__ __forceinline__ void gemv1_store(const seg_dev &s, int r, int t0, int nt, const float (&v)[NT],
-                                                   const float (&u)[NT])
+                                                   const float (&u)[NT], const float *xr)
 {
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         if (t >= nt) break;
         float *o = s.out + (size_t)(t0 + t) * s.ldo + r;
         if (SWIGLU) *o = v[t] / (1.0f + expf(-v[t])) * u[t];
-        else if (s.mode == APR_CU_ADD) *o += v[t];
+        else if (s.mode == APR_CU_ADD) *o = (xr ? xr[t] : *o) + v[t];
         else *o = v[t];
     }
 }
@@ -1296,6 +1301,7 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     for (int t = 0; t < NT; t++) tt[t] = min(t0 + t, p.ntok - 1); /* past the batch: throwaway sums */
     float acc[2][NT];
     double rp[NT]; /* act_dev.rms: this lane's part of each token's sum of squares */
+    float xr[NT];  /* ADD: the residual row's elements (gemv1_row, after the wait) */
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         acc[0][t] = acc[1][t] = 0.f;
@@ -1305,24 +1311,24 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     switch (s.type) { /* uniform across the warps of a row */
     case APR_TYPE_Q4_K:
         if constexpr (!HAS(APR_TYPE_Q4_K)) break;
-        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
-        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
+        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
+        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         else __trap(); /* gemv1 launches SwiGLU's Q4_K pairs one a lane, in tiles of up to 4 (more spill) */
         break;
     case APR_TYPE_Q6_K:
-        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
+        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         break;
     case APR_TYPE_Q5_0:
         if constexpr (HAS(APR_TYPE_Q5_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
+            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         break;
     case APR_TYPE_Q4_0:
         if constexpr (HAS(APR_TYPE_Q4_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
+            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         break;
     case APR_TYPE_Q8_0:
         if constexpr (HAS(APR_TYPE_Q8_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp);
+            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         break;
     }
 #undef HAS
@@ -1367,7 +1373,7 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
             u[t] *= ri;
         }
     if (lane != 0 || g >= p.rows) return;
-    gemv1_store<NT, SWIGLU>(s, r, t0, nt, v, u);
+    gemv1_store<NT, SWIGLU>(s, r, t0, nt, v, u, WAIT ? xr : nullptr);
 }
 
 /* grid.x: blocks of GEMV_WARPS / WPR rows; grid.y: tiles of NT tokens.
@@ -1393,7 +1399,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(con
  * chunk l of each row and the epilogue is gemv1_block's: the same bits. */
 template <class K, bool SWIGLU, bool RMS>
 static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev &a, int r0, int r1, int lane,
-                                                 float (&acc)[2][2][1], double &rp)
+                                                 float (&acc)[2][2][1], double &rp, float (&xr)[2])
 {
     const int nch = K::chunks(s.n_in), c = min(lane, nch - 1), tt[1] = {0};
     const size_t nbt = K::blocks(s.n_in, s.n_out);
@@ -1405,6 +1411,10 @@ static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev
     }
     griddep();
     if constexpr (RMS) rp = rms_load(a, 0, lane);
+    if (!SWIGLU && s.mode == APR_CU_ADD && lane == 0) { /* as gemv1_row's */
+        xr[0] = s.out[r0];
+        xr[1] = s.out[r1];
+    }
     if (lane >= nch) return;
     K::template dot<1>(x0, lane, a, tt, acc[0][0]);
     if (SWIGLU) K::template dot<1>(y0, lane, a, tt, acc[0][1]);
@@ -1419,15 +1429,15 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
     const int g[2] = {(int)blockIdx.x * GEMV_WARPS + warp, (int)(blockIdx.x + gridDim.x) * GEMV_WARPS + warp};
     const seg_dev &s = p.seg[0];
     const int r0 = min(g[0], p.rows - 1), r1 = min(g[1], p.rows - 1);
-    float acc[2][2][1] = {};
+    float acc[2][2][1] = {}, xr[2] = {};
     double rp = 0.0;
     if constexpr (TYPE == APR_TYPE_Q4_K) {
-        if constexpr (SWIGLU) rows2_dot<K_Q4_K2, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp);
-        else rows2_dot<K_Q4_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp);
+        if constexpr (SWIGLU) rows2_dot<K_Q4_K2, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
+        else rows2_dot<K_Q4_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
     } else if constexpr (TYPE == APR_TYPE_Q6_K) {
-        rows2_dot<K_Q6_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp);
+        rows2_dot<K_Q6_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
     } else {
-        rows2_dot<K_Q_0<TYPE>, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp);
+        rows2_dot<K_Q_0<TYPE>, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
     }
     const float ri = RMS ? rms_finish(p.a, rp) : 1.f; /* as gemv1_block's */
 #pragma unroll
@@ -1437,7 +1447,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
             v[0] *= ri;
             u[0] *= ri;
         }
-        if (lane == 0 && g[i] < p.rows) gemv1_store<1, SWIGLU>(s, g[i], 0, 1, v, u);
+        if (lane == 0 && g[i] < p.rows) gemv1_store<1, SWIGLU>(s, g[i], 0, 1, v, u, &xr[i]);
     }
 }
 
@@ -1861,6 +1871,13 @@ static __global__ void __launch_bounds__(ON_WARPS * 32, 1)
         for (int i = 0; i < 2; i++) w[i][u] = K::load(s.w, nbt, r0 + i, s.n_in, min(lane + 32 * u, nch - 1));
     const float ge = on.g[rb + lane]; /* a constant: loaded while the previous kernel finishes */
     griddep();
+    float xr[2][NT]; /* lane 0: the residual rows' elements, fetched before the sums (as gemv1_row) */
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            xr[0][t] = s.out[(size_t)tt[t] * s.ldo + r0];
+            xr[1][t] = s.out[(size_t)tt[t] * s.ldo + r0 + 1];
+        }
     float acc[2][NT];
 #pragma unroll
     for (int i = 0; i < 2; i++)
@@ -1878,9 +1895,8 @@ static __global__ void __launch_bounds__(ON_WARPS * 32, 1)
         for (int i = 0; i < 2; i++) {
             const float v = warp_sum(acc[i][t]);
             if (lane == 0 && t < nt) {
-                float *o = s.out + (size_t)(t0 + t) * s.ldo + r0 + i;
-                const float xn = *o + v; /* APR_CU_ADD, as gemv1_store */
-                *o = xn;
+                const float xn = xr[i][t] + v; /* APR_CU_ADD, as gemv1_store */
+                s.out[(size_t)(t0 + t) * s.ldo + r0 + i] = xn;
                 nx[t][2 * warp + i] = xn;
             }
         }
