@@ -422,7 +422,7 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     CARVE(m->act.ds0, float, C * (size_t)(ld / 32) * 2);
     CARVE(m->ffn_act.q0, int8_t, (size_t)APR_CU_MMA_MIN_TOK * ld);
     CARVE(m->ffn_act.ds0, float, (size_t)APR_CU_MMA_MIN_TOK * (ld / 32) * 2);
-    CARVE(m->ffn_act.rms, double, (size_t)APR_CU_MMA_MIN_TOK * (ld / 32));
+    CARVE(m->ffn_act.rms, float, (size_t)APR_CU_MMA_MIN_TOK * (ld / 32));
     CARVE(m->d_batch, int32_t, BATCH_ROWS * C);
     CARVE(m->d_cands, uint8_t, (size_t)LOGIT_ROWS * CAND_STRIDE);
     CARVE(m->d_cand_work, uint8_t, apr_cu_topk_work_bytes(LOGIT_ROWS));

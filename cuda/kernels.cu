@@ -458,29 +458,36 @@ struct act_dev {
     const int8_t *q0;
     const float2 *ds0;
     int ld;
-    const double *rms; /* apr_cu_act.rms: sums of squares a 32-group, per token ld / 32 apart */
+    const float *rms; /* apr_cu_act.rms: sums of squares a 32-group, per token ld / 32 apart */
     float rms_eps;
     int rms_n;
 };
 
 /* The norm's 1/rms for a product whose rows owe it (act_dev.rms), in two
  * steps so that the sums' L2 round trip overlaps the activations' loads:
- * rms_load right after the wait (each lane its groups of token t, in order),
- * rms_finish after the dot products (the warp's tree; every lane gets the
- * same value, so the bits depend on the token only). */
-static __device__ __forceinline__ double rms_load(const act_dev &a, int t, int lane)
+ * rms_load right after the wait only loads (lane l: groups l and l + 32 of
+ * token t: an add there would stall the warp before its activation loads,
+ * once for every token of a tile), rms_finish after the dot products adds
+ * the lane's groups in order and the warp's tree finishes: every lane gets
+ * the same value, so the bits depend on the token only. */
+struct rms_pre {
+    float a, b;
+};
+
+static __device__ __forceinline__ rms_pre rms_load(const act_dev &a, int t, int lane)
 {
-    const double *pp = a.rms + (size_t)t * (a.ld / 32);
-    double s = 0.0;
-    for (int i = lane; i < a.rms_n / 32; i += 32) s += pp[i];
-    return s;
+    const float *pp = a.rms + (size_t)t * (a.ld / 32);
+    const int np = a.rms_n / 32;
+    return rms_pre{lane < np ? pp[lane] : 0.f, lane + 32 < np ? pp[lane + 32] : 0.f};
 }
 
-static __device__ __forceinline__ float rms_finish(const act_dev &a, double s)
+static __device__ __forceinline__ float rms_finish(const act_dev &a, int t, int lane, const rms_pre &r)
 {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    return 1.0f / sqrtf((float)(s / a.rms_n) + a.rms_eps);
+    const float *pp = a.rms + (size_t)t * (a.ld / 32);
+    float s = r.a + r.b; /* the lane's groups in order (sums of squares: + 0 is exact) */
+    for (int i = lane + 64; i < a.rms_n / 32; i += 32) s += pp[i];
+    s = warp_sum(s);
+    return 1.0f / sqrtf(s / (float)a.rms_n + a.rms_eps);
 }
 
 struct seg_dev {
@@ -1227,7 +1234,7 @@ static __device__ __forceinline__ void gemv_group(const gemv_params &p, const ac
 template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT, bool NORM = false, bool RMS = false>
 static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, const nrm_dev &m, int r,
                                                  const int (&tt)[NT], int slice, int lane, float (&acc)[2][NT],
-                                                 double (&rp)[NT], float (&xr)[NT])
+                                                 rms_pre &rp, float (&xr)[NT])
 {
     constexpr int STEP = 32 * WPR;
     const int nch = K::chunks(s.n_in);
@@ -1243,9 +1250,8 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
         if (WAIT && round == 0) {
             griddep();
             if constexpr (NORM) nrm_stage<NT>(m, tt);
-            if constexpr (RMS)
-#pragma unroll
-                for (int t = 0; t < NT; t++) rp[t] = rms_load(a, tt[t], lane);
+            /* RMS: a token's sums for each warp (warp t takes token t of a tile) */
+            if constexpr (RMS) rp = rms_load(a, tt[NT == 1 ? 0 : min((int)(threadIdx.x >> 5), NT - 1)], lane);
             /* ADD: the residual this lane will add to, fetched now rather
              * than after the sums (an L2 round trip off the critical path) */
             if (!SWIGLU && s.mode == APR_CU_ADD && lane == 0 && slice == 0)
@@ -1300,12 +1306,11 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
 #pragma unroll
     for (int t = 0; t < NT; t++) tt[t] = min(t0 + t, p.ntok - 1); /* past the batch: throwaway sums */
     float acc[2][NT];
-    double rp[NT]; /* act_dev.rms: this lane's part of each token's sum of squares */
+    rms_pre rp = {0.f, 0.f}; /* RMS: this lane's groups of a token's sums of squares (gemv1_row) */
     float xr[NT];  /* ADD: the residual row's elements (gemv1_row, after the wait) */
 #pragma unroll
     for (int t = 0; t < NT; t++) {
         acc[0][t] = acc[1][t] = 0.f;
-        rp[t] = 0.0;
     }
 #define HAS(t) (TYPES == 0 || (TYPES & TYPE_BIT(t)))
     switch (s.type) { /* uniform across the warps of a row */
@@ -1338,6 +1343,22 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
         v[t] = warp_sum(acc[0][t]);
         u[t] = SWIGLU ? warp_sum(acc[1][t]) : 0.f;
     }
+    /* RMS: 1/rms of each token once a block (warp t for token t: an epilogue
+     * of every token in every warp cost tiles of 8 tokens ~12%), one token's
+     * by each warp itself */
+    __shared__ float rinv[NT];
+    float ri1 = 1.f;
+    if constexpr (RMS) {
+        if (!WAIT) rp = rms_load(a, tt[NT == 1 ? 0 : min(warp, NT - 1)], lane); /* no wait in gemv1_row */
+        if constexpr (NT == 1) ri1 = rms_finish(a, tt[0], lane, rp);
+        else {
+            if (warp < NT) {
+                const float ri = rms_finish(a, tt[warp], lane, rp);
+                if (lane == 0) rinv[warp] = ri;
+            }
+            __syncthreads();
+        }
+    }
     if (WPR > 1) {
         __shared__ float part[GEMV_WARPS][2][NT];
         if (lane == 0)
@@ -1367,8 +1388,7 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     if constexpr (RMS)
 #pragma unroll
         for (int t = 0; t < NT; t++) {
-            if (!WAIT) rp[t] = rms_load(a, tt[t], lane); /* no wait in gemv1_row: nothing loaded yet */
-            const float ri = rms_finish(a, rp[t]);
+            const float ri = NT == 1 ? ri1 : rinv[t];
             v[t] *= ri;
             u[t] *= ri;
         }
@@ -1399,7 +1419,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(con
  * chunk l of each row and the epilogue is gemv1_block's: the same bits. */
 template <class K, bool SWIGLU, bool RMS>
 static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev &a, int r0, int r1, int lane,
-                                                 float (&acc)[2][2][1], double &rp, float (&xr)[2])
+                                                 float (&acc)[2][2][1], rms_pre &rp, float (&xr)[2])
 {
     const int nch = K::chunks(s.n_in), c = min(lane, nch - 1), tt[1] = {0};
     const size_t nbt = K::blocks(s.n_in, s.n_out);
@@ -1430,7 +1450,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
     const seg_dev &s = p.seg[0];
     const int r0 = min(g[0], p.rows - 1), r1 = min(g[1], p.rows - 1);
     float acc[2][2][1] = {}, xr[2] = {};
-    double rp = 0.0;
+    rms_pre rp = {0.f, 0.f};
     if constexpr (TYPE == APR_TYPE_Q4_K) {
         if constexpr (SWIGLU) rows2_dot<K_Q4_K2, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
         else rows2_dot<K_Q4_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
@@ -1439,7 +1459,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
     } else {
         rows2_dot<K_Q_0<TYPE>, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
     }
-    const float ri = RMS ? rms_finish(p.a, rp) : 1.f; /* as gemv1_block's */
+    const float ri = RMS ? rms_finish(p.a, 0, lane, rp) : 1.f; /* as gemv1_block's */
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         float v[1] = {warp_sum(acc[i][0][0])}, u[1] = {SWIGLU ? warp_sum(acc[i][1][0]) : 0.f};
@@ -1838,16 +1858,16 @@ extern "C" int apr_cu_gemv_norm(const apr_cu_gemv_seg *seg, int n_seg, const apr
  * 32-group of the norm's output), two a warp; lane l takes chunks l and
  * l + 32 of both rows, all loaded before the wait. After the sums, warp t of
  * the block takes token t's 32 new x: x * g quantized as q8_store does, and
- * the group's sum of squares in double (norm_quant's rms_scale sums in
- * double). The norm's 1/rms is the same for the row's every element, so its
- * consumer multiplies its finished sums by it (rms_finish): no kernel waits for
- * the whole row before quantizing, and no block waits for another. */
+ * the group's sum of squares. The norm's 1/rms is the same for every
+ * element of the row, so its consumer multiplies its finished sums by it
+ * (rms_finish): no kernel waits for the whole row before quantizing, and no
+ * block waits for another. */
 #define ON_WARPS 16
 struct onorm_dev {
     const float *g;
     int8_t *q;
     float2 *ds;
-    double *part;
+    float *part;
     int ld;
 };
 
@@ -1904,9 +1924,7 @@ static __global__ void __launch_bounds__(ON_WARPS * 32, 1)
     if (warp >= nt) return;
     const int t = t0 + warp;
     const float xn = nx[warp][lane], z = xn * ge;
-    double ss = (double)xn * xn;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float ss = warp_sum(xn * xn);
     const unsigned full = 0xffffffffu;
     const float amax = __uint_as_float(__reduce_max_sync(full, __float_as_uint(fabsf(z))));
     const float d = amax / 127.f, id = amax != 0.f ? 127.f / amax : 0.f;

@@ -90,7 +90,7 @@ typedef struct {
      * 32-group of rms_n elements; apr_cu_gemv's SwiGLU products (steps of up
      * to APR_CU_MMA_MIN_TOK - 1) multiply their finished sums by
      * 1 / sqrt(sum / rms_n + rms_eps), every other consumer refuses them */
-    double *rms;
+    float *rms;
     float rms_eps;
     int rms_n;
 } apr_cu_act;

@@ -735,7 +735,7 @@ static void test_onorm(rng *r, uint32_t to, uint32_t tg, int Q, int E, int F, in
     apr_cu_act ain = a_in, ae = a_e, fo = a_fo;
     ain.qk = ain.q0;
     ain.dsk = ain.ds0;
-    CK(cudaMalloc((void **)&fo.rms, sizeof(double) * (size_t)T * (E / 32)));
+    CK(cudaMalloc((void **)&fo.rms, sizeof(float) * (size_t)T * (E / 32)));
     fo.qk = fo.q0;
     fo.dsk = fo.ds0;
     fo.rms_eps = eps;
