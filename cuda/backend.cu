@@ -103,7 +103,7 @@ struct apr_cuda_model {
     /* steps of up to 16 entries: the ffn norm's input quantized by the o
      * product (apr_cu_gemv_onorm) and its groups' sums of squares, for gate/up */
     apr_cu_act ffn_act;
-    bool onorm; /* APR_CUDA_ONORM=0: off (the o product, then the norm kernel) */
+    bool onorm; /* APR_CUDA_ONORM: the ffn norm's quantize in the o product (apr_cu_gemv_onorm) */
     int32_t *d_batch; /* [BATCH_ROWS][CHUNK_CAP]: token, pos, seq, logits row source, candidates wanted */
     int32_t *h_batch; /* pinned mirror */
     /* h_batch and h_cands as the device sees them (mapped pinned memory):
@@ -792,12 +792,13 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
         m->early = ea ? (int)strtol(ea, NULL, 0) & FUSE_ALL : hp->n_embd <= 1024 ? FUSE_DOWN : 0;
         /* The ffn norm's quantize folded into the o product, steps of up to
          * 16 entries (apr_cu_gemv_onorm; it then takes gate/up over
-         * APR_CUDA_FUSE's gate/up fusion). H100 decode against the build
-         * before it, same call: 0.5B 2043-2060 -> 2110-2121 tok/s, 1.5B
-         * 1152-1161 -> 1168-1171 (docs/PERF.md, tenth pass); parity as
-         * before (0.5B 32/32, 1.5B 30/32 against a floor of 29/32) */
+         * APR_CUDA_FUSE's gate/up fusion). "1" on, "0" off; by default on
+         * where the model is narrow, as measured (H100, docs/PERF.md, tenth
+         * pass, against off in one call): 0.5B decode 2095 -> 2167 tok/s,
+         * 8/16 streams -0.4/-1.8%; 1.5B decode 1187 -> 1208 but 8/16 streams
+         * 3246 -> 2964 / 3917 -> 3605, so not there. Parity as before. */
         const char *on = getenv("APR_CUDA_ONORM");
-        m->onorm = !(on && !strcmp(on, "0"));
+        m->onorm = on ? strcmp(on, "0") != 0 : hp->n_embd <= 1024;
         const char *aq = getenv("APR_CUDA_ATT_Q8");
         m->att_q8 = !(aq && !strcmp(aq, "0"));
         const char *f16 = getenv("APR_CUDA_F16_ACC"); /* "1": the CPU's attention numerics (parity checks) */
