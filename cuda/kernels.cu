@@ -1309,9 +1309,7 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     rms_pre rp = {0.f, 0.f}; /* RMS: this lane's groups of a token's sums of squares (gemv1_row) */
     float xr[NT];  /* ADD: the residual row's elements (gemv1_row, after the wait) */
 #pragma unroll
-    for (int t = 0; t < NT; t++) {
-        acc[0][t] = acc[1][t] = 0.f;
-    }
+    for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = 0.f;
 #define HAS(t) (TYPES == 0 || (TYPES & TYPE_BIT(t)))
     switch (s.type) { /* uniform across the warps of a row */
     case APR_TYPE_Q4_K:
