@@ -220,7 +220,7 @@ void apr_cu_gemv1_force(int u, int wpr);
  * a bad argument. */
 #define APR_CU_TOPK_MAX 64
 #define APR_CU_TOPK_STRIDE (4 + 8 * APR_CU_TOPK_MAX)
-#define APR_CU_TOPK_PARTS 16
+#define APR_CU_TOPK_PARTS 32
 size_t apr_cu_topk_work_bytes(int nrows);
 /* The device's multiprocessors, as apr_cu_init found them (1 before it ran). */
 int apr_cu_sms(void);

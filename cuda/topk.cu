@@ -21,6 +21,7 @@
 #define FLOOR_ONE_PASS 8 /* k up to this: the floor from the first elements, one pass (see topk_kernel) */
 
 static_assert(APR_CU_TOPK_MAX == TOPK_MAX, "one limit");
+static_assert(APR_CU_TOPK_PARTS <= 32 && TOPK_WARPS <= 32, "merge_seq: a lane a list");
 
 /* The sampler's order: a before b. */
 static __device__ __forceinline__ bool better(float av, int ai, float bv, int bi)
@@ -127,7 +128,7 @@ static __device__ __forceinline__ float kth_of_64(float m1, float m2, int k, int
     return a1 ? __shfl_sync(FULL, m1, __ffs(a1) - 1) : __shfl_sync(FULL, m2, __ffs(a2) - 1);
 }
 
-/* One warp merges nl (<= TOPK_WARPS) sorted lists into the first k of their
+/* One warp merges nl (<= 32) sorted lists into the first k of their
  * union, written at o as a candidate row: k rounds of a warp reduction, the
  * cheaper way for small k. */
 static __device__ void merge_seq(const float (*lv)[TOPK_MAX], const int (*li)[TOPK_MAX], const int *lh, int nl,
@@ -199,6 +200,15 @@ static __device__ void merge_rank(const float (*lv)[TOPK_MAX], const int (*li)[T
     }
 }
 
+/* The parts a row of k candidates is cut into where parts were launched:
+ * all of them for k up to FLOOR_ONE_PASS (one row, k 5: 32 parts 10.4 us a
+ * launch against 16 parts' 12.3), at most TOPK_WARPS above, whose merge by
+ * rank grows with the lists (k 40: 73 us with 32 parts, 40 with 16). */
+static __device__ __forceinline__ int parts_for(int k, int parts)
+{
+    return k <= FLOOR_ONE_PASS ? parts : min(parts, TOPK_WARPS);
+}
+
 /* ks[r] (or k_all where ks is NULL): candidates of row r; 0 skips the row.
  * Block b takes part b % parts of row b / parts (a row in several parts
  * keeps the GPU busy when rows are few) and writes its best k as a candidate
@@ -215,9 +225,11 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const floa
     int k = ks ? ks[row] : k_all;
     if (k <= 0) return;
     k = min(k, TOPK_MAX);
+    const int np = parts_for(k, parts);
+    if (part >= np) return;
     const float *l = logits + (size_t)row * n;
     wlist w = {-INFINITY, -INFINITY, INT_MAX, INT_MAX, 0, -INFINITY, INT_MAX, -INFINITY};
-    const int plen = (n + parts - 1) / parts, p0 = part * plen, p1 = min(n, p0 + plen);
+    const int plen = (n + np - 1) / np, p0 = part * plen, p1 = min(n, p0 + plen);
     const int per = (p1 - p0 + TOPK_WARPS - 1) / TOPK_WARPS, s0 = p0 + warp * per, s1 = min(p1, s0 + per);
     /* A floor: no value below it can be among the part's k best, so only
      * what reaches it is offered, sparing most of the serial inserts (a
@@ -274,21 +286,22 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const floa
 static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(const int32_t *ks, int k_all, uint8_t *out,
                                                                size_t stride, int parts, const uint8_t *work)
 {
-    __shared__ float lv[TOPK_WARPS][TOPK_MAX];
-    __shared__ int li[TOPK_WARPS][TOPK_MAX], lh[TOPK_WARPS];
+    __shared__ float lv[APR_CU_TOPK_PARTS][TOPK_MAX];
+    __shared__ int li[APR_CU_TOPK_PARTS][TOPK_MAX], lh[APR_CU_TOPK_PARTS];
     const int row = blockIdx.x, tid = threadIdx.x;
     griddep();
     int k = ks ? ks[row] : k_all;
     if (k <= 0) return;
     k = min(k, TOPK_MAX);
+    const int np = parts_for(k, parts);
     /* every part's count at once (a lane a part), then the entries of all
      * parts with the lanes striding over them: a few round trips to L2 in
      * all, where a part after another took three each (a one-row step: 16
      * parts, ~25 us of the 30 this kernel pair took) */
     const uint8_t *base = work + (size_t)row * parts * stride;
-    if (tid < parts) lh[tid] = min(*(const int32_t *)(base + (size_t)tid * stride), k);
+    if (tid < np) lh[tid] = min(*(const int32_t *)(base + (size_t)tid * stride), k);
     __syncthreads();
-    for (int e = tid; e < parts * k; e += TOPK_WARPS * 32) {
+    for (int e = tid; e < np * k; e += TOPK_WARPS * 32) {
         const int j = e / k, q = e % k;
         if (q < lh[j]) {
             const uint8_t *src = base + (size_t)j * stride + 4 + 8 * (size_t)q;
@@ -297,8 +310,8 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(cons
         }
     }
     __syncthreads();
-    if (k > FLOOR_ONE_PASS) merge_rank(lv, li, lh, parts, k, out + (size_t)row * stride, tid, TOPK_WARPS * 32);
-    else if (tid < 32) merge_seq(lv, li, lh, parts, k, out + (size_t)row * stride, tid);
+    if (k > FLOOR_ONE_PASS) merge_rank(lv, li, lh, np, k, out + (size_t)row * stride, tid, TOPK_WARPS * 32);
+    else if (tid < 32) merge_seq(lv, li, lh, np, k, out + (size_t)row * stride, tid);
 }
 
 extern "C" size_t apr_cu_topk_work_bytes(int nrows) { return (size_t)nrows * APR_CU_TOPK_PARTS * APR_CU_TOPK_STRIDE; }
