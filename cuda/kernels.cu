@@ -1250,8 +1250,10 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
         if (WAIT && round == 0) {
             griddep();
             if constexpr (NORM) nrm_stage<NT>(m, tt);
-            /* RMS: a token's sums for each warp (warp t takes token t of a tile) */
-            if constexpr (RMS) rp = rms_load(a, tt[NT == 1 ? 0 : min((int)(threadIdx.x >> 5), NT - 1)], lane);
+            /* RMS: the token's sums, for one-token rows (tiles load theirs
+             * after the loop: two more registers held through it spilled
+             * the 4-token SwiGLU instance) */
+            if constexpr (RMS && NT == 1) rp = rms_load(a, tt[0], lane);
             /* ADD: the residual this lane will add to, fetched now rather
              * than after the sums (an L2 round trip off the critical path) */
             if (!SWIGLU && s.mode == APR_CU_ADD && lane == 0 && slice == 0)
@@ -1347,10 +1349,12 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     __shared__ float rinv[NT];
     float ri1 = 1.f;
     if constexpr (RMS) {
-        if (!WAIT) rp = rms_load(a, tt[NT == 1 ? 0 : min(warp, NT - 1)], lane); /* no wait in gemv1_row */
-        if constexpr (NT == 1) ri1 = rms_finish(a, tt[0], lane, rp);
-        else {
+        if constexpr (NT == 1) {
+            if (!WAIT) rp = rms_load(a, tt[0], lane); /* no wait in gemv1_row */
+            ri1 = rms_finish(a, tt[0], lane, rp);
+        } else {
             if (warp < NT) {
+                rp = rms_load(a, tt[warp], lane);
                 const float ri = rms_finish(a, tt[warp], lane, rp);
                 if (lane == 0) rinv[warp] = ri;
             }
@@ -1481,7 +1485,9 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
  *   us, output 171.8 -> 160.3, o 5.9 -> 5.1 (one wave of 448 blocks); 32B
  *   gate/up 64.9 -> 63.3, q/k/v 12.9 -> 12.0 (896 blocks, 85% of 2 waves).
  *   Two: 7B q/k/v (576 blocks, 55%: 6.9 against 8.0), 32B o (640: 10.4
- *   against 10.7);
+ *   against 10.7). Four where even one-warp-a-row blocks are fewer than the
+ *   multiprocessors (the 0.5B's down, 896 rows of 152 chunks: Q5_0 2.93 ->
+ *   2.59 us, Q8_0 2.62 -> 2.59, H100), with one chunk a lane at a time;
  * - over 256 (down): two walking the row in rounds (280-592 chunks: 10-30%
  *   faster than 4 or 8: fewer blocks, each streaming longer, less
  *   reduction), four where the matrix has 4096 rows or more (the 32B's 864
@@ -1493,6 +1499,7 @@ static int gemv1_wpr(int nch, int rows)
     if (nch <= 32) return 1;
     if (nch <= 64) return rows < 4096 ? 2 : 1;
     if (nch <= 256) {
+        if (rows < 8 * apr_cu_sms()) return 4;
         const int blocks = (rows + 7) / 8, wave = 4 * apr_cu_sms(), waves = (blocks + wave - 1) / wave;
         return 5 * blocks >= 4 * waves * wave ? 1 : 2;
     }
@@ -1642,6 +1649,11 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
      * last round half idle (the 32B's rows of 160 chunks, H100: gate/up 63.3
      * -> 61.1 us; its output matrix, one row, prefers two: 217.6 against 225.9) */
     int u = nch <= 32 * wpr ? 1 : 2;
+    /* under 1.5 rounds of one chunk a lane (the 0.5B's down at four warps a
+     * row: 152 chunks, 128 lanes): a second chunk only some lanes have, so
+     * one a lane and a short second round (2.64 -> 2.59 us Q5_0, 2.93 ->
+     * 2.59 Q8_0) */
+    if (2 * nch < 3 * 32 * wpr) u = 1;
     if (swiglu && wpr == 1 && nch > 64 && nch % 64 && nch % 64 <= 32) u = 1;
     /* a lane's gate and up rows at one Q4_K pair each already hold what two
      * chunks of each did; two pairs spill at 64-80 registers */

@@ -1573,7 +1573,7 @@ static double read_us(size_t bytes, int copies, int launches, int shape, const a
     return us;
 }
 
-/* --gemv-bench: each one-token product of a Qwen2.5-1.5B, -7B and -32B layer
+/* --gemv-bench: each one-token product of a Qwen2.5-0.5B, -1.5B, -7B and -32B layer
  * (and their output matrices; APR_GEMV_ONLY=TEXT: those whose name contains
  * TEXT) launched back to back from a CUDA graph, with
  * programmatic dependent launch as the engine does, cycling over enough
@@ -1620,6 +1620,9 @@ static int gemv_bench(void)
         {"32B output Q6_K 5120 -> 152064", {APR_TYPE_Q6_K}, 5120, {152064}, 1, APR_CU_STORE},
         {"0.5B q/k/v Q5_0 896 -> 896+128+128", {APR_TYPE_Q5_0, APR_TYPE_Q5_0, APR_TYPE_Q8_0}, 896, {896, 128, 128}, 3, APR_CU_STORE},
         {"0.5B down + res Q8_0 4864 -> 896", {APR_TYPE_Q8_0}, 4864, {896}, 1, APR_CU_ADD},
+        {"0.5B down + res Q5_0 4864 -> 896", {APR_TYPE_Q5_0}, 4864, {896}, 1, APR_CU_ADD},
+        {"0.5B gate/up + SwiGLU Q5_0 896 -> 2x4864", {APR_TYPE_Q5_0}, 896, {4864}, 1, APR_CU_SWIGLU},
+        {"0.5B output Q8_0 896 -> 151936", {APR_TYPE_Q8_0}, 896, {151936}, 1, APR_CU_STORE},
     };
     apr_cu_init(); /* reads APR_CUDA_GEMV1 */
     const int sweep = getenv("APR_GEMV_SWEEP") != NULL; /* every lane depth and row split */
@@ -1922,6 +1925,7 @@ int main(int argc, char **argv)
      * the multiprocessor count apr_cu_init reads) */
     apr_cu_init();
     test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 896, 4864, APR_CU_SWIGLU); /* the 0.5B's gate/up */
+    test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 4864, 896, APR_CU_ADD);    /* its down: four warps a row */
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1024, 4000, APR_CU_STORE);
     test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 512, 3300, APR_CU_ADD);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1024, 3999, APR_CU_SWIGLU); /* Q4_K pairs, a partial group */
