@@ -472,6 +472,7 @@ struct act_dev {
  * the same value, so the bits depend on the token only. */
 struct rms_pre {
     float a, b;
+    float *stage; /* tiles: the warp's token's sums in shared memory (rms_stage), else NULL */
 };
 
 static __device__ __forceinline__ rms_pre rms_load(const act_dev &a, int t, int lane)
@@ -479,6 +480,32 @@ static __device__ __forceinline__ rms_pre rms_load(const act_dev &a, int t, int 
     const float *pp = a.rms + (size_t)t * (a.ld / 32);
     const int np = a.rms_n / 32;
     return rms_pre{lane < np ? pp[lane] : 0.f, lane + 32 < np ? pp[lane + 32] : 0.f};
+}
+
+/* Tiles of several tokens: warp t's token's sums copied into shared memory
+ * by cp.async right after the wait, so that no register is held through the
+ * dot products (two more spilled the 4-token SwiGLU instance) and no L2
+ * round trip is left for the block's end (loading them there cost steps of
+ * 8-16 entries 3-4%). rms_finish_staged reads them in rms_finish's order. */
+#define RMS_STAGE_MAX 64 /* groups: rows of up to 2048 (apr_cu_gemv_onorm's o product has <= 64 chunks) */
+static __device__ __forceinline__ void rms_stage(const act_dev &a, int t, int lane, float *dst)
+{
+    const float *pp = a.rms + (size_t)t * (a.ld / 32);
+    for (int i = lane; i < a.rms_n / 32; i += 32) {
+        const unsigned sa = (unsigned)__cvta_generic_to_shared(dst + i);
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(sa), "l"(pp + i) : "memory");
+    }
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+static __device__ __forceinline__ float rms_finish_staged(const act_dev &a, int lane, const float *rs)
+{
+    asm volatile("cp.async.wait_all;" ::: "memory"); /* this lane's own copies */
+    const int np = a.rms_n / 32;
+    float s = (lane < np ? rs[lane] : 0.f) + (lane + 32 < np ? rs[lane + 32] : 0.f);
+    for (int i = lane + 64; i < np; i += 32) s += rs[i];
+    s = warp_sum(s);
+    return 1.0f / sqrtf(s / (float)a.rms_n + a.rms_eps);
 }
 
 static __device__ __forceinline__ float rms_finish(const act_dev &a, int t, int lane, const rms_pre &r)
@@ -1250,10 +1277,11 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
         if (WAIT && round == 0) {
             griddep();
             if constexpr (NORM) nrm_stage<NT>(m, tt);
-            /* RMS: the token's sums, for one-token rows (tiles load theirs
-             * after the loop: two more registers held through it spilled
-             * the 4-token SwiGLU instance) */
+            /* RMS: the token's sums (tiles: warp t's token's, staged) */
             if constexpr (RMS && NT == 1) rp = rms_load(a, tt[0], lane);
+            else if constexpr (RMS) {
+                if (rp.stage) rms_stage(a, tt[threadIdx.x >> 5], lane, rp.stage);
+            }
             /* ADD: the residual this lane will add to, fetched now rather
              * than after the sums (an L2 round trip off the critical path) */
             if (!SWIGLU && s.mode == APR_CU_ADD && lane == 0 && slice == 0)
@@ -1308,7 +1336,9 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
 #pragma unroll
     for (int t = 0; t < NT; t++) tt[t] = min(t0 + t, p.ntok - 1); /* past the batch: throwaway sums */
     float acc[2][NT];
-    rms_pre rp = {0.f, 0.f}; /* RMS: this lane's groups of a token's sums of squares (gemv1_row) */
+    /* RMS: this lane's groups of a token's sums of squares (gemv1_row); tiles: warp t < NT stages token t's */
+    __shared__ float rsum[RMS && NT > 1 ? NT : 1][RMS && NT > 1 ? RMS_STAGE_MAX : 1];
+    rms_pre rp = {0.f, 0.f, RMS && NT > 1 && warp < NT ? rsum[warp] : nullptr};
     float xr[NT];  /* ADD: the residual row's elements (gemv1_row, after the wait) */
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[0][t] = acc[1][t] = 0.f;
@@ -1354,8 +1384,8 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
             ri1 = rms_finish(a, tt[0], lane, rp);
         } else {
             if (warp < NT) {
-                rp = rms_load(a, tt[warp], lane);
-                const float ri = rms_finish(a, tt[warp], lane, rp);
+                if (!WAIT) rms_stage(a, tt[warp], lane, rp.stage); /* no wait in gemv1_row */
+                const float ri = rms_finish_staged(a, lane, rp.stage);
                 if (lane == 0) rinv[warp] = ri;
             }
             __syncthreads();
@@ -1485,9 +1515,10 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
  *   us, output 171.8 -> 160.3, o 5.9 -> 5.1 (one wave of 448 blocks); 32B
  *   gate/up 64.9 -> 63.3, q/k/v 12.9 -> 12.0 (896 blocks, 85% of 2 waves).
  *   Two: 7B q/k/v (576 blocks, 55%: 6.9 against 8.0), 32B o (640: 10.4
- *   against 10.7). Four where even one-warp-a-row blocks are fewer than the
- *   multiprocessors (the 0.5B's down, 896 rows of 152 chunks: Q5_0 2.93 ->
- *   2.59 us, Q8_0 2.62 -> 2.59, H100), with one chunk a lane at a time;
+ *   against 10.7). (Four for the 0.5B's down, 896 rows of 152 chunks, one
+ *   chunk a lane at a time: 2.93 -> 2.59 us Q5_0 in one-token launches, but
+ *   its tiles of 8 tokens lost 4-5% of the 0.5B's 8-32-stream steps, and
+ *   the split must be the same for every batch);
  * - over 256 (down): two walking the row in rounds (280-592 chunks: 10-30%
  *   faster than 4 or 8: fewer blocks, each streaming longer, less
  *   reduction), four where the matrix has 4096 rows or more (the 32B's 864
@@ -1499,7 +1530,6 @@ static int gemv1_wpr(int nch, int rows)
     if (nch <= 32) return 1;
     if (nch <= 64) return rows < 4096 ? 2 : 1;
     if (nch <= 256) {
-        if (rows < 8 * apr_cu_sms()) return 4;
         const int blocks = (rows + 7) / 8, wave = 4 * apr_cu_sms(), waves = (blocks + wave - 1) / wave;
         return 5 * blocks >= 4 * waves * wave ? 1 : 2;
     }
@@ -1637,6 +1667,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     p.a = act_of(a);
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU, rms = a->rms != NULL;
     if (rms && !swiglu) return -1; /* rows owing 1/rms are gate/up's (apr_cu_gemv_onorm) */
+    if (rms && a->rms_n > 32 * RMS_STAGE_MAX) return -1;
     uint32_t types = 0; /* decode: an instance with these types' dots only (gemv1_anytype) */
     for (int i = 0; i < n_seg; i++) types |= TYPE_BIT(seg[i].w.type);
     /* the forced shape of 8 warps a row exists for one-token tiles only */
@@ -1649,11 +1680,6 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
      * last round half idle (the 32B's rows of 160 chunks, H100: gate/up 63.3
      * -> 61.1 us; its output matrix, one row, prefers two: 217.6 against 225.9) */
     int u = nch <= 32 * wpr ? 1 : 2;
-    /* under 1.5 rounds of one chunk a lane (the 0.5B's down at four warps a
-     * row: 152 chunks, 128 lanes): a second chunk only some lanes have, so
-     * one a lane and a short second round (2.64 -> 2.59 us Q5_0, 2.93 ->
-     * 2.59 Q8_0) */
-    if (2 * nch < 3 * 32 * wpr) u = 1;
     if (swiglu && wpr == 1 && nch > 64 && nch % 64 && nch % 64 <= 32) u = 1;
     /* a lane's gate and up rows at one Q4_K pair each already hold what two
      * chunks of each did; two pairs spill at 64-80 registers */
