@@ -484,9 +484,9 @@ static __device__ __forceinline__ rms_pre rms_load(const act_dev &a, int t, int 
 
 /* Tiles of several tokens: warp t's token's sums copied into shared memory
  * by cp.async right after the wait, so that no register is held through the
- * dot products (two more spilled the 4-token SwiGLU instance) and no L2
- * round trip is left for the block's end (loading them there cost steps of
- * 8-16 entries 3-4%). rms_finish_staged reads them in rms_finish's order. */
+ * dot products (two more spilled the 4-token SwiGLU instance 48-68 bytes)
+ * and no L2 round trip is left for the block's end. rms_finish_staged adds
+ * them in rms_finish's order (the same bits). */
 #define RMS_STAGE_MAX 64 /* groups: rows of up to 2048 (apr_cu_gemv_onorm's o product has <= 64 chunks) */
 static __device__ __forceinline__ void rms_stage(const act_dev &a, int t, int lane, float *dst)
 {

@@ -88,8 +88,9 @@ typedef struct {
     /* NULL, or rows that still owe the RMSNorm's 1/rms (apr_cu_gemv_onorm's
      * output): per token [ld/32] sums of squares of the norm's input, one per
      * 32-group of rms_n elements; apr_cu_gemv's SwiGLU products (steps of up
-     * to APR_CU_MMA_MIN_TOK - 1) multiply their finished sums by
-     * 1 / sqrt(sum / rms_n + rms_eps), every other consumer refuses them */
+     * to APR_CU_MMA_MIN_TOK - 1, rms_n up to 2048) multiply their finished
+     * sums by 1 / sqrt(sum / rms_n + rms_eps), every other consumer refuses
+     * them */
     float *rms;
     float rms_eps;
     int rms_n;
