@@ -1650,6 +1650,50 @@ extern "C" void apr_cu_gemv1_force(int u, int wpr)
     gemv1_w = wpr;
 }
 
+/* The launch of the instance gemv1's shape picked: a template, so that the
+ * instances other shapes would take are discarded rather than named (from a
+ * plain function the untaken `if constexpr` branches drew ~900 nvcc warnings
+ * #20280, and the untaken runtime ones compiled instances nothing launched). */
+#define GEMV1_T(U, WPR, NT, SW, MINB, R)                                                                  \
+    do {                                                                                               \
+        if constexpr (NT == 1) {                                                                       \
+            if (gemv1_anytype) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);    \
+            else switch (types) {                                                                           \
+            case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K), false, R>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0), false, R>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q8_0), false, R>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K): /* the K-quant models' q/k/v */           \
+                if constexpr (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); \
+                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                   \
+                break;                                                                                 \
+            case TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0): /* the 0.5B's */                    \
+                if constexpr (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0), false, R>, grid, block, p); \
+                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                   \
+                break;                                                                                 \
+            default: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p); break;            \
+            }                                                                                          \
+        } else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                         \
+    } while (0)
+#define GEMV1_B(U, WPR, NT, MINB)                                                               \
+    do {                                                                                        \
+        if (rms) GEMV1_T(U, WPR, NT, true, MINB, true);                                         \
+        else if (swiglu) GEMV1_T(U, WPR, NT, true, MINB, false);                                \
+        else GEMV1_T(U, WPR, NT, false, MINB, false);                                           \
+    } while (0)
+template <int U, int WPR, int NT>
+static void gemv1_launch(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_params &p, bool big, bool rms,
+                         bool swiglu, uint32_t types)
+{
+    if constexpr (NT >= 4) GEMV1_B(U, WPR, NT, 2);
+    else if constexpr (NT == 1) {
+        if (big) GEMV1_B(U, WPR, NT, 4);
+        else GEMV1_B(U, WPR, NT, 3);
+    } else GEMV1_B(U, WPR, NT, 3);
+}
+#undef GEMV1_B
+#undef GEMV1_T
+
 /* The one-token product for quantized weights; 1 where a segment's type has
  * no such path (F32, F16: apr_cu_gemv's general kernel takes it). */
 static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
@@ -1722,40 +1766,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
         }
 #undef ROWS2
     }
-#define GEMV1_T(U, WPR, NT, SW, MINB, R)                                                                  \
-    do {                                                                                               \
-        if (NT == 1 && !gemv1_anytype) {                                                              \
-            switch (types) {                                                                           \
-            case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K), false, R>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0), false, R>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q8_0), false, R>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K): /* the K-quant models' q/k/v */           \
-                if (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); \
-                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                   \
-                break;                                                                                 \
-            case TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0): /* the 0.5B's */                    \
-                if (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0), false, R>, grid, block, p); \
-                else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                   \
-                break;                                                                                 \
-            default: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p); break;            \
-            }                                                                                          \
-        } else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                         \
-    } while (0)
-#define GEMV1_B(U, WPR, NT, MINB)                                                               \
-    do {                                                                                        \
-        if (rms) GEMV1_T(U, WPR, NT, true, MINB, true);                                         \
-        else if (swiglu) GEMV1_T(U, WPR, NT, true, MINB, false);                                \
-        else GEMV1_T(U, WPR, NT, false, MINB, false);                                           \
-    } while (0)
-#define GEMV1(U, WPR, NT)                                                                       \
-    do {                                                                                        \
-        if constexpr (NT >= 4) GEMV1_B(U, WPR, NT, 2);                                          \
-        else if constexpr (NT == 1) {                                                           \
-            if (big) GEMV1_B(U, WPR, NT, 4);                                                    \
-            else GEMV1_B(U, WPR, NT, 3);                                                        \
-        } else GEMV1_B(U, WPR, NT, 3);                                                          \
-    } while (0)
+#define GEMV1(U, WPR, NT) gemv1_launch<U, WPR, NT>(c, grid, block, p, big, rms, swiglu, types)
 #define GEMV1_W(U)                                                   \
     do {                                                             \
         if (nt == 1) {                                               \
@@ -1783,8 +1794,6 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     else GEMV1_W(2);
 #undef GEMV1_W
 #undef GEMV1
-#undef GEMV1_B
-#undef GEMV1_T
     return 0;
 }
 
