@@ -806,20 +806,24 @@ static void test_onorm(rng *r, uint32_t to, uint32_t tg, int Q, int E, int F, in
     apr_cu_gemv_seg sstore = so, sodd = so;
     sstore.mode = APR_CU_STORE;
     sodd.w.n_out = E - 16;
-    apr_cu_act nor = fo;
+    apr_cu_act nor = fo, wide = fo;
     nor.rms = NULL;
+    wide.rms_n = 32 * 65; /* rows owing 1/rms wider than 2048: the GEMV refuses them */
     const int got[] = {apr_cu_gemv_onorm(&sstore, &ain, 1, dg, &fo, &cu0),
                        apr_cu_gemv_onorm(&sodd, &ain, 1, dg, &fo, &cu0),
                        apr_cu_gemv_onorm(&so, &ain, APR_CU_MMA_MIN_TOK, dg, &fo, &cu0),
                        apr_cu_gemv_onorm(&so, &ain, 1, dg, &nor, &cu0),
                        apr_cu_gemv_onorm(&so, &ain, 1, NULL, &fo, &cu0),
                        apr_cu_gemv_onorm(&so, &ain, 0, dg, &fo, &cu0),
-                       apr_cu_mma(&sgu, 1, &fo, APR_CU_MMA_MIN_TOK, &cu0)};
-    const int want[] = {1, 1, 1, -1, -1, -1, -1};
+                       apr_cu_mma(&sgu, 1, &fo, APR_CU_MMA_MIN_TOK, &cu0),
+                       apr_cu_gemv(&sgu, 1, &wide, 1, &cu0),
+                       apr_cu_gemv(&sgu, 1, &wide, 2, &cu0)};
+    const int want[] = {1, 1, 1, -1, -1, -1, -1, -1, -1};
     int wrong = 0;
     for (size_t i = 0; i < sizeof got / sizeof got[0]; i++) wrong += got[i] != want[i];
     CK_LAUNCH();
-    printf("%-4s onorm declines STORE, n_out %% 32, %d tokens; refuses no rms, no g, 0 tokens; mma refuses its rows%s\n",
+    printf("%-4s onorm declines STORE, n_out %% 32, %d tokens; refuses no rms, no g, 0 tokens; mma refuses its rows, "
+           "the GEMV rows over 2048 wide%s\n",
            wrong ? "FAIL" : "ok", APR_CU_MMA_MIN_TOK, wrong ? " (wrong answers)" : "");
     if (wrong) failures++;
     act_free(&a_in);
