@@ -217,8 +217,9 @@ void apr_cu_gemv1_force(int u, int wpr);
  * answer at out + r * stride bytes (stride >= APR_CU_TOPK_STRIDE): an int32
  * count, then that many {int32 id, float logit}, exactly apr_topk_select's
  * (worker/backend.h). work (apr_cu_topk_work_bytes(nrows) of device memory,
- * or NULL) lets a row be split across several blocks when rows are few. -1 on
- * a bad argument. */
+ * or NULL) lets a row be split across several blocks when rows are few; it
+ * must be zeroed before its first use (the kernels leave it so: rows of k 1
+ * keep a word there). -1 on a bad argument. */
 #define APR_CU_TOPK_MAX 64
 #define APR_CU_TOPK_STRIDE (4 + 8 * APR_CU_TOPK_MAX)
 #define APR_CU_TOPK_PARTS 32

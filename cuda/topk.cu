@@ -23,6 +23,24 @@
 static_assert(APR_CU_TOPK_MAX == TOPK_MAX, "one limit");
 static_assert(APR_CU_TOPK_PARTS <= 32 && TOPK_WARPS <= 32, "merge_seq: a lane a list");
 
+/* The work area (apr_cu_topk_work_bytes) of a row split in parts: a slot
+ * for each part's candidate row, then the row's argmax word (argmax_part),
+ * which the kernels leave at zero. The slots' stride is the candidate rows'
+ * least, whatever stride the answer has. */
+#define WSTRIDE APR_CU_TOPK_STRIDE
+#define WROW ((size_t)APR_CU_TOPK_PARTS * WSTRIDE + sizeof(unsigned long long))
+static_assert(APR_CU_TOPK_PARTS * WSTRIDE % 8 == 0 && WROW % 8 == 0, "the argmax words are 8-byte aligned");
+
+static __device__ __forceinline__ uint8_t *part_slot(uint8_t *work, int row, int part)
+{
+    return work + (size_t)row * WROW + (size_t)part * WSTRIDE;
+}
+
+static __device__ __forceinline__ unsigned long long *row_state(uint8_t *work, int row)
+{
+    return (unsigned long long *)(work + (size_t)row * WROW + (size_t)APR_CU_TOPK_PARTS * WSTRIDE);
+}
+
 /* The sampler's order: a before b. */
 static __device__ __forceinline__ bool better(float av, int ai, float bv, int bi)
 {
@@ -209,6 +227,86 @@ static __device__ __forceinline__ int parts_for(int k, int parts)
     return k <= FLOOR_ONE_PASS ? parts : min(parts, TOPK_WARPS);
 }
 
+/* The argmax of rows of k 1 split in parts (greedy decoding, every step of
+ * apr-coord's greedy streams): no lists and no merge by rounds. Each part's
+ * best (value, id) goes into the row's word in the state area with one
+ * atomicMax of a key that orders as better() does: the value's bits made
+ * monotone (-0 as +0, so equal values fall to the id) above the id's
+ * complement (the lower id wins a tie). NaN and -inf are never keys; 0 is
+ * "none". topk_merge_kernel turns the word into the row and zeroes it. */
+static __device__ __forceinline__ uint32_t ordered(float v)
+{
+    const uint32_t u = __float_as_uint(v == 0.f ? 0.f : v);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+static __device__ __forceinline__ float unordered(uint32_t o)
+{
+    return __uint_as_float(o & 0x80000000u ? o & 0x7fffffffu : ~o);
+}
+
+/* The key of the best of each lane's (v, i), reduced over the block: in the
+ * block's first thread. Every thread calls it. */
+static __device__ unsigned long long block_best(float bv, int bi)
+{
+    __shared__ unsigned long long wk[TOPK_WARPS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    /* bv > -inf: some element was admitted (NaN never is) */
+    const uint32_t hi = bv > -INFINITY ? ordered(bv) : 0u, lo = bv > -INFINITY ? ~(uint32_t)bi : 0u;
+    const uint32_t mh = __reduce_max_sync(FULL, hi);
+    const uint32_t ml = __reduce_max_sync(FULL, hi == mh ? lo : 0u);
+    if (lane == 0) wk[warp] = (unsigned long long)mh << 32 | ml;
+    __syncthreads();
+    unsigned long long b = 0;
+    if (warp == 0) {
+        const unsigned long long kv = lane < TOPK_WARPS ? wk[lane] : 0ull;
+        const uint32_t h2 = __reduce_max_sync(FULL, (uint32_t)(kv >> 32));
+        const uint32_t l2 = __reduce_max_sync(FULL, (uint32_t)(kv >> 32) == h2 ? (uint32_t)kv : 0u);
+        b = (unsigned long long)h2 << 32 | l2;
+    }
+    return b;
+}
+
+/* Part [p0, p1) of a row of k 1: every thread strides over it (increasing
+ * ids, so a strict > keeps the lowest id of equal values, as better()). */
+static __device__ void argmax_part(const float *l, int p0, int p1, unsigned long long *state)
+{
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    constexpr int T = TOPK_WARPS * 32;
+    for (int base = p0 + (int)threadIdx.x; base < p1; base += 8 * T) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) v[u] = base + u * T < p1 ? l[base + u * T] : -INFINITY;
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+            if (v[u] > bv) {
+                bv = v[u];
+                bi = base + u * T;
+            }
+    }
+    const unsigned long long b = block_best(bv, bi);
+    if (threadIdx.x == 0 && b) atomicMax(state, b);
+}
+
+/* The state word of a row of k 1 into its candidate row (l: the row's
+ * logits, for the sign of a zero), and the word back to zero. */
+static __device__ void argmax_finish(const float *l, unsigned long long *state, uint8_t *o)
+{
+    const unsigned long long b = __ldcg(state); /* the parts' atomics, at L2 */
+    *state = 0;
+    int32_t *row = (int32_t *)o;
+    if (!b) {
+        row[0] = 0;
+        return;
+    }
+    const int id = (int)~(uint32_t)b;
+    const uint32_t h = (uint32_t)(b >> 32);
+    row[0] = 1;
+    row[1] = id;
+    ((float *)row)[2] = h == ordered(0.f) ? l[id] : unordered(h);
+}
+
 /* ks[r] (or k_all where ks is NULL): candidates of row r; 0 skips the row.
  * Block b takes part b % parts of row b / parts (a row in several parts
  * keeps the GPU busy when rows are few) and writes its best k as a candidate
@@ -228,8 +326,12 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const floa
     const int np = parts_for(k, parts);
     if (part >= np) return;
     const float *l = logits + (size_t)row * n;
-    wlist w = {-INFINITY, -INFINITY, INT_MAX, INT_MAX, 0, -INFINITY, INT_MAX, -INFINITY};
     const int plen = (n + np - 1) / np, p0 = part * plen, p1 = min(n, p0 + plen);
+    if (k == 1 && np > 1) {
+        argmax_part(l, p0, p1, row_state(work, row));
+        return;
+    }
+    wlist w = {-INFINITY, -INFINITY, INT_MAX, INT_MAX, 0, -INFINITY, INT_MAX, -INFINITY};
     const int per = (p1 - p0 + TOPK_WARPS - 1) / TOPK_WARPS, s0 = p0 + warp * per, s1 = min(p1, s0 + per);
     /* A floor: no value below it can be among the part's k best, so only
      * what reaches it is offered, sparing most of the serial inserts (a
@@ -277,14 +379,15 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const floa
     li[warp][lane + 32] = w.bi;
     if (lane == 0) lh[warp] = w.h;
     __syncthreads();
-    uint8_t *o = parts == 1 ? out + (size_t)row * stride : work + ((size_t)row * parts + part) * stride;
+    uint8_t *o = parts == 1 ? out + (size_t)row * stride : part_slot(work, row, part);
     if (two) merge_rank(lv, li, lh, TOPK_WARPS, k, o, threadIdx.x, TOPK_WARPS * 32);
     else if (warp == 0) merge_seq(lv, li, lh, TOPK_WARPS, k, o, lane);
 }
 
 /* The parts' candidate rows of each row (work) merged into its answer. */
-static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(const int32_t *ks, int k_all, uint8_t *out,
-                                                               size_t stride, int parts, const uint8_t *work)
+static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(const float *logits, int n, const int32_t *ks,
+                                                                            int k_all, uint8_t *out, size_t stride,
+                                                                            int parts, uint8_t *work)
 {
     __shared__ float lv[APR_CU_TOPK_PARTS][TOPK_MAX];
     __shared__ int li[APR_CU_TOPK_PARTS][TOPK_MAX], lh[APR_CU_TOPK_PARTS];
@@ -293,18 +396,23 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(cons
     int k = ks ? ks[row] : k_all;
     if (k <= 0) return;
     k = min(k, TOPK_MAX);
+    if (k == 1) { /* the parts' best is one word (argmax_part) */
+        if (tid == 0)
+            argmax_finish(logits + (size_t)row * n, row_state(work, row), out + (size_t)row * stride);
+        return;
+    }
     const int np = parts_for(k, parts);
     /* every part's count at once (a lane a part), then the entries of all
      * parts with the lanes striding over them: a few round trips to L2 in
      * all, where a part after another took three each (a one-row step: 16
      * parts, ~25 us of the 30 this kernel pair took) */
-    const uint8_t *base = work + (size_t)row * parts * stride;
-    if (tid < np) lh[tid] = min(*(const int32_t *)(base + (size_t)tid * stride), k);
+    const uint8_t *base = part_slot(work, row, 0);
+    if (tid < np) lh[tid] = min(*(const int32_t *)(base + (size_t)tid * WSTRIDE), k);
     __syncthreads();
     for (int e = tid; e < np * k; e += TOPK_WARPS * 32) {
         const int j = e / k, q = e % k;
         if (q < lh[j]) {
-            const uint8_t *src = base + (size_t)j * stride + 4 + 8 * (size_t)q;
+            const uint8_t *src = base + (size_t)j * WSTRIDE + 4 + 8 * (size_t)q;
             li[j][q] = *(const int32_t *)src;
             lv[j][q] = *(const float *)(src + 4);
         }
@@ -314,7 +422,10 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(cons
     else if (tid < 32) merge_seq(lv, li, lh, np, k, out + (size_t)row * stride, tid);
 }
 
-extern "C" size_t apr_cu_topk_work_bytes(int nrows) { return (size_t)nrows * APR_CU_TOPK_PARTS * APR_CU_TOPK_STRIDE; }
+extern "C" size_t apr_cu_topk_work_bytes(int nrows)
+{
+    return (size_t)nrows * WROW;
+}
 
 extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out,
                            size_t stride, void *work, const apr_cu_ctx *c)
@@ -333,7 +444,7 @@ extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t 
     launch(c, topk_kernel, dim3((unsigned)(nrows * parts)), dim3(TOPK_WARPS * 32), logits, n, ks, k_all,
            (uint8_t *)out, stride, parts, (uint8_t *)work);
     if (parts > 1)
-        launch(c, topk_merge_kernel, dim3((unsigned)nrows), dim3(TOPK_WARPS * 32), ks, k_all, (uint8_t *)out, stride, parts,
-               (const uint8_t *)work);
+        launch(c, topk_merge_kernel, dim3((unsigned)nrows), dim3(TOPK_WARPS * 32), logits, n, ks, k_all, (uint8_t *)out,
+               stride, parts, (uint8_t *)work);
     return 0;
 }

@@ -1192,7 +1192,9 @@ static void test_topk(rng *r)
     const int ns[] = {151936, 40000, 4099, 65, 32};
     const int ks[] = {1, 5, 40, 64};
     const size_t stride = APR_CU_TOPK_STRIDE;
-    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+    /* every kind of row meets every k at every length (shift) */
+    for (size_t nsi = 0; nsi < 4 * sizeof ns / sizeof ns[0]; nsi++) {
+        const size_t ni = nsi / 4;
         const int n = ns[ni], rows = 8;
         float *l = malloc(sizeof(float) * (size_t)n * rows);
         int32_t kk[8];
@@ -1210,19 +1212,21 @@ static void test_topk(rng *r)
                 default: x[i] = (float)i / n; break;                             /* best at the end */
                 }
             }
-            kk[row] = ks[(row + ni) % 4];
+            kk[row] = ks[(row + nsi) % 4];
         }
         float *dl = dev_upload(l, sizeof(float) * (size_t)n * rows);
         int32_t *dk = dev_upload(kk, sizeof kk);
         uint8_t *dout = NULL, *got = malloc(stride * rows);
         CK(cudaMalloc((void **)&dout, stride * rows));
-        for (int split = 0; split < 2; split++) { /* one block a row; rows in parts, merged */
         void *work = NULL;
-        if (split) CK(cudaMalloc(&work, apr_cu_topk_work_bytes(rows)));
+        CK(cudaMalloc(&work, apr_cu_topk_work_bytes(rows)));
+        CK(cudaMemset(work, 0, apr_cu_topk_work_bytes(rows)));
+        /* one block a row; rows in parts, merged; the same again with the
+         * work area the first split left (the argmax words back at zero) */
+        for (int split = 0; split < 3; split++) {
         CK(cudaMemset(dout, 0xee, stride * rows));
-        if (apr_cu_topk(dl, n, rows, dk, 0, dout, stride, work, &cu0)) failures++;
+        if (apr_cu_topk(dl, n, rows, dk, 0, dout, stride, split ? work : NULL, &cu0)) failures++;
         CK_LAUNCH();
-        cudaFree(work);
         CK(cudaMemcpy(got, dout, stride * rows, cudaMemcpyDeviceToHost));
         int bad = 0;
         for (int row = 0; row < rows; row++) {
@@ -1243,10 +1247,11 @@ static void test_topk(rng *r)
                 }
             }
         }
-        printf("%-4s topk rows of %6d, k 1..64, ties/NaN/inf/zeros%s: %d of %d rows differ\n", bad ? "FAIL" : "ok", n,
-               split ? ", split" : "", bad, rows);
+        printf("%-4s topk rows of %6d, k 1..64 (shift %zu), ties/NaN/inf/zeros%s: %d of %d rows differ\n",
+               bad ? "FAIL" : "ok", n, nsi % 4, split == 2 ? ", split again" : split ? ", split" : "", bad, rows);
         if (bad) failures++;
         }
+        cudaFree(work);
         cudaFree(dl);
         cudaFree(dk);
         cudaFree(dout);
@@ -1735,7 +1740,8 @@ static int topk_bench(void)
     void *work = NULL;
     CK(cudaMalloc((void **)&dout, (size_t)max_rows * APR_CU_TOPK_STRIDE));
     CK(cudaMalloc(&work, apr_cu_topk_work_bytes(max_rows)));
-    const struct { int rows, k; } cfg[] = {{1, 1}, {1, 5}, {1, 40}, {1, 64}, {8, 40}, {16, 40}, {64, 40}};
+    CK(cudaMemset(work, 0, apr_cu_topk_work_bytes(max_rows)));
+    const struct { int rows, k; } cfg[] = {{1, 1}, {1, 5}, {1, 40}, {1, 64}, {8, 1}, {8, 40}, {16, 40}, {64, 40}};
     printf("%-28s %9s\n", "candidate rows of 151936", "us");
     for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
         cudaGraph_t g;
