@@ -28,7 +28,10 @@ static void usage(FILE *out)
             "  --json              one JSON line per position: {\"step\",\"token\",\"top\"}\n"
             "  --logits-out FILE   write every position's full logits (float32, n_vocab each)\n"
             "  --whole-rows        read every position's whole logits row from the engine (the\n"
-            "                      default, unless --logits-out, is its 5 best, as serving reads)\n"
+            "                      default, unless --logits-out, is its best few, as serving reads)\n"
+            "  --cands K           how many best (1-5, default 5) the engine picks a position;\n"
+            "                      --json prints them. Greedy decoding needs 1, what apr-coord\n"
+            "                      asks of a greedy stream\n"
             "A last line on stderr reports prefill and decode tok/s.\n");
 }
 
@@ -87,7 +90,7 @@ static void top5(const float *logits, int n, int32_t ids[5])
  * end): from the whole logits row, or from the candidate row (worker/backend.h)
  * the engine wrote in its place. -1 when a candidate row is malformed or
  * empty (no finite logit). */
-static int best5(const float *row, int n_vocab, bool cands, int32_t ids[5], float vals[5])
+static int best5(const float *row, int n_vocab, int cands, int32_t ids[5], float vals[5])
 {
     if (!cands) {
         top5(row, n_vocab, ids);
@@ -96,7 +99,7 @@ static int best5(const float *row, int n_vocab, bool cands, int32_t ids[5], floa
     }
     int32_t cnt;
     memcpy(&cnt, row, sizeof cnt);
-    if (cnt < 1 || cnt > 5) return -1;
+    if (cnt < 1 || cnt > cands) return -1;
     for (int k = 0; k < 5; k++) {
         ids[k] = -1;
         vals[k] = 0.f;
@@ -113,7 +116,7 @@ int apr_cmd_eval(int argc, char **argv)
 {
     const char *model = NULL, *prompt = NULL, *tokens_arg = NULL, *force_arg = NULL;
     const char *backend = "cpu", *logits_path = NULL;
-    long n_gen = 16, n_threads = 0, n_ctx = 0;
+    long n_gen = 16, n_threads = 0, n_ctx = 0, n_cands = 5;
     bool bos = false, json = false, ignore_eos = false, whole = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -127,7 +130,15 @@ int apr_cmd_eval(int argc, char **argv)
         else if (!strcmp(a, "--force") && has) force_arg = argv[++i];
         else if (!strcmp(a, "--backend") && has) backend = argv[++i];
         else if (!strcmp(a, "--logits-out") && has) logits_path = argv[++i];
-        else if ((!strcmp(a, "-n") || !strcmp(a, "--threads") || !strcmp(a, "--ctx")) && has) {
+        else if (!strcmp(a, "--cands") && has) {
+            char *end;
+            errno = 0;
+            n_cands = strtol(argv[++i], &end, 10);
+            if (*end || errno || n_cands < 1 || n_cands > 5) {
+                fprintf(stderr, "apr eval: --cands wants a number in 1..5, got '%s'\n", argv[i]);
+                return 2;
+            }
+        } else if ((!strcmp(a, "-n") || !strcmp(a, "--threads") || !strcmp(a, "--ctx")) && has) {
             char *end;
             errno = 0;
             long v = strtol(argv[++i], &end, 10);
@@ -233,11 +244,12 @@ int apr_cmd_eval(int argc, char **argv)
         batch_tok[i] = prompt_ids[i];
         batch_pos[i] = (int32_t)i;
     }
-    /* the 5 best of each row are all greedy decoding and --json print: the
-     * engine picks them (on the GPU for cuda) and sends 44 bytes, not a row
-     * of n_vocab floats, as it does for apr-coord */
-    const bool cands = !whole && !logits_path && APR_CAND_ROW_BYTES(5) <= (size_t)n_vocab * sizeof(float);
-    uint8_t k5 = cands ? 5 : 0;
+    /* the few best of each row are all greedy decoding and --json print: the
+     * engine picks them (on the GPU for cuda) and sends 4 + 8 k bytes, not a
+     * row of n_vocab floats, as it does for apr-coord (0: whole rows) */
+    const int cands =
+        !whole && !logits_path && APR_CAND_ROW_BYTES(n_cands) <= (size_t)n_vocab * sizeof(float) ? (int)n_cands : 0;
+    uint8_t k5 = (uint8_t)cands;
     batch_k[n_prompt - 1] = k5;
     apr_batch b = {.n = (int)n_prompt, .token = batch_tok, .pos = batch_pos, .seq = batch_seq, .topk = batch_k};
     double t0 = now_s();

@@ -57,13 +57,15 @@ echo "d2d copy bandwidth: $BW GB/s (DESIGN.md's H100: 3017)"
 # eval BACKEND MODEL NAME ARGS...: JSON to $LOG/NAME.json, logits to NAME.f32, stderr to NAME.err
 # (sh functions share one scope: each uses its own prefix for its variables)
 ev() { ev_rows=1 eval_run "$@"; }
-# evc: the same without the logits file, so that apr eval reads each position's 5 best
-# (candidate rows, picked on the GPU) as apr-coord does: what the timing rows use
+# evc: the same without the logits file, so that apr eval reads each position's best
+# (a candidate row, picked on the GPU) as apr-coord does for a greedy stream: what the
+# timing rows use (EV_CANDS=5: the five best, as the rows before 2026-11-26's twelfth pass)
 evc() { ev_rows=0 eval_run "$@"; }
 eval_run() {
     ev_b=$1 ev_m=$2 ev_n=$3
     shift 3
     [ "$ev_rows" = 1 ] && set -- --logits-out "$LOG/$ev_n.f32" "$@"
+    [ "$ev_rows" = 0 ] && set -- --cands "${EV_CANDS:-1}" "$@"
     "$APR" eval -m "$ev_m" --backend "$ev_b" --json "$@" >"$LOG/$ev_n.json" 2>"$LOG/$ev_n.err"
     ev_r=$?
     [ $ev_r -eq 0 ] || { echo "apr eval $ev_b $ev_n failed ($ev_r):"; tail -3 "$LOG/$ev_n.err"; }
@@ -159,9 +161,17 @@ if has bench; then
         d=$(rate decode "$LOG/bench-$s.err")
         echo "qwen2.5-$s decode: $d tok/s ($(awk -v b="$by" 'BEGIN {printf "%.3f", b / 1e9}') GB of weights per token)"
         row "qwen2.5-$s decode b=1 (tok/s)" "$d" "$ref" "$by"
+        # the five best a position (apr eval's default, what the rows before the twelfth pass read)
+        EV_CANDS=5 evc cuda "$m" "bench-$s-c5" -p "Once upon a time" -n 128 --ignore-eos &&
+            row "qwen2.5-$s decode b=1, 5 candidates" "$(rate decode "$LOG/bench-$s-c5.err")" "$ref" "$by"
         # whole logits rows to the host every position (--logits-out), as before 2026-11-26's seventh pass
         ev cuda "$m" "bench-$s-rows" -p "Once upon a time" -n 128 --ignore-eos &&
             row "qwen2.5-$s decode b=1, whole rows" "$(rate decode "$LOG/bench-$s-rows.err")" "$ref" "$by"
+        # one candidate (the GPU's argmax), five, whole rows: the same greedy tokens
+        for v in c5 rows; do
+            [ "$(tokens_of "$LOG/bench-$s.json")" = "$(tokens_of "$LOG/bench-$s-$v.json")" ] ||
+                { echo "FAIL: qwen2.5-$s greedy tokens differ between one candidate and $v"; fails=$((fails + 1)); }
+        done
         APR_CUDA_PDL=0 evc cuda "$m" "bench-$s-nopdl" -p "Once upon a time" -n 128 --ignore-eos &&
             row "qwen2.5-$s decode b=1, no PDL" "$(rate decode "$LOG/bench-$s-nopdl.err")" "$ref" "$by"
         # the one-token step as ten kernels a layer (norm/quantize and bias+RoPE+KV

@@ -58,6 +58,18 @@ def rows_or_candidates(name):
         fail(f"{name}: candidate rows and whole rows disagree ({len(lines)} lines)")
     else:
         print(f"  {name}: candidate rows = whole rows over {len(lines)} positions")
+    # one candidate a position (greedy's need, what apr-coord asks for): each
+    # line the same token with the first of the five as its only entry
+    out = subprocess.run(base + ["--cands", "1"], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        fail(f"{name}: apr eval --cands 1 exited {out.returncode}: {out.stderr.strip()[-300:]}")
+        return
+    one = [json.loads(l) for l in out.stdout.splitlines()]
+    five = [json.loads(l) for l in lines]
+    if len(one) != len(five) or any(a["token"] != b["token"] or a["top"] != b["top"][:1] for a, b in zip(one, five)):
+        fail(f"{name}: --cands 1 disagrees with the 5 best ({len(one)} lines)")
+    else:
+        print(f"  {name}: one candidate = the first of 5 over {len(one)} positions")
 
 def compare(name, strict):
     model = os.path.join(shared, "models", name + ".gguf")
