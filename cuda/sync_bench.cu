@@ -58,7 +58,9 @@ extern "C" int apr_cu_sync_bench(void)
     const int shapes[] = {6, sms, 2 * sms, 3 * sms};
     for (int pdl = 0; pdl < 2; pdl++)
         for (int si = 0; si < 4; si++) {
-            const apr_cu_ctx c = {s, pdl, NULL, 0, NULL, 0, 0};
+            apr_cu_ctx c = {};
+            c.stream = s;
+            c.pdl = pdl;
             cudaGraph_t g;
             cudaGraphExec_t ge;
             cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal);

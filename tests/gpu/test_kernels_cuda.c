@@ -27,7 +27,7 @@
 #include "worker/kernels.h"
 
 static int failures;
-static const apr_cu_ctx cu0 = {0, 0, NULL, 0, NULL, 0, 0}; /* default stream, plain launches, no split products */
+static const apr_cu_ctx cu0 = {.stream = 0}; /* default stream, plain launches, no split products */
 
 #define CK(call)                                                                                   \
     do {                                                                                           \
@@ -1391,7 +1391,7 @@ static void test_mma_split(rng *r, uint32_t type, int n_in, int n_out, int ntok,
     CK(cudaMalloc((void **)&work, APR_CU_MMA_WORK_BYTES(n_out)));
     apr_cu_act a = act_alloc(ntok, n_in);
     apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, ntok, &a, &cu0);
-    const apr_cu_ctx split_ctx = {0, 0, work, n_out, NULL, 0, 0};
+    const apr_cu_ctx split_ctx = {.mma_work = work, .mma_work_rows = n_out};
     float *ref = malloc(ob), *got = malloc(ob);
     double worst = 0;
     for (int sp = 2; sp <= APR_CU_MMA_SPLIT_MAX; sp++) {
@@ -1595,7 +1595,7 @@ static int gemv_bench(void)
     rng r = {0x2545f4914f6cdd1dull};
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    const apr_cu_ctx ctx = {s, 1, NULL, 0, NULL, 0, 0};
+    const apr_cu_ctx ctx = {.stream = s, .pdl = 1};
     const int F = 27648;
     float *x = malloc(sizeof(float) * F);
     fill_acts(&r, x, F);
@@ -1728,7 +1728,7 @@ static int topk_bench(void)
     rng r = {0x51ed27a4e1ad3ull};
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    const apr_cu_ctx ctx = {s, 1, NULL, 0, NULL, 0, 0};
+    const apr_cu_ctx ctx = {.stream = s, .pdl = 1};
     apr_cu_init();
     const int n = 151936, max_rows = 64, launches = 50;
     float *l = malloc(sizeof(float) * (size_t)n * max_rows);
