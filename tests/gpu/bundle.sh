@@ -19,6 +19,13 @@ ldd "$BUILD/apr" | awk '/=> \// {print $3}' | while read -r lib; do
     *) cp -L "$lib" "$C/lib/" ;;
     esac
 done
+# the kernel tracer (timeline.sh), where the toolkit has CUPTI
+CUPTI=$(ls /usr/local/cuda/lib/libcupti.so /usr/local/cuda/lib64/libcupti.so /usr/local/cuda/extras/CUPTI/lib64/libcupti.so 2>/dev/null | head -1)
+if [ -n "$CUPTI" ]; then
+    cc -std=c17 -Wall -Wextra -Werror -O2 -shared -fPIC -I/usr/local/cuda/include tests/gpu/ktrace.c \
+        -L"$(dirname "$CUPTI")" -lcupti -Wl,-rpath,'$ORIGIN' -o "$C/lib/libktrace.so"
+    cp -L "$(dirname "$CUPTI")"/libcupti.so.[0-9]* "$C/lib/" 2>/dev/null || cp -L "$CUPTI" "$C/lib/"
+fi
 cp "$SHARED/models/stories260K.gguf" "$C/models/"
 "$BUILD/gpu/mkvocab" "$SHARED/models/tiny-qwen2-a.gguf" "$C/models/vocab-qwen2.gguf"
 du -sh "$C"

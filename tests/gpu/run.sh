@@ -11,13 +11,14 @@
 #      without PDL): argmax agreement over teacher-forced positions and max
 #      |dlogit|, beside the CPU-vs-CPU floor of the synthetic models
 #   4. benchmarks through apr eval: decode tok/s at batch 1 (128 tokens; each
-#      position's 5 best picked on the GPU, as serving reads them, and once with
-#      whole logits rows to the host) for
+#      position's best picked on the GPU, as serving reads it for a greedy
+#      stream, then its 5 best, and once with whole logits rows to the host) for
 #      0.5B, 1.5B, 7B (also without PDL, unfused (APR_CUDA_FUSE=0: ten kernels
 #      a layer), all fused (63), and the 1.5B without graphs); batched decode of 1-64
 #      sequences on the 1.5B (test_kernels_cuda --batched); prefill
 #      of a 512-token prompt on the 1.5B; 1.5B decode after a 2000-token prompt; each beside llama.cpp's figure on the
-#      same H100 and the bandwidth roofline; the per-kernel-class profile
+#      same H100 and the bandwidth roofline; the per-kernel-class profile, and
+#      the 0.5B's and 1.5B's kernel timelines (timeline.sh: CUPTI)
 #   5. serving through apr-coord on the 1.5B: decode and TTFT as a client sees
 #      them (apr bench) beside apr eval's decode, with the engine's split of a
 #      token's time and the pipeline's cost on a tiny model (stories260K, CPU
@@ -172,6 +173,8 @@ if has bench; then
             [ "$(tokens_of "$LOG/bench-$s.json")" = "$(tokens_of "$LOG/bench-$s-$v.json")" ] ||
                 { echo "FAIL: qwen2.5-$s greedy tokens differ between one candidate and $v"; fails=$((fails + 1)); }
         done
+        # where a token's time goes, from each kernel's own start and end on the GPU (CUPTI)
+        case $s in 0.5b|1.5b) SIZES=$s sh tests/gpu/timeline.sh | tee "$LOG/timeline-$s.txt" ;; esac
         APR_CUDA_PDL=0 evc cuda "$m" "bench-$s-nopdl" -p "Once upon a time" -n 128 --ignore-eos &&
             row "qwen2.5-$s decode b=1, no PDL" "$(rate decode "$LOG/bench-$s-nopdl.err")" "$ref" "$by"
         # the one-token step as ten kernels a layer (norm/quantize and bias+RoPE+KV
