@@ -58,6 +58,10 @@ expect 2 "--temperature nan" "$APR" generate $E -p hi --temperature nan
 expect 2 "--min-p 2" "$APR" generate $E -p hi --min-p 2
 expect 2 "--repeat-penalty 0" "$APR" generate $E -p hi --repeat-penalty 0
 expect 2 "--repeat-last-n -2" "$APR" generate $E -p hi --repeat-last-n -2
+# apr eval's candidates a position: 1..5
+expect 2 "eval --cands 0" "$APR" eval -m none.gguf -p hi --cands 0
+expect 2 "eval --cands 6" "$APR" eval -m none.gguf -p hi --cands 6
+expect 2 "eval --cands two" "$APR" eval -m none.gguf -p hi --cands two
 expect 2 "--presence-penalty 3" "$APR" generate $E -p hi --presence-penalty 3
 expect 2 "--frequency-penalty -3" "$APR" generate $E -p hi --frequency-penalty -3
 expect 2 "--seed -2" "$APR" generate $E -p hi --seed -2
