@@ -249,8 +249,8 @@ int apr_cmd_eval(int argc, char **argv)
      * row of n_vocab floats, as it does for apr-coord (0: whole rows) */
     const int cands =
         !whole && !logits_path && APR_CAND_ROW_BYTES(n_cands) <= (size_t)n_vocab * sizeof(float) ? (int)n_cands : 0;
-    uint8_t k5 = (uint8_t)cands;
-    batch_k[n_prompt - 1] = k5;
+    uint8_t want_k = (uint8_t)cands;
+    batch_k[n_prompt - 1] = want_k;
     apr_batch b = {.n = (int)n_prompt, .token = batch_tok, .pos = batch_pos, .seq = batch_seq, .topk = batch_k};
     double t0 = now_s();
     if (apr_backend_step(be, &b, logits, err)) {
@@ -295,7 +295,7 @@ int apr_cmd_eval(int argc, char **argv)
         if (!ignore_eos && (size_t)step >= n_forced && apr_tok_is_eog(tok, next)) break;
         if (step + 1 == n_gen) break;
         int32_t pos = (int32_t)(n_prompt + (size_t)step), seq = 0;
-        apr_batch one = {.n = 1, .token = &feed, .pos = &pos, .seq = &seq, .topk = &k5};
+        apr_batch one = {.n = 1, .token = &feed, .pos = &pos, .seq = &seq, .topk = &want_k};
         double t1 = now_s();
         if (apr_backend_step(be, &one, logits, err)) {
             fprintf(stderr, "apr eval: step %ld: %s\n", step, err);

@@ -60,7 +60,7 @@ echo "d2d copy bandwidth: $BW GB/s (DESIGN.md's H100: 3017)"
 ev() { ev_rows=1 eval_run "$@"; }
 # evc: the same without the logits file, so that apr eval reads each position's best
 # (a candidate row, picked on the GPU) as apr-coord does for a greedy stream: what the
-# timing rows use (EV_CANDS=5: the five best, as the rows before 2026-11-26's twelfth pass)
+# timing rows use (EV_CANDS=5: the five best, as the rows before 2026-11-27's twelfth pass)
 evc() { ev_rows=0 eval_run "$@"; }
 eval_run() {
     ev_b=$1 ev_m=$2 ev_n=$3
