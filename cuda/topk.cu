@@ -245,26 +245,26 @@ static __device__ __forceinline__ float unordered(uint32_t o)
     return __uint_as_float(o & 0x80000000u ? o & 0x7fffffffu : ~o);
 }
 
-/* The key of the best of each lane's (v, i), reduced over the block: in the
- * block's first thread. Every thread calls it. */
+/* The largest of the warp's 64-bit keys, in two 32-bit reductions. */
+static __device__ __forceinline__ unsigned long long warp_key_max(unsigned long long key)
+{
+    const uint32_t hi = __reduce_max_sync(FULL, (uint32_t)(key >> 32));
+    const uint32_t lo = __reduce_max_sync(FULL, (uint32_t)(key >> 32) == hi ? (uint32_t)key : 0u);
+    return (unsigned long long)hi << 32 | lo;
+}
+
+/* The key of the best of the threads' (v, i), reduced over the block: in
+ * the block's first warp. Every thread calls it. */
 static __device__ unsigned long long block_best(float bv, int bi)
 {
     __shared__ unsigned long long wk[TOPK_WARPS];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     /* bv > -inf: some element was admitted (NaN never is) */
-    const uint32_t hi = bv > -INFINITY ? ordered(bv) : 0u, lo = bv > -INFINITY ? ~(uint32_t)bi : 0u;
-    const uint32_t mh = __reduce_max_sync(FULL, hi);
-    const uint32_t ml = __reduce_max_sync(FULL, hi == mh ? lo : 0u);
-    if (lane == 0) wk[warp] = (unsigned long long)mh << 32 | ml;
+    const unsigned long long key = bv > -INFINITY ? (unsigned long long)ordered(bv) << 32 | ~(uint32_t)bi : 0ull;
+    const unsigned long long wmax = warp_key_max(key);
+    if (lane == 0) wk[warp] = wmax;
     __syncthreads();
-    unsigned long long b = 0;
-    if (warp == 0) {
-        const unsigned long long kv = lane < TOPK_WARPS ? wk[lane] : 0ull;
-        const uint32_t h2 = __reduce_max_sync(FULL, (uint32_t)(kv >> 32));
-        const uint32_t l2 = __reduce_max_sync(FULL, (uint32_t)(kv >> 32) == h2 ? (uint32_t)kv : 0u);
-        b = (unsigned long long)h2 << 32 | l2;
-    }
-    return b;
+    return warp == 0 ? warp_key_max(lane < TOPK_WARPS ? wk[lane] : 0ull) : 0ull;
 }
 
 /* Part [p0, p1) of a row of k 1: every thread strides over it (increasing
