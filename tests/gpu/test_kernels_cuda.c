@@ -1216,31 +1216,34 @@ static void test_topk(rng *r)
         }
         float *dl = dev_upload(l, sizeof(float) * (size_t)n * rows);
         int32_t *dk = dev_upload(kk, sizeof kk);
-        uint8_t *dout = NULL, *got = malloc(stride * rows);
-        CK(cudaMalloc((void **)&dout, stride * rows));
+        const size_t wide = stride + 64; /* an answer stride past the least */
+        uint8_t *dout = NULL, *got = malloc(wide * rows);
+        CK(cudaMalloc((void **)&dout, wide * rows));
         void *work = NULL;
         CK(cudaMalloc(&work, apr_cu_topk_work_bytes(rows)));
         CK(cudaMemset(work, 0, apr_cu_topk_work_bytes(rows)));
         /* one block a row; rows in parts, merged; the same again with the
-         * work area the first split left (the argmax words back at zero) */
-        for (int split = 0; split < 3; split++) {
-        CK(cudaMemset(dout, 0xee, stride * rows));
-        if (apr_cu_topk(dl, n, rows, dk, 0, dout, stride, split ? work : NULL, &cu0)) failures++;
+         * work area the first split left (the argmax words back at zero);
+         * and with a wider answer stride (the parts' slots keep their own) */
+        for (int split = 0; split < 4; split++) {
+        const size_t st = split == 3 ? wide : stride;
+        CK(cudaMemset(dout, 0xee, st * rows));
+        if (apr_cu_topk(dl, n, rows, dk, 0, dout, st, split ? work : NULL, &cu0)) failures++;
         CK_LAUNCH();
-        CK(cudaMemcpy(got, dout, stride * rows, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(got, dout, st * rows, cudaMemcpyDeviceToHost));
         int bad = 0;
         for (int row = 0; row < rows; row++) {
             int32_t ids[64], gi;
             float vals[64], gv;
             int32_t cnt = apr_topk_select(l + (size_t)row * n, n, kk[row], ids, vals), gc;
-            memcpy(&gc, got + stride * row, 4);
+            memcpy(&gc, got + st * row, 4);
             if (gc != cnt) {
                 bad++;
                 continue;
             }
             for (int j = 0; j < cnt; j++) {
-                memcpy(&gi, got + stride * row + 4 + 8 * j, 4);
-                memcpy(&gv, got + stride * row + 8 + 8 * j, 4);
+                memcpy(&gi, got + st * row + 4 + 8 * j, 4);
+                memcpy(&gv, got + st * row + 8 + 8 * j, 4);
                 if (gi != ids[j] || memcmp(&gv, &vals[j], 4)) {
                     bad++;
                     break;
@@ -1248,7 +1251,10 @@ static void test_topk(rng *r)
             }
         }
         printf("%-4s topk rows of %6d, k 1..64 (shift %zu), ties/NaN/inf/zeros%s: %d of %d rows differ\n",
-               bad ? "FAIL" : "ok", n, nsi % 4, split == 2 ? ", split again" : split ? ", split" : "", bad, rows);
+               bad ? "FAIL" : "ok", n, nsi % 4, split == 3   ? ", split, answer stride + 64"
+                                                   : split == 2 ? ", split again"
+                                                   : split      ? ", split"
+                                                                : "", bad, rows);
         if (bad) failures++;
         }
         cudaFree(work);
