@@ -493,7 +493,10 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out);
  * without a capture, and nobody times one. */
 static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
 {
-    apr_cu_init(); /* device queries, outside any capture */
+    if (apr_cu_prepare()) {
+        snprintf(err, APR_ERRLEN, "CUDA: preparing the kernels: %s", cudaGetErrorString(cudaGetLastError()));
+        return -1;
+    }
     int32_t *h = m->h_batch;
     h[0] = 0;
     h[CHUNK_CAP] = 0;
@@ -773,6 +776,7 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
          * that the big products' last waves could use) */
         const char *pdl = getenv("APR_CUDA_PDL");
         m->pdl = pdl && !strcmp(pdl, "0") ? 0 : pdl && !strcmp(pdl, "2") ? 2 : 1;
+        apr_cu_tune_env(&m->cu.tune); /* the device's figures and the kernels' knobs, outside any capture */
         m->cu.pdl = m->pdl != 0;
         /* "0": the one-token step as separate kernels (norm/quantize, bias+RoPE+KV).
          * Default, as measured (docs/PERF.md, 2026-11-26): RoPE + KV append in

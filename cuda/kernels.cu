@@ -1525,12 +1525,12 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
  *   chunks: 39.9 -> 36.6 us Q4_K, 49.0 -> 44.7 Q6_K).
  * Token tiles take the same split, so a token's sums are the same bits in
  * any batch. */
-static int gemv1_wpr(int nch, int rows)
+static int gemv1_wpr(int nch, int rows, int sms)
 {
     if (nch <= 32) return 1;
     if (nch <= 64) return rows < 4096 ? 2 : 1;
     if (nch <= 256) {
-        const int blocks = (rows + 7) / 8, wave = 4 * apr_cu_sms(), waves = (blocks + wave - 1) / wave;
+        const int blocks = (rows + 7) / 8, wave = 4 * sms, waves = (blocks + wave - 1) / wave;
         return 5 * blocks >= 4 * waves * wave ? 1 : 2;
     }
     return rows >= 4096 ? 4 : 2;
@@ -1623,32 +1623,16 @@ static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
     return m;
 }
 
-/* APR_CUDA_GEMV1=0 (read by apr_cu_init): quantized products on the older
- * kernel (warp a row, token tiles in grid.x) instead, to measure what this
- * one buys. */
-static int gemv1_on = 1;
-/* APR_CUDA_GEMV1_ANYTYPE=1 (read by apr_cu_init): one-token launches on the
- * instance that holds every type's dot, as all did before (measurement).
- * By default a launch of one weight type, or of the q/k/v pairs Q4_K + Q6_K
- * and Q5_0 + Q8_0, takes an instance with those types' dots only: fewer
- * registers and instructions around the loop (H100 decode, one type:
- * 0.5B 1726-1728 -> 1774-1781 tok/s, 1.5B 1124-1129 -> 1143-1144, 7B
- * 458-459 -> 462). */
-static int gemv1_anytype;
-/* apr_cu_gemv1_force: chunks a lane loads at once (1, 2) and warps a row (1,
- * 2, 4, 8) instead of gemv1's choice; 0: its choice. */
-static int gemv1_u, gemv1_w;
-/* APR_CUDA_GEMV1_MINB=3 or 4 (measurement): the one-token kernel's blocks a
- * multiprocessor for every product instead of by size (GEMV1_BIG_BYTES). */
-static int gemv1_minb;
-/* APR_CUDA_GEMV1_ROWS2=0 (measurement): no gemv1_rows2_kernel */
-static int gemv1_rows2 = 1;
-
-extern "C" void apr_cu_gemv1_force(int u, int wpr)
-{
-    gemv1_u = u;
-    gemv1_w = wpr;
-}
+/* The knobs (apr_cu_tune): APR_CUDA_GEMV1=0 puts quantized products on the
+ * older kernel (warp a row, token tiles in grid.x) to measure what this one
+ * buys. APR_CUDA_GEMV1_ANYTYPE=1 puts one-token launches on the instance
+ * that holds every type's dot, as all did before; by default a launch of one
+ * weight type, or of the q/k/v pairs Q4_K + Q6_K and Q5_0 + Q8_0, takes an
+ * instance with those types' dots only: fewer registers and instructions
+ * around the loop (H100 decode, one type: 0.5B 1726-1728 -> 1774-1781
+ * tok/s, 1.5B 1124-1129 -> 1143-1144, 7B 458-459 -> 462).
+ * APR_CUDA_GEMV1_MINB=3 or 4: the one-token kernel's blocks a multiprocessor
+ * for every product instead of by size (GEMV1_BIG_BYTES). */
 
 /* The launch of the instance gemv1's shape picked: a template, so that the
  * instances other shapes would take are discarded rather than named (from a
@@ -1657,7 +1641,7 @@ extern "C" void apr_cu_gemv1_force(int u, int wpr)
 #define GEMV1_T(U, WPR, NT, SW, MINB, R)                                                                  \
     do {                                                                                               \
         if constexpr (NT == 1) {                                                                       \
-            if (gemv1_anytype) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);    \
+            if (c->tune.gemv1_anytype) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p); \
             else switch (types) {                                                                           \
             case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K), false, R>, grid, block, p); break; \
             case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); break; \
@@ -1715,7 +1699,8 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     uint32_t types = 0; /* decode: an instance with these types' dots only (gemv1_anytype) */
     for (int i = 0; i < n_seg; i++) types |= TYPE_BIT(seg[i].w.type);
     /* the forced shape of 8 warps a row exists for one-token tiles only */
-    int wpr = gemv1_w ? gemv1_w : gemv1_wpr(nch, p.rows);
+    const int sms = apr_cu_sms(c);
+    int wpr = c->tune.gemv1_w ? c->tune.gemv1_w : gemv1_wpr(nch, p.rows, sms);
     if (ntok > 1 && wpr > 4) wpr = 4;
     /* chunks a lane loads at once (the sums' order does not depend on it):
      * one where that covers the row (a second would be a clamped, wasted
@@ -1728,7 +1713,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     /* a lane's gate and up rows at one Q4_K pair each already hold what two
      * chunks of each did; two pairs spill at 64-80 registers */
     if (pairs) u = 1;
-    if (gemv1_u && !pairs) u = gemv1_u;
+    if (c->tune.gemv1_u && !pairs) u = c->tune.gemv1_u;
     /* tiles of up to 8 tokens: 16 (one pass over the weights for a bucket of
      * 16) measured 2.5x slower on the H100 (128 registers, half the blocks) */
     int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8;
@@ -1738,7 +1723,8 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     size_t bytes = 0;
     for (int i = 0; i < n_seg; i++)
         bytes += apr_cu_weight_bytes(seg[i].w.type, seg[i].w.n_in, seg[i].w.n_out) * (swiglu ? 2 : 1);
-    const bool big = nt == 1 && (gemv1_minb ? gemv1_minb == 4 : bytes > GEMV1_BIG_BYTES || (nch >= 112 && p.rows >= 3584));
+    const int minb = c->tune.gemv1_minb;
+    const bool big = nt == 1 && (minb == 3 || minb == 4 ? minb == 4 : bytes > GEMV1_BIG_BYTES || (nch >= 112 && p.rows >= 3584));
     const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt));
     const dim3 block(GEMV_WARPS * 32);
     /* one token, one round of loads, one to two waves' worth of blocks: two
@@ -1747,8 +1733,8 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
      * (1120 blocks, 560 with two groups) measured slower, 1154-1167 ->
      * 1094-1102, so more waves keep a block a group */
     const bool one_chunk = pairs ? nch <= 64 : nch <= 32; /* a lane's only chunk (Q4_K pairs: its only pair) */
-    if (gemv1_rows2 && nt == 1 && wpr == 1 && u == 1 && one_chunk && n_seg == 1 && !big &&
-        (int)grid.x > 3 * apr_cu_sms() && (int)grid.x <= 6 * apr_cu_sms()) {
+    if (!c->tune.rows2_off && nt == 1 && wpr == 1 && u == 1 && one_chunk && n_seg == 1 && !big &&
+        (int)grid.x > 3 * sms && (int)grid.x <= 6 * sms) {
         const dim3 g2((grid.x + 1) / 2);
 #define ROWS2(T)                                                                                        \
     do {                                                                                                \
@@ -1804,7 +1790,7 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
     /* F32/F16 (and everything with APR_CUDA_GEMV1=0): 2 rows a warp in
      * decode, 2 chunks of each in flight, 4 when rows are long (over 2048
      * weights: more than 64 chunks of 32) */
-    if (gemv1_on) {
+    if (!c->tune.gemv1_off) {
         const int rc = gemv1(seg, n_seg, a, ntok, c);
         if (rc <= 0) return rc;
     }
@@ -1831,9 +1817,8 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
     return 0;
 }
 
-/* APR_CUDA_NORM_GEMV=0 (read by apr_cu_init): q/k/v after the norm/quantize
- * kernel, as before apr_cu_gemv_norm (measurement). */
-static int norm_gemv_on = 1;
+/* APR_CUDA_NORM_GEMV=0 (apr_cu_tune.norm_gemv_off): q/k/v after the
+ * norm/quantize kernel, as before apr_cu_gemv_norm (measurement). */
 /* One warp a row, one chunk a lane; NT tokens a tile. */
 template <int NT>
 static void launch_norm(const apr_cu_ctx *c, dim3 grid, size_t smem, const gemv_params &p, uint32_t types)
@@ -1843,11 +1828,11 @@ static void launch_norm(const apr_cu_ctx *c, dim3 grid, size_t smem, const gemv_
                        Q0 = TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0);
     const dim3 block(GEMV_WARPS * 32);
     if constexpr (NT == 1) {
-        if (!gemv1_anytype && (types & ~KQ) == 0) { /* Q4_K, Q6_K or both */
+        if (!c->tune.gemv1_anytype && (types & ~KQ) == 0) { /* Q4_K, Q6_K or both */
             launch_smem(c, smem, gemv1_kernel<1, 1, 1, false, MINB, KQ, true>, grid, block, p);
             return;
         }
-        if (!gemv1_anytype && (types & ~Q0) == 0) { /* the 0.5B's Q5_0 + Q8_0 */
+        if (!c->tune.gemv1_anytype && (types & ~Q0) == 0) { /* the 0.5B's Q5_0 + Q8_0 */
             launch_smem(c, smem, gemv1_kernel<1, 1, 1, false, MINB, Q0, true>, grid, block, p);
             return;
         }
@@ -1859,7 +1844,7 @@ extern "C" int apr_cu_gemv_norm(const apr_cu_gemv_seg *seg, int n_seg, const apr
                                 const apr_cu_ctx *c)
 {
     if (n_seg < 1 || n_seg > APR_CU_MAX_SEG || !src || !src->x || !src->w || src->n <= 0 || ntok < 1) return -1;
-    if (!gemv1_on || !norm_gemv_on || src->rows || ntok >= APR_CU_MMA_MIN_TOK || src->n % 128 ||
+    if (c->tune.gemv1_off || c->tune.norm_gemv_off || src->rows || ntok >= APR_CU_MMA_MIN_TOK || src->n % 128 ||
         src->n > NRM_MAX_N || src->ldx % 4 || ((uintptr_t)src->x | (uintptr_t)src->w) % 16)
         return 1;
     int nch = 0;
@@ -1886,7 +1871,7 @@ extern "C" int apr_cu_gemv_norm(const apr_cu_gemv_seg *seg, int n_seg, const apr
      * waves) 1143-1150 -> 1125-1135; 7B (3584, 1152 blocks) 452-455 ->
      * 412-425. The choice depends on the rows only, so every step size of a
      * model takes the same path. */
-    if (nch > 32 || (p.rows + GEMV_WARPS - 1) / GEMV_WARPS > 3 * apr_cu_sms()) return 1;
+    if (nch > 32 || (p.rows + GEMV_WARPS - 1) / GEMV_WARPS > 3 * apr_cu_sms(c)) return 1;
     const int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8;
     p.nrm.pitch = src->n + src->n / 4; /* the padding: 4 floats after every 16 */
     const size_t smem = (size_t)nt * p.nrm.pitch * sizeof(float); /* at most 40 KB */
@@ -1992,16 +1977,13 @@ static void launch_onorm(const apr_cu_ctx *c, dim3 grid, int nt, const gemv_para
     else launch(c, gemv_onorm_kernel<K, U, 8>, grid, block, p, on);
 }
 
-/* APR_CUDA_ONORM=0 (read by apr_cu_init): apr_cu_gemv_onorm declines (measurement). */
-static int onorm_on = 1;
-
 extern "C" int apr_cu_gemv_onorm(const apr_cu_gemv_seg *seg, const apr_cu_act *a, int ntok, const float *g,
                                  const apr_cu_act *out, const apr_cu_ctx *c)
 {
     if (!seg || !a || !g || !out || ntok < 1 || !out->q0 || !out->ds0 || !out->rms || out->ld % 32) return -1;
     const apr_cu_weight *w = &seg->w;
     const uint32_t t = w->type;
-    if (!gemv1_on || !onorm_on || ntok >= APR_CU_MMA_MIN_TOK || seg->mode != APR_CU_ADD || w->n_out % 32 ||
+    if (c->tune.gemv1_off || ntok >= APR_CU_MMA_MIN_TOK || seg->mode != APR_CU_ADD || w->n_out % 32 ||
         w->n_out > out->ld || out->rms_n != w->n_out || a->rms ||
         (t != APR_TYPE_Q4_K && t != APR_TYPE_Q6_K && t != APR_TYPE_Q4_0 && t != APR_TYPE_Q5_0 && t != APR_TYPE_Q8_0))
         return 1;
@@ -2032,17 +2014,32 @@ extern "C" int apr_cu_gemv_onorm(const apr_cu_gemv_seg *seg, const apr_cu_act *a
 /* Most shared memory a fused GEMV block may ask for without opting in. */
 #define PRO_SMEM_MAX (48 * 1024)
 
-/* The fused GEMV's kernels (by gemv1_wpr's choice: 1, 2, 4, 8 warps a
- * row; plain, SwiGLU) and how many blocks of each the GPU holds at once (with
- * the most shared memory a launch may ask for). */
-static const void *pro_kernel[8];
-static int pro_resident[8], pro_sms = 1;
-/* Measurement knobs (environment): APR_CUDA_PREFETCH=N prefetches N row sets
- * a block (0: none; default PRO_PREFETCH_GROUPS); APR_CUDA_PRO_GRID=N caps the
- * grid at N blocks a multiprocessor (fewer leave room for the next kernel's
- * blocks to start early and prefetch), 0 launches one block per row set
- * (every block quantizes); default: as many as fit. */
-static int pro_prefetch = PRO_PREFETCH_GROUPS, pro_per_sm = -1;
+/* The fused GEMV's kernels by index: 2 * (1, 2, 4, 8 warps a row as 0..3)
+ * + SwiGLU. */
+static const void *pro_kernel(int ki)
+{
+    switch (ki) {
+    case 0: return (const void *)gemv_pro_kernel<1, false>;
+    case 1: return (const void *)gemv_pro_kernel<1, true>;
+    case 2: return (const void *)gemv_pro_kernel<2, false>;
+    case 3: return (const void *)gemv_pro_kernel<2, true>;
+    case 4: return (const void *)gemv_pro_kernel<4, false>;
+    case 5: return (const void *)gemv_pro_kernel<4, true>;
+    case 6: return (const void *)gemv_pro_kernel<8, false>;
+    default: return (const void *)gemv_pro_kernel<8, true>;
+    }
+}
+
+/* How many blocks of fused kernel ki the GPU holds at once, with the most
+ * shared memory a launch may ask for. */
+static int pro_resident(int ki, int sms)
+{
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, pro_kernel(ki), GEMV_WARPS * 32, PRO_SMEM_MAX) !=
+        cudaSuccess)
+        per_sm = 0;
+    return sms * (per_sm > 0 ? per_sm : 1);
+}
 
 static int env_int(const char *name, int dflt)
 {
@@ -2050,35 +2047,36 @@ static int env_int(const char *name, int dflt)
     return e && *e ? atoi(e) : dflt;
 }
 
-extern "C" void apr_cu_init(void)
+extern "C" int apr_cu_sms(const apr_cu_ctx *c)
 {
-    if (pro_kernel[0]) return;
-    pro_prefetch = env_int("APR_CUDA_PREFETCH", PRO_PREFETCH_GROUPS);
-    pro_per_sm = env_int("APR_CUDA_PRO_GRID", -1);
-    gemv1_on = env_int("APR_CUDA_GEMV1", 1);
-    gemv1_anytype = env_int("APR_CUDA_GEMV1_ANYTYPE", 0);
-    gemv1_rows2 = env_int("APR_CUDA_GEMV1_ROWS2", 1);
-    onorm_on = env_int("APR_CUDA_ONORM", 1);
-    norm_gemv_on = env_int("APR_CUDA_NORM_GEMV", 1);
-    const int minb = env_int("APR_CUDA_GEMV1_MINB", 0);
-    gemv1_minb = minb == 3 || minb == 4 ? minb : 0; /* anything else: the default */
-    const void *k[8] = {(const void *)gemv_pro_kernel<1, false>, (const void *)gemv_pro_kernel<1, true>,
-                        (const void *)gemv_pro_kernel<2, false>, (const void *)gemv_pro_kernel<2, true>,
-                        (const void *)gemv_pro_kernel<4, false>, (const void *)gemv_pro_kernel<4, true>,
-                        (const void *)gemv_pro_kernel<8, false>, (const void *)gemv_pro_kernel<8, true>};
-    int dev = 0, sms = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    pro_sms = sms > 0 ? sms : 1;
-    for (int i = 0; i < 8; i++) {
-        int per_sm = 0;
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k[i], GEMV_WARPS * 32, PRO_SMEM_MAX);
-        pro_resident[i] = pro_sms * (per_sm > 0 ? per_sm : 1);
-        pro_kernel[i] = k[i];
-    }
+    if (c && c->tune.sms > 0) return c->tune.sms;
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+        n = 0;
+    return n > 0 ? n : 1;
 }
 
-extern "C" int apr_cu_sms(void) { return pro_sms; }
+/* Measurement knobs: APR_CUDA_PREFETCH=N prefetches N row sets a block in the
+ * fused GEMV (0: none; default PRO_PREFETCH_GROUPS); APR_CUDA_PRO_GRID=N caps
+ * its grid at N blocks a multiprocessor (fewer leave room for the next
+ * kernel's blocks to start early and prefetch), 0 launches one block per row
+ * set (every block quantizes); default: as many as fit. The rest: kernels.h. */
+extern "C" void apr_cu_tune_env(apr_cu_tune *t)
+{
+    memset(t, 0, sizeof *t);
+    const int prefetch = env_int("APR_CUDA_PREFETCH", -1), grid = env_int("APR_CUDA_PRO_GRID", -1);
+    t->pro_prefetch = prefetch < 0 ? 0 : prefetch == 0 ? -1 : prefetch;
+    t->pro_grid = grid < 0 ? 0 : grid == 0 ? -1 : grid;
+    t->gemv1_off = env_int("APR_CUDA_GEMV1", 1) == 0;
+    t->gemv1_anytype = env_int("APR_CUDA_GEMV1_ANYTYPE", 0) != 0;
+    t->rows2_off = env_int("APR_CUDA_GEMV1_ROWS2", 1) == 0;
+    t->norm_gemv_off = env_int("APR_CUDA_NORM_GEMV", 1) == 0;
+    t->mma_off = env_int("APR_CUDA_MMA", 1) == 0;
+    const int minb = env_int("APR_CUDA_GEMV1_MINB", 0);
+    t->gemv1_minb = minb == 3 || minb == 4 ? minb : 0; /* anything else: the default */
+    t->sms = apr_cu_sms(NULL);
+    for (int i = 0; i < 8; i++) t->pro_resident[i] = pro_resident(i, t->sms);
+}
 
 extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src,
                                  const apr_cu_ctx *c)
@@ -2113,14 +2111,16 @@ extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const ap
     if (off > PRO_SMEM_MAX) return 1;
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
     if (gemv_setup(seg, n_seg, 1, npad, need_k, 1, p)) return -1;
-    apr_cu_init();
     int nch = 0;
     for (int i = 0; i < n_seg; i++) nch = max(nch, chunks_of(seg[i].w.type, n));
-    const int wpr = gemv1_wpr(nch, p.rows), ki = 2 * (wpr == 1 ? 0 : wpr == 2 ? 1 : wpr == 4 ? 2 : 3) + (swiglu ? 1 : 0);
-    p.pro.prefetch = pro_prefetch;
+    const apr_cu_tune *t = &c->tune;
+    const int sms = apr_cu_sms(c), wpr = gemv1_wpr(nch, p.rows, sms);
+    const int ki = 2 * (wpr == 1 ? 0 : wpr == 2 ? 1 : wpr == 4 ? 2 : 3) + (swiglu ? 1 : 0);
+    p.pro.prefetch = t->pro_prefetch == 0 ? PRO_PREFETCH_GROUPS : max(t->pro_prefetch, 0);
     const int blocks = (p.rows + GEMV_WARPS / wpr - 1) / (GEMV_WARPS / wpr);
-    const int cap = pro_per_sm < 0 ? pro_resident[ki] : pro_per_sm == 0 ? blocks : min(pro_per_sm * pro_sms, pro_resident[ki]);
-    launch_smem(c, (size_t)off, (void (*)(gemv_params))pro_kernel[ki], dim3((unsigned)min(blocks, cap)),
+    const int resident = t->pro_resident[ki] > 0 ? t->pro_resident[ki] : pro_resident(ki, sms);
+    const int cap = t->pro_grid == 0 ? resident : t->pro_grid < 0 ? blocks : min(t->pro_grid * sms, resident);
+    launch_smem(c, (size_t)off, (void (*)(gemv_params))pro_kernel(ki), dim3((unsigned)min(blocks, cap)),
                 dim3(GEMV_WARPS * 32), p);
     return 0;
 }

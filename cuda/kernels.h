@@ -24,11 +24,42 @@
 extern "C" {
 #endif
 
+/* Launch choices fixed for a context's life: what the launchers need of the
+ * device, and the measurement knobs of the environment. All zeros is the
+ * engine's default everywhere (the device is then asked at each launch that
+ * needs it), so a context that names only its stream launches as the engine
+ * does; apr_cu_tune_env fills the rest once, before any graph is captured.
+ * Tests and sweeps force shapes in their own copy. */
+typedef struct {
+    int sms;             /* multiprocessors (0: ask the device) */
+    int pro_resident[8]; /* apr_cu_gemv_fused's blocks resident at once, by kernel (0: ask) */
+    int gemv1_off;       /* APR_CUDA_GEMV1=0: quantized products on the older general kernel */
+    int gemv1_anytype;   /* APR_CUDA_GEMV1_ANYTYPE=1: one-token launches on the every-type instance */
+    int rows2_off;       /* APR_CUDA_GEMV1_ROWS2=0: no gemv1_rows2_kernel */
+    int gemv1_minb;      /* APR_CUDA_GEMV1_MINB=3|4: one-token blocks a multiprocessor (0: by size) */
+    int gemv1_u, gemv1_w;/* forced chunks a lane loads at once (1, 2), warps a row (1, 2, 4, 8); 0: choose */
+    int norm_gemv_off;   /* APR_CUDA_NORM_GEMV=0: apr_cu_gemv_norm declines */
+    int pro_prefetch;    /* APR_CUDA_PREFETCH=N: the fused GEMV's row sets a block prefetches (0: 2, <0: none) */
+    int pro_grid;        /* APR_CUDA_PRO_GRID=N: its blocks a multiprocessor (0: as many as fit, <0: a block a row set) */
+    int mma_off;         /* APR_CUDA_MMA=0: every product on the GEMV */
+    int mma_shape;       /* forced apr_cu_mma block shape (1 64x64, 2 64x32, 3 64x32 split; 0: choose) */
+    int mma_split;       /* forced K split (1: never, 2..APR_CU_MMA_SPLIT_MAX; 0: choose) */
+} apr_cu_tune;
+
+/* The knobs above from the environment, and the device's figures; the
+ * engine calls it once for its context. */
+void apr_cu_tune_env(apr_cu_tune *t);
+/* What the kernels need set on the device before their first launch (the
+ * tensor-core kernels' shared-memory limits): once a process, before any
+ * capture. 0 on success, -1 with the CUDA error left for cudaGetLastError. */
+int apr_cu_prepare(void);
+
 /* Where a launcher enqueues: the stream, and whether kernels may start while
  * the previous one finishes (programmatic dependent launch: each kernel waits
  * for its predecessor's results with griddepcontrol.wait before it reads
  * anything, so the overlap hides only the launch latency). */
 typedef struct {
+    apr_cu_tune tune;
     cudaStream_t stream;
     int pdl;
     /* device memory apr_cu_mma may use for partial sums when it splits a
@@ -174,9 +205,6 @@ int apr_cu_gemv_onorm(const apr_cu_gemv_seg *seg, const apr_cu_act *a, int ntok,
  * argument. */
 int apr_cu_gemv_norm(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_quant_src *src, int ntok,
                      const apr_cu_ctx *c);
-/* Asks the device once what the fused GEMV's grid sizes need (its launches
- * call it too); call it before capturing a graph that launches them. */
-void apr_cu_init(void);
 
 /* ------------------------------------------- tensor-core products (mma.cu) */
 /* The same products, epilogues and numerics as apr_cu_gemv, as int8 mma.sync
@@ -190,7 +218,7 @@ int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int n
  * and there are APR_CU_MMA_ALL_TOK tokens or more, or APR_CU_MMA_MIN_TOK or
  * more and the product is wide (APR_CU_MMA_WIDE_ROWS output rows, SwiGLU's
  * counted twice); apr_cu_gemv otherwise (decode, small batches), and always
- * when the environment has APR_CUDA_MMA=0. The tensor cores' sums round
+ * when the context says mma_off (APR_CUDA_MMA=0). The tensor cores' sums round
  * differently from the GEMV's, which give a token the same bits in any batch
  * they take: MIN_TOK 17 keeps steps of up to 16 entries (the graph buckets
  * up to 16, which pad the batch) on the GEMV, so that a sequence decoding
@@ -201,15 +229,6 @@ int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int n
 #define APR_CU_MMA_ALL_TOK 64
 #define APR_CU_MMA_WIDE_ROWS 4096
 int apr_cu_matmul(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
-/* Tests: 1 (64 rows x 64 tokens), 2 (64 x 32), 3 (64 x 32, K split in two)
- * forces apr_cu_mma's block shape; 0 lets it choose. */
-void apr_cu_mma_force_shape(int shape);
-/* Tests: split K across this many blocks (2..APR_CU_MMA_SPLIT_MAX, where the
- * context has a workspace and the product allows), 1 never; 0 lets it choose. */
-void apr_cu_mma_force_split(int split);
-/* Tests and benchmarks: the one-token GEMV's chunks a lane loads at once (1,
- * 2) and warps a row (1, 2, 4, 8) instead of its own choice; zeros restore it. */
-void apr_cu_gemv1_force(int u, int wpr);
 
 /* ---------------------------------------------------- candidate rows */
 /* For each of nrows rows of n logits: ks[r] (device memory; NULL: k_all for
@@ -224,8 +243,8 @@ void apr_cu_gemv1_force(int u, int wpr);
 #define APR_CU_TOPK_STRIDE (4 + 8 * APR_CU_TOPK_MAX)
 #define APR_CU_TOPK_PARTS 32
 size_t apr_cu_topk_work_bytes(int nrows);
-/* The device's multiprocessors, as apr_cu_init found them (1 before it ran). */
-int apr_cu_sms(void);
+/* The device's multiprocessors: the context's figure, else the device's. */
+int apr_cu_sms(const apr_cu_ctx *c);
 /* test_kernels_cuda --sync-bench: a kernel boundary against a grid barrier (cuda/sync_bench.cu). */
 int apr_cu_sync_bench(void);
 /* test_kernels_cuda --gemv-bench: a kernel that only reads bytes at p (shape 0:

@@ -673,13 +673,7 @@ template <int TYPE, int WM, int WN, int KS, bool SWIGLU>
 static cudaError_t launch_mma(const mma_params &p, int row_blocks, const apr_cu_ctx *c)
 {
     using T = mma_tile<TYPE, WM, WN, KS>;
-    auto kernel = mma_kernel<TYPE, WM, WN, KS, SWIGLU>;
-    static bool ready = false; /* the shared-memory limit, raised once per instantiation */
-    if (!ready) {
-        cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, T::BYTES);
-        if (e != cudaSuccess) return e;
-        ready = true;
-    }
+    auto kernel = mma_kernel<TYPE, WM, WN, KS, SWIGLU>; /* its shared-memory limit: apr_cu_prepare */
     const cudaError_t e = launch_smem(c, T::BYTES, kernel,
                                       dim3((unsigned)((p.ntok + T::BN - 1) / T::BN), (unsigned)row_blocks,
                                            (unsigned)p.split),
@@ -694,13 +688,19 @@ static cudaError_t launch_mma(const mma_params &p, int row_blocks, const apr_cu_
  * warps) where the others would leave multiprocessors short of warps. */
 enum { SHAPE_AUTO, SHAPE_64x64, SHAPE_64x32, SHAPE_64x32_SPLIT };
 
+/* The shapes as template arguments: SHAPE_ARGS(s) for s = 1..3 in order
+ * (launch_type and prepare_type go through the same list). */
+#define SHAPE_64x64_ARGS 2, 2, 1
+#define SHAPE_64x32_ARGS 2, 1, 1
+#define SHAPE_SPLIT_ARGS 2, 1, 2
+
 template <bool SWIGLU>
 static cudaError_t launch_type(uint32_t type, const mma_params &p, int shape, int row_blocks, const apr_cu_ctx *c)
 {
 #define SHAPES(TYPE)                                                                                            \
-    return shape == SHAPE_64x64   ? launch_mma<TYPE, 2, 2, 1, SWIGLU>(p, row_blocks, c)                           \
-           : shape == SHAPE_64x32 ? launch_mma<TYPE, 2, 1, 1, SWIGLU>(p, row_blocks, c)                           \
-                                  : launch_mma<TYPE, 2, 1, 2, SWIGLU>(p, row_blocks, c)
+    return shape == SHAPE_64x64   ? launch_mma<TYPE, SHAPE_64x64_ARGS, SWIGLU>(p, row_blocks, c)                  \
+           : shape == SHAPE_64x32 ? launch_mma<TYPE, SHAPE_64x32_ARGS, SWIGLU>(p, row_blocks, c)                  \
+                                  : launch_mma<TYPE, SHAPE_SPLIT_ARGS, SWIGLU>(p, row_blocks, c)
     switch (type) {
     case APR_TYPE_Q4_K: SHAPES(APR_TYPE_Q4_K);
     case APR_TYPE_Q6_K: SHAPES(APR_TYPE_Q6_K);
@@ -712,27 +712,37 @@ static cudaError_t launch_type(uint32_t type, const mma_params &p, int shape, in
     return cudaErrorInvalidValue;
 }
 
-static int mma_forced_shape; /* tests: one of the shapes, or SHAPE_AUTO */
-static int mma_forced_split; /* tests: blocks K is split across (1: never), or 0: choose */
-
-extern "C" void apr_cu_mma_force_shape(int shape)
+/* The tensor-core kernels ask for more than 48 KB of shared memory, which
+ * each instance must be allowed once before its first launch. */
+template <int TYPE, int WM, int WN, int KS>
+static cudaError_t prepare_shape()
 {
-    mma_forced_shape = shape >= SHAPE_64x64 && shape <= SHAPE_64x32_SPLIT ? shape : SHAPE_AUTO;
+    const int bytes = mma_tile<TYPE, WM, WN, KS>::BYTES;
+    cudaError_t e = cudaFuncSetAttribute(mma_kernel<TYPE, WM, WN, KS, false>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(mma_kernel<TYPE, WM, WN, KS, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 bytes);
+    return e;
 }
 
-extern "C" void apr_cu_mma_force_split(int split)
+template <int TYPE>
+static cudaError_t prepare_type()
 {
-    mma_forced_split = split >= 1 && split <= APR_CU_MMA_SPLIT_MAX ? split : 0;
+    cudaError_t e = prepare_shape<TYPE, SHAPE_64x64_ARGS>();
+    if (e == cudaSuccess) e = prepare_shape<TYPE, SHAPE_64x32_ARGS>();
+    if (e == cudaSuccess) e = prepare_shape<TYPE, SHAPE_SPLIT_ARGS>();
+    return e;
 }
 
-static int sm_count(void)
+extern "C" int apr_cu_prepare(void)
 {
-    static int n = 0;
-    int dev = 0, v = 0;
-    if (!n && cudaGetDevice(&dev) == cudaSuccess &&
-        cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && v > 0)
-        n = v;
-    return n ? n : 132;
+    cudaError_t e = prepare_type<APR_TYPE_Q4_K>();
+    if (e == cudaSuccess) e = prepare_type<APR_TYPE_Q6_K>();
+    if (e == cudaSuccess) e = prepare_type<APR_TYPE_Q5_0>();
+    if (e == cudaSuccess) e = prepare_type<APR_TYPE_Q4_0>();
+    if (e == cudaSuccess) e = prepare_type<APR_TYPE_Q8_0>();
+    return e == cudaSuccess ? 0 : -1;
 }
 
 extern "C" int apr_cu_mma_supports(uint32_t type)
@@ -788,8 +798,9 @@ extern "C" int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_ac
          * at 64 tokens q/k/v, o, down split (1.2-1.3x), gate/up not (560
          * blocks: 0.036 vs 0.044 ms); at 16-32 tokens gate/up splits too. */
         int shape = ntok <= 32 ? SHAPE_64x32 : SHAPE_64x64;
-        if ((long)blk * ((ntok + 31) / 32) <= 3L * sm_count()) shape = SHAPE_64x32_SPLIT;
-        if (mma_forced_shape) shape = mma_forced_shape;
+        const int sms = apr_cu_sms(c), forced_shape = c->tune.mma_shape, forced_split = c->tune.mma_split;
+        if ((long)blk * ((ntok + 31) / 32) <= 3L * sms) shape = SHAPE_64x32_SPLIT;
+        if (forced_shape >= SHAPE_64x64 && forced_shape <= SHAPE_64x32_SPLIT) shape = forced_shape;
         if (blk > 65535) return -1;
         /* Few blocks even so (batched decode: the 1.5B's down product at 64
          * tokens is 24 row blocks x 2 for 132 multiprocessors): split K across
@@ -799,10 +810,11 @@ extern "C" int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_ac
         const long blocks = (long)blk * ((ntok + 31) / 32);
         const int n_stages = kq ? p.seg[0].n_in / 256 : (p.seg[0].n_in / 32 + 7) / 8;
         p.split = 1;
-        if (c->mma_work && p.n_seg == 1 && ntok <= 64 && mma_forced_split != 1) {
-            int sp = mma_forced_split ? mma_forced_split : (int)(2L * sm_count() / (blocks > 0 ? blocks : 1));
+        const bool forced = forced_split >= 1 && forced_split <= APR_CU_MMA_SPLIT_MAX;
+        if (c->mma_work && p.n_seg == 1 && ntok <= 64 && !(forced && forced_split == 1)) {
+            int sp = forced ? forced_split : (int)(2L * sms / (blocks > 0 ? blocks : 1));
             if (sp > APR_CU_MMA_SPLIT_MAX) sp = APR_CU_MMA_SPLIT_MAX;
-            if (!mma_forced_split && sp > n_stages / 4) sp = n_stages / 4;
+            if (!forced && sp > n_stages / 4) sp = n_stages / 4;
             if (sp > n_stages) sp = n_stages;
             if (sp > 1 && p.seg[0].n_out <= c->mma_work_rows) {
                 p.split = sp;
@@ -815,17 +827,6 @@ extern "C" int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_ac
     return 0;
 }
 
-/* APR_CUDA_MMA=0 keeps every product on the GEMV (measurements, parity checks). */
-static bool mma_enabled(void)
-{
-    static int on = -1;
-    if (on < 0) {
-        const char *v = getenv("APR_CUDA_MMA");
-        on = !(v && !strcmp(v, "0"));
-    }
-    return on != 0;
-}
-
 /* Below APR_CU_MMA_ALL_TOK tokens only the wide products take the tensor
  * cores: measured on the H100 at 16 tokens, gate/up (2 x 8960 rows) ran 1.3x
  * faster there, but q/k/v, o and down (1536-2048 rows: 24-32 row tiles, too
@@ -834,7 +835,7 @@ static bool mma_enabled(void)
 extern "C" int apr_cu_matmul(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok,
                              const apr_cu_ctx *c)
 {
-    bool mma = ntok >= APR_CU_MMA_MIN_TOK && n_seg >= 1 && n_seg <= APR_CU_MAX_SEG && mma_enabled();
+    bool mma = ntok >= APR_CU_MMA_MIN_TOK && n_seg >= 1 && n_seg <= APR_CU_MAX_SEG && !c->tune.mma_off;
     long rows = 0;
     for (int i = 0; mma && i < n_seg; i++) {
         mma = apr_cu_mma_supports(seg[i].w.type) != 0;

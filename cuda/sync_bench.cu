@@ -47,10 +47,9 @@ extern "C" int apr_cu_sync_bench(void)
     unsigned *d = NULL;
     if (cudaMalloc((void **)&d, 64) != cudaSuccess) return -1;
     cudaMemset(d, 0, 64);
-    apr_cu_init();
     int per_sm = 0;
     cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, sync_barrier_kernel, 256, 0);
-    const int sms = apr_cu_sms(), rounds = 200;
+    const int sms = apr_cu_sms(NULL), rounds = 200;
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
     cudaEventCreate(&e1);
@@ -129,6 +128,6 @@ static __global__ void read_kernel(const uint4 *p, size_t n16, unsigned *sink)
 extern "C" int apr_cu_read_bench(const void *p, size_t bytes, int shape, unsigned *sink, const apr_cu_ctx *c)
 {
     const size_t n16 = bytes / 16, per_block = 256 * 4;
-    const unsigned grid = shape ? (unsigned)((n16 + per_block - 1) / per_block) : (unsigned)(8 * apr_cu_sms());
+    const unsigned grid = shape ? (unsigned)((n16 + per_block - 1) / per_block) : (unsigned)(8 * apr_cu_sms(c));
     return launch(c, read_kernel<4>, dim3(grid), dim3(256), (const uint4 *)p, n16, sink) == cudaSuccess ? 0 : -1;
 }

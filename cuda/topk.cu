@@ -436,7 +436,7 @@ extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t 
      * still thousands of elements */
     int parts = 1;
     if (work) {
-        parts = 2 * apr_cu_sms() / nrows;
+        parts = 2 * apr_cu_sms(c) / nrows;
         if (parts > APR_CU_TOPK_PARTS) parts = APR_CU_TOPK_PARTS;
         if (parts > n / 4096) parts = n / 4096;
         if (parts < 1) parts = 1;

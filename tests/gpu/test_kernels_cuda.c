@@ -256,7 +256,8 @@ static void test_quantizers(rng *r)
 typedef int (*product_fn)(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
 
 /* store, residual add and SwiGLU of one weight type through fn ("gemv", "mma") against the CPU */
-static void test_product(rng *r, product_fn fn, const char *name, uint32_t type, int n_in, int n_out, int ntok)
+static void test_product(rng *r, product_fn fn, const char *name, uint32_t type, int n_in, int n_out, int ntok,
+                         const apr_cu_ctx *cx)
 {
     const int ld = (n_in + 255) / 256 * 256;
     const size_t wb = apr_cu_weight_bytes(type, n_in, n_out);
@@ -283,7 +284,7 @@ static void test_product(rng *r, product_fn fn, const char *name, uint32_t type,
     /* store */
     poison(dout, sizeof(float) * n_out * ntok);
     apr_cu_gemv_seg seg = {dw, none, dout, n_out, APR_CU_STORE};
-    if (fn(&seg, 1, &a, ntok, &cu0)) {
+    if (fn(&seg, 1, &a, ntok, cx)) {
         printf("FAIL %s refused %s %dx%d\n", name, apr_type_get(type)->name, n_in, n_out);
         failures++;
     }
@@ -295,7 +296,7 @@ static void test_product(rng *r, product_fn fn, const char *name, uint32_t type,
     /* residual add */
     CK(cudaMemcpy(dout, base, sizeof(float) * n_out * ntok, cudaMemcpyHostToDevice));
     seg.mode = APR_CU_ADD;
-    if (fn(&seg, 1, &a, ntok, &cu0)) failures++;
+    if (fn(&seg, 1, &a, ntok, cx)) failures++;
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
     for (int i = 0; i < n_out * ntok; i++) base[i] += ref[i];
@@ -305,7 +306,7 @@ static void test_product(rng *r, product_fn fn, const char *name, uint32_t type,
     /* SwiGLU of two products */
     poison(dout, sizeof(float) * n_out * ntok);
     apr_cu_gemv_seg sw = {dw, dw2, dout, n_out, APR_CU_SWIGLU};
-    if (fn(&sw, 1, &a, ntok, &cu0)) failures++;
+    if (fn(&sw, 1, &a, ntok, cx)) failures++;
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
     for (int i = 0; i < n_out * ntok; i++) base[i] = silu(ref[i]) * ref2[i];
@@ -391,12 +392,12 @@ static void test_gemv_per32(rng *r, uint32_t type, int n_in, int n_out, int ntok
 
 static void test_gemv_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
 {
-    test_product(r, apr_cu_gemv, "gemv", type, n_in, n_out, ntok);
+    test_product(r, apr_cu_gemv, "gemv", type, n_in, n_out, ntok, &cu0);
 }
 
 static void test_mma_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
 {
-    test_product(r, apr_cu_mma, "mma ", type, n_in, n_out, ntok);
+    test_product(r, apr_cu_mma, "mma ", type, n_in, n_out, ntok, &cu0);
 }
 
 /* A token's products must be the same bits whether it runs alone or in a
@@ -462,7 +463,8 @@ static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_ou
 }
 
 /* q, k, v of mixed types in one launch, into one strided row (as the forward pass does). */
-static void test_segments(rng *r, product_fn fn, const char *name, const uint32_t types[3], int ntok)
+static void test_segments(rng *r, product_fn fn, const char *name, const uint32_t types[3], int ntok,
+                          const apr_cu_ctx *cx)
 {
     const int n_in = 512, ld = 512, outs[3] = {96, 32, 40};
     const int ldo = outs[0] + outs[1] + outs[2];
@@ -488,7 +490,7 @@ static void test_segments(rng *r, product_fn fn, const char *name, const uint32_
         col += outs[s];
         free(w);
     }
-    if (fn(seg, 3, &a, ntok, &cu0)) failures++;
+    if (fn(seg, 3, &a, ntok, cx)) failures++;
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * ldo * ntok, cudaMemcpyDeviceToHost));
     char what[96];
@@ -508,7 +510,7 @@ static void test_segments(rng *r, product_fn fn, const char *name, const uint32_
 static void test_gemv_segments(rng *r, int ntok)
 {
     const uint32_t types[3] = {APR_TYPE_Q4_K, APR_TYPE_Q5_0, APR_TYPE_Q6_K};
-    test_segments(r, apr_cu_gemv, "gemv", types, ntok);
+    test_segments(r, apr_cu_gemv, "gemv", types, ntok, &cu0);
 }
 
 /* The decode GEMV that quantizes its own input (apr_cu_gemv_fused) against
@@ -612,7 +614,6 @@ static void test_gemv_norm(rng *r, const uint32_t *types, int n_seg, int n, int 
 {
     const int outs[3] = {96, 40, 72}, ld = n + 128;
     const float eps = 1e-6f;
-    apr_cu_init(); /* the multiprocessor count its one-wave rule reads */
     int ldo = 0;
     for (int i = 0; i < n_seg; i++) ldo += outs[i];
     float *x = malloc(sizeof(float) * (size_t)ld * ntok_max), *g = malloc(sizeof(float) * n);
@@ -857,8 +858,7 @@ static void test_gemv_norm_declines(void)
     const apr_cu_weight f16 = {(void *)16, APR_TYPE_F16, 256, 8}, q4 = {(void *)16, APR_TYPE_Q4_K, 256, 8};
     const apr_cu_weight q4w = {(void *)16, APR_TYPE_Q4_K, 384, 8}, none = {NULL, 0, 0, 0};
     const apr_cu_weight wide = {(void *)16, APR_TYPE_Q4_K, 1536, 8}; /* 48 chunks: the 1.5B's q/k/v */
-    apr_cu_init();
-    const apr_cu_weight tall = {(void *)16, APR_TYPE_Q4_K, 256, 8 * 3 * apr_cu_sms() + 8};
+    const apr_cu_weight tall = {(void *)16, APR_TYPE_Q4_K, 256, 8 * 3 * apr_cu_sms(&cu0) + 8};
     float *dx = NULL;
     CK(cudaMalloc((void **)&dx, sizeof(float) * 2048));
     const int32_t *rows = (const int32_t *)dx;
@@ -1188,7 +1188,6 @@ static void test_attention_ctx(rng *r, int n_head, int n_head_kv, int hd, bool n
  * entries than k, a constant row, the best entries at the very end. */
 static void test_topk(rng *r)
 {
-    apr_cu_init(); /* the multiprocessor count the split is sized by */
     const int ns[] = {151936, 40000, 4099, 65, 32};
     const int ks[] = {1, 5, 40, 64};
     const size_t stride = APR_CU_TOPK_STRIDE;
@@ -1397,7 +1396,8 @@ static void test_mma_split(rng *r, uint32_t type, int n_in, int n_out, int ntok,
     CK(cudaMalloc((void **)&work, APR_CU_MMA_WORK_BYTES(n_out)));
     apr_cu_act a = act_alloc(ntok, n_in);
     apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, ntok, &a, &cu0);
-    const apr_cu_ctx split_ctx = {.mma_work = work, .mma_work_rows = n_out};
+    apr_cu_ctx whole = {.mma_work = work, .mma_work_rows = n_out}, split = whole;
+    whole.tune.mma_split = 1;
     float *ref = malloc(ob), *got = malloc(ob);
     double worst = 0;
     for (int sp = 2; sp <= APR_CU_MMA_SPLIT_MAX; sp++) {
@@ -1405,10 +1405,9 @@ static void test_mma_split(rng *r, uint32_t type, int n_in, int n_out, int ntok,
         CK(cudaMemset(o2, 0, ob));
         apr_cu_gemv_seg g1 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, o1, n_out, mode};
         apr_cu_gemv_seg g2 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, o2, n_out, mode};
-        apr_cu_mma_force_split(1);
-        if (apr_cu_mma(&g1, 1, &a, ntok, &split_ctx)) failures++;
-        apr_cu_mma_force_split(sp);
-        if (apr_cu_mma(&g2, 1, &a, ntok, &split_ctx)) failures++;
+        split.tune.mma_split = sp;
+        if (apr_cu_mma(&g1, 1, &a, ntok, &whole)) failures++;
+        if (apr_cu_mma(&g2, 1, &a, ntok, &split)) failures++;
         CK_LAUNCH();
         CK(cudaMemcpy(ref, o1, ob, cudaMemcpyDeviceToHost));
         CK(cudaMemcpy(got, o2, ob, cudaMemcpyDeviceToHost));
@@ -1420,7 +1419,6 @@ static void test_mma_split(rng *r, uint32_t type, int n_in, int n_out, int ntok,
         const double rel = sqrt(num / (den > 0 ? den : 1));
         if (!(rel <= worst)) worst = rel; /* NaN stays */
     }
-    apr_cu_mma_force_split(0);
     const bool ok = worst <= 1e-6;
     printf("%-4s mma split K over 2..%d blocks %-4s %5d x %-5d ntok %-3d %-6s: rel %.2e against unsplit\n",
            ok ? "ok" : "FAIL", APR_CU_MMA_SPLIT_MAX, apr_type_get(type)->name, n_in, n_out, ntok,
@@ -1588,7 +1586,7 @@ static double read_us(size_t bytes, int copies, int launches, int shape, const a
     return us;
 }
 
-/* --gemv-bench: each one-token product of a Qwen2.5-0.5B, -1.5B, -7B and -32B layer
+/* --gemv-bench: each one-token product of a Qwen2.5-0.5B, -1.5B, -3B, -7B and -32B layer
  * (and their output matrices; APR_GEMV_ONLY=TEXT: those whose name contains
  * TEXT) launched back to back from a CUDA graph, with
  * programmatic dependent launch as the engine does, cycling over enough
@@ -1601,7 +1599,8 @@ static int gemv_bench(void)
     rng r = {0x2545f4914f6cdd1dull};
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-    const apr_cu_ctx ctx = {.stream = s, .pdl = 1};
+    apr_cu_ctx ctx = {.stream = s, .pdl = 1};
+    apr_cu_tune_env(&ctx.tune); /* APR_CUDA_GEMV1=0: the general kernel's figures */
     const int F = 27648;
     float *x = malloc(sizeof(float) * F);
     fill_acts(&r, x, F);
@@ -1621,6 +1620,11 @@ static int gemv_bench(void)
         {"1.5B down + res Q4_K 8960 -> 1536", {APR_TYPE_Q4_K}, 8960, {1536}, 1, APR_CU_ADD},
         {"1.5B down + res Q6_K 8960 -> 1536", {APR_TYPE_Q6_K}, 8960, {1536}, 1, APR_CU_ADD},
         {"1.5B output Q6_K 1536 -> 151936", {APR_TYPE_Q6_K}, 1536, {151936}, 1, APR_CU_STORE},
+        {"3B q/k/v Q4_K 2048 -> 2048+256+256", {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K}, 2048, {2048, 256, 256}, 3, APR_CU_STORE},
+        {"3B o + res Q4_K 2048 -> 2048", {APR_TYPE_Q4_K}, 2048, {2048}, 1, APR_CU_ADD},
+        {"3B gate/up + SwiGLU Q4_K 2048 -> 2x11008", {APR_TYPE_Q4_K}, 2048, {11008}, 1, APR_CU_SWIGLU},
+        {"3B down + res Q4_K 11008 -> 2048", {APR_TYPE_Q4_K}, 11008, {2048}, 1, APR_CU_ADD},
+        {"3B down + res Q6_K 11008 -> 2048", {APR_TYPE_Q6_K}, 11008, {2048}, 1, APR_CU_ADD},
         {"7B q/k/v Q4_K 3584 -> 3584+512+512", {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K}, 3584, {3584, 512, 512}, 3, APR_CU_STORE},
         {"7B gate/up + SwiGLU Q4_K 3584 -> 2x18944", {APR_TYPE_Q4_K}, 3584, {18944}, 1, APR_CU_SWIGLU},
         {"7B down + res Q6_K 18944 -> 3584", {APR_TYPE_Q6_K}, 18944, {3584}, 1, APR_CU_ADD},
@@ -1639,7 +1643,6 @@ static int gemv_bench(void)
         {"0.5B gate/up + SwiGLU Q5_0 896 -> 2x4864", {APR_TYPE_Q5_0}, 896, {4864}, 1, APR_CU_SWIGLU},
         {"0.5B output Q8_0 896 -> 151936", {APR_TYPE_Q8_0}, 896, {151936}, 1, APR_CU_STORE},
     };
-    apr_cu_init(); /* reads APR_CUDA_GEMV1 */
     const int sweep = getenv("APR_GEMV_SWEEP") != NULL; /* every lane depth and row split */
     printf("%-44s %9s %6s %9s %8s\n", "one-token product", "MB", "u/w", "us", "GB/s");
     const char *only = getenv("APR_GEMV_ONLY"); /* products whose name contains it */
@@ -1648,7 +1651,8 @@ static int gemv_bench(void)
         if (only && !strstr(prod[pi].name, only)) continue;
         /* cfg 1..8: lane depth 1, 2 x warps a row 1, 2, 4, 8 */
         const int fu = cfg ? 1 + (cfg - 1) / 4 : 0, fw = cfg ? 1 << ((cfg - 1) % 4) : 0;
-        apr_cu_gemv1_force(fu, fw);
+        ctx.tune.gemv1_u = fu;
+        ctx.tune.gemv1_w = fw;
         const int n_in = prod[pi].n_in, sw = prod[pi].mode == APR_CU_SWIGLU;
         size_t bytes = 0;
         for (int i = 0; i < prod[pi].n_seg; i++)
@@ -1715,7 +1719,6 @@ static int gemv_bench(void)
         free(w);
         act_free(&a);
     }
-    apr_cu_gemv1_force(0, 0);
     cudaFree(dx);
     cudaFree(dout);
     cudaStreamDestroy(s);
@@ -1735,7 +1738,6 @@ static int topk_bench(void)
     cudaStream_t s;
     CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
     const apr_cu_ctx ctx = {.stream = s, .pdl = 1};
-    apr_cu_init();
     const int n = 151936, max_rows = 64, launches = 50;
     float *l = malloc(sizeof(float) * (size_t)n * max_rows);
     for (size_t i = 0; i < (size_t)n * max_rows; i++)
@@ -1883,6 +1885,10 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_kernels_cuda: no CUDA device\n");
         return 1;
     }
+    if (apr_cu_prepare()) {
+        fprintf(stderr, "test_kernels_cuda: %s\n", cudaGetErrorString(cudaGetLastError()));
+        return 1;
+    }
     if (argc > 1 && !strcmp(argv[1], "--bandwidth")) return bandwidth();
     if (argc > 1 && !strcmp(argv[1], "--mma-bench")) return mma_bench();
     if (argc > 1 && !strcmp(argv[1], "--gemv-bench")) return gemv_bench();
@@ -1916,11 +1922,12 @@ int main(int argc, char **argv)
     test_gemv_case(&r, APR_TYPE_Q4_0, 2080, 45, 1);
     for (int u = 1; u <= 2; u++)
         for (int w = 1; w <= 8; w *= 2) {
-            apr_cu_gemv1_force(u, w);
-            test_gemv_case(&r, w & 1 ? APR_TYPE_Q6_K : APR_TYPE_Q4_K, 2560, 35, 1);
-            test_gemv_case(&r, APR_TYPE_Q5_0, 896, 45, 1);
+            apr_cu_ctx forced = cu0;
+            forced.tune.gemv1_u = u;
+            forced.tune.gemv1_w = w;
+            test_product(&r, apr_cu_gemv, "gemv", w & 1 ? APR_TYPE_Q6_K : APR_TYPE_Q4_K, 2560, 35, 1, &forced);
+            test_product(&r, apr_cu_gemv, "gemv", APR_TYPE_Q5_0, 896, 45, 1, &forced);
         }
-    apr_cu_gemv1_force(0, 0);
     for (int ni = 0; ni < 3; ni++) {
         test_gemv_case(&r, APR_TYPE_F32, ni == 2 ? 172 : 64, 19, ntoks[ni * 2]); /* stories260K's shapes */
         test_gemv_case(&r, APR_TYPE_F16, ni == 2 ? 172 : 64, 19, ntoks[ni * 2]);
@@ -1938,8 +1945,7 @@ int main(int argc, char **argv)
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 4100, APR_CU_SWIGLU); /* wide: routed by batch size */
     /* one to two waves of one-round blocks: a token alone takes two groups a
      * block (gemv1_rows2_kernel), batches the one-group kernel (the wave is
-     * the multiprocessor count apr_cu_init reads) */
-    apr_cu_init();
+     * the device's multiprocessor count) */
     test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 896, 4864, APR_CU_SWIGLU); /* the 0.5B's gate/up */
     test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 4864, 896, APR_CU_ADD);    /* its down: four warps a row */
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1024, 4000, APR_CU_STORE);
@@ -1960,16 +1966,17 @@ int main(int argc, char **argv)
     const uint32_t mixed[3] = {APR_TYPE_Q4_K, APR_TYPE_Q5_0, APR_TYPE_Q6_K};
     const char *const shape_name[4] = {"mma", "mma:64x64", "mma:64x32", "mma:split"};
     for (int shape = 1; shape <= 3; shape++) {
-        apr_cu_mma_force_shape(shape);
+        apr_cu_ctx forced = cu0;
+        forced.tune.mma_shape = shape;
         for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
             const bool k = types[ti] == APR_TYPE_Q4_K || types[ti] == APR_TYPE_Q6_K;
-            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 1536 : 896, 67, shape == 1 ? 100 : 33);
-            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 512 : 288, 131, 70);
-            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 8960 : 4864, 40, 20);
+            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 1536 : 896, 67, shape == 1 ? 100 : 33,
+                         &forced);
+            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 512 : 288, 131, 70, &forced);
+            test_product(&r, apr_cu_mma, shape_name[shape], types[ti], k ? 8960 : 4864, 40, 20, &forced);
         }
-        test_segments(&r, apr_cu_mma, shape_name[shape], mixed, 40);
+        test_segments(&r, apr_cu_mma, shape_name[shape], mixed, 40, &forced);
     }
-    apr_cu_mma_force_shape(0);
     const int mtoks[] = {16, 33, 100, 512};
     for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
         const bool k = types[ti] == APR_TYPE_Q4_K || types[ti] == APR_TYPE_Q6_K;
@@ -1982,11 +1989,11 @@ int main(int argc, char **argv)
     }
     const uint32_t same[3] = {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q4_K};
     const uint32_t legacy[3] = {APR_TYPE_Q8_0, APR_TYPE_Q5_0, APR_TYPE_Q8_0};
-    test_segments(&r, apr_cu_mma, "mma", same, 100);
-    test_segments(&r, apr_cu_mma, "mma", mixed, 40);
-    test_segments(&r, apr_cu_mma, "mma", legacy, 17);
-    test_segments(&r, apr_cu_matmul, "matmul", mixed, APR_CU_MMA_MIN_TOK - 1); /* the GEMV */
-    test_segments(&r, apr_cu_matmul, "matmul", mixed, APR_CU_MMA_ALL_TOK);     /* the tensor cores */
+    test_segments(&r, apr_cu_mma, "mma", same, 100, &cu0);
+    test_segments(&r, apr_cu_mma, "mma", mixed, 40, &cu0);
+    test_segments(&r, apr_cu_mma, "mma", legacy, 17, &cu0);
+    test_segments(&r, apr_cu_matmul, "matmul", mixed, APR_CU_MMA_MIN_TOK - 1, &cu0); /* the GEMV */
+    test_segments(&r, apr_cu_matmul, "matmul", mixed, APR_CU_MMA_ALL_TOK, &cu0);     /* the tensor cores */
     for (int fused = 0; fused < 2; fused++) {
         test_attention(&r, 8, 4, 8, false, false, false, fused);   /* stories260K */
         test_attention(&r, 12, 2, 128, true, true, false, fused);  /* qwen2.5-1.5b */
