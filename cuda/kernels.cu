@@ -1506,9 +1506,10 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
 /* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200;
  * the 7B's and 32B's shapes on an H100, 2026-11-26):
  * - up to 32 chunks: one;
- * - 33-64: two while the matrix has under 4096 rows (o, q/k/v: twice the
- *   blocks of a latency-bound product), one for the big ones (gate/up, the
- *   output matrix);
+ * - 33-64: two while their blocks (4 rows each) are at most one and a half
+ *   waves of 3 a multiprocessor (o, q/k/v: twice the blocks of a
+ *   latency-bound product), one beyond (gate/up, the output matrix, and the
+ *   3B's q/k/v: 640 blocks at two, H100 3.28 -> 2.32 us at one warp a row);
  * - 65-256 (the 3584- and 5120-wide inputs): one where its blocks (8 rows
  *   each, 4 a multiprocessor) fill their last wave to 80% or more, else two
  *   (more, smaller blocks: a better last wave). One: 7B gate/up 33.4 -> 32.6
@@ -1528,7 +1529,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
 static int gemv1_wpr(int nch, int rows, int sms)
 {
     if (nch <= 32) return 1;
-    if (nch <= 64) return rows < 4096 ? 2 : 1;
+    if (nch <= 64) return 2 * ((rows + 3) / 4) <= 9 * sms ? 2 : 1;
     if (nch <= 256) {
         const int blocks = (rows + 7) / 8, wave = 4 * sms, waves = (blocks + wave - 1) / wave;
         return 5 * blocks >= 4 * waves * wave ? 1 : 2;
@@ -1707,9 +1708,15 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
      * load: 1.5B q/k/v 3.2 -> 1.9 us, 0.5B 1.6 -> 1.4), else two, except for
      * SwiGLU's pairs of rows at one warp a row where pairs would leave the
      * last round half idle (the 32B's rows of 160 chunks, H100: gate/up 63.3
-     * -> 61.1 us; its output matrix, one row, prefers two: 217.6 against 225.9) */
+     * -> 61.1 us; its output matrix, one row, prefers two: 217.6 against
+     * 225.9, and so do the 0.5B's and 1.5B's down: 2.63 against 3.21 us Q8_0,
+     * 5.09 against 5.81 Q4_K), and for a token's long Q6_K rows, whose chunks
+     * hold more registers (the 3B's down, 344 chunks at two warps a row: 9.57
+     * -> 7.65 us, the 7B's 22.9 -> 22.5; the 1.5B's 280: 5.71 against 5.80,
+     * so from 160 chunks a warp). */
     int u = nch <= 32 * wpr ? 1 : 2;
     if (swiglu && wpr == 1 && nch > 64 && nch % 64 && nch % 64 <= 32) u = 1;
+    if (ntok == 1 && n_seg == 1 && seg[0].w.type == APR_TYPE_Q6_K && nch / wpr >= 160) u = 1;
     /* a lane's gate and up rows at one Q4_K pair each already hold what two
      * chunks of each did; two pairs spill at 64-80 registers */
     if (pairs) u = 1;

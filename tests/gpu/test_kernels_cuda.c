@@ -1920,6 +1920,8 @@ int main(int argc, char **argv)
     test_gemv_case(&r, APR_TYPE_Q5_0, 4864, 43, 1);
     test_gemv_case(&r, APR_TYPE_Q8_0, 4864, 37, 1);
     test_gemv_case(&r, APR_TYPE_Q4_0, 2080, 45, 1);
+    test_gemv_case(&r, APR_TYPE_Q6_K, 11008, 36, 1); /* long Q6_K rows: one chunk a lane at a time */
+    test_gemv_case(&r, APR_TYPE_Q4_K, 2048, 2560, 1); /* 64 chunks in more than 1.5 waves: one warp a row */
     for (int u = 1; u <= 2; u++)
         for (int w = 1; w <= 8; w *= 2) {
             apr_cu_ctx forced = cu0;
@@ -1940,6 +1942,8 @@ int main(int argc, char **argv)
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 40, APR_CU_SWIGLU);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 8960, 40, APR_CU_ADD);
     test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 8960, 33, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 11008, 36, APR_CU_ADD); /* a token's chunks one a lane, tiles' two */
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 2048, 2560, APR_CU_STORE); /* the 3B's q/k/v: one warp a row */
     test_gemv_batch_invariance(&r, APR_TYPE_Q8_0, 4864, 29, APR_CU_ADD);
     test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 896, 45, APR_CU_STORE);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 4100, APR_CU_SWIGLU); /* wide: routed by batch size */
