@@ -13,7 +13,7 @@
 #   4. benchmarks through apr eval: decode tok/s at batch 1 (128 tokens; each
 #      position's best picked on the GPU, as serving reads it for a greedy
 #      stream, then its 5 best, and once with whole logits rows to the host) for
-#      0.5B, 1.5B, 7B (also without PDL, unfused (APR_CUDA_FUSE=0: ten kernels
+#      0.5B, 1.5B, 3B, 7B (also without PDL, unfused (APR_CUDA_FUSE=0: ten kernels
 #      a layer), all fused (63), and the 1.5B without graphs); batched decode of 1-64
 #      sequences on the 1.5B (test_kernels_cuda --batched); prefill
 #      of a 512-token prompt on the 1.5B; 1.5B decode after a 2000-token prompt; each beside llama.cpp's figure on the
@@ -29,12 +29,12 @@
 #      right behind it, and with --workers cuda,cpu a kill -9 of the holder
 #      under apr load (the CPU worker serves meanwhile; streams complete)
 # The table comes last. Logs go to $OUT (or /tmp/apr-gpu) as well.
-# PARTS="kernels parity bench serve" selects parts; SIZES="0.5b 1.5b 7b" the bench models.
+# PARTS="kernels parity bench serve" selects parts; SIZES="0.5b 1.5b 3b 7b" the bench models.
 # PARTS=serve-decode is part 5 without its fault tests: decode and TTFT through apr-coord against
 # apr eval, the engine's split of a token's time, and the pipeline floor.
 . tests/gpu/env.sh
 PARTS=${PARTS:-kernels parity bench serve}
-SIZES=${SIZES:-0.5b 1.5b 7b}
+SIZES=${SIZES:-0.5b 1.5b 3b 7b}
 TABLE="$LOG/table.txt"
 : >"$TABLE"
 fails=0
@@ -174,7 +174,7 @@ if has bench; then
                 { echo "FAIL: qwen2.5-$s greedy tokens differ between one candidate and $v"; fails=$((fails + 1)); }
         done
         # where a token's time goes, from each kernel's own start and end on the GPU (CUPTI)
-        case $s in 0.5b|1.5b) SIZES=$s sh tests/gpu/timeline.sh | tee "$LOG/timeline-$s.txt" ;; esac
+        case $s in 0.5b|1.5b|3b) SIZES=$s sh tests/gpu/timeline.sh | tee "$LOG/timeline-$s.txt" ;; esac
         APR_CUDA_PDL=0 evc cuda "$m" "bench-$s-nopdl" -p "Once upon a time" -n 128 --ignore-eos &&
             row "qwen2.5-$s decode b=1, no PDL" "$(rate decode "$LOG/bench-$s-nopdl.err")" "$ref" "$by"
         # the one-token step as ten kernels a layer (norm/quantize and bias+RoPE+KV
@@ -336,9 +336,11 @@ if has serve || has serve-decode; then
         evc cuda "$SP" serve-eval -p "Once upon a time" -n 128 --ignore-eos || fails=$((fails + 1))
         eval_d=$(rate decode "$LOG/serve-eval.err")
         if coord_start cuda serve-bench; then
-            "$APR" bench --endpoint "$EP" -n 128 --runs 20 --warmup 3 --baseline "apr-eval=$eval_d" \
+            # the report's bars against llama.cpp's figure for this model
+            # (apr eval's, the engine alone, is compared with below)
+            "$APR" bench --endpoint "$EP" -n 128 --runs 30 --warmup 3 --baseline "llama.cpp=532" \
                 >"$LOG/serve-bench.txt" 2>&1 || fails=$((fails + 1))
-            "$APR" bench --endpoint "$EP" --prompt-tokens 512 -n 16 --runs 5 --warmup 1 \
+            "$APR" bench --endpoint "$EP" --prompt-tokens 512 -n 16 --runs 5 --warmup 1 --bars cv=10,runs=5 \
                 >"$LOG/serve-bench512.txt" 2>&1 || fails=$((fails + 1))
             cat "$LOG/serve-bench.txt"
             bd=$(awk '$1 == "apr" && $3 == "+-" {print $2}' "$LOG/serve-bench.txt")
