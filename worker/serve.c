@@ -49,6 +49,43 @@ int64_t mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* ------------------------------------------------------------ tail figures */
+
+/* Latencies of one kind at 10 us resolution up to 50 ms (the last bin holds
+ * everything longer), for the exit line's medians and tails: a mean hides
+ * the occasional slow step that a client sees as a p99. */
+#define HIST_BINS 5000
+#define HIST_NS 10000
+typedef struct {
+    uint32_t *bin; /* HIST_BINS counts, or NULL: not kept */
+    int64_t n, max_ns;
+} lat_hist;
+
+static void hist_add(lat_hist *h, int64_t ns)
+{
+    if (h->bin == NULL || ns < 0)
+        return;
+    int64_t b = ns / HIST_NS;
+    h->bin[b < HIST_BINS ? b : HIST_BINS - 1]++;
+    h->n++;
+    if (ns > h->max_ns)
+        h->max_ns = ns;
+}
+
+/* The q-quantile (0 < q <= 1) in ms: the upper edge of its bin. */
+static double hist_ms(const lat_hist *h, double q)
+{
+    if (h->bin == NULL || h->n == 0)
+        return 0;
+    int64_t want = (int64_t)(q * (double)h->n + 0.999999), seen = 0;
+    for (int b = 0; b < HIST_BINS; b++) {
+        seen += h->bin[b];
+        if (seen >= want)
+            return (double)(b + 1) * HIST_NS / 1e6;
+    }
+    return (double)h->max_ns / 1e6;
+}
+
 /* --------------------------------------------------------------- ticker */
 
 static void *tick_main(void *arg)
@@ -228,6 +265,7 @@ typedef struct {
     unsigned char *box_copy; /* sizeof apr_stepbox.msg */
     int64_t solo_n, solo_backend_ns, solo_loop_ns, solo_wait_ns;
     int64_t solo_rows_ns; /* part of solo_loop_ns: candidates picked or rows copied */
+    lat_hist solo_backend, solo_wait; /* the same steps' backend time and wait, for the tails */
 } worker;
 
 static int send_msg(worker *w, const apr_wmsg *m)
@@ -335,6 +373,8 @@ static int run_step(worker *w, const apr_wmsg *m)
         w->solo_loop_ns += (t0 - w->t_recv) + (sent - t1);
         w->solo_rows_ns += t2 - t1;
         w->solo_wait_ns += w->t_recv - w->last_done_ns;
+        hist_add(&w->solo_backend, t1 - t0);
+        hist_add(&w->solo_wait, w->t_recv - w->last_done_ns);
     }
     w->last_done_ns = sent;
     return 0;
@@ -570,6 +610,9 @@ int apr_worker_serve(const apr_worker_opts *o)
     }
     w.spin_ns = 1000LL * (o->spin_us >= 0 ? o->spin_us : o->engine ? ENGINE_SPIN_US : 0);
     w.box_copy = malloc(sizeof ((apr_stepbox *)0)->msg);
+    /* the tail figures are optional: without memory for them the line has means only */
+    w.solo_backend.bin = calloc(HIST_BINS, sizeof *w.solo_backend.bin);
+    w.solo_wait.bin = calloc(HIST_BINS, sizeof *w.solo_wait.bin);
     if (!w.box_copy) {
         snprintf(hello.error, sizeof hello.error, "out of memory");
         send_msg(&w, &hello);
@@ -596,6 +639,12 @@ int apr_worker_serve(const apr_worker_opts *o)
              "(%.3f ms of it writing candidate or copied rows), %.3f ms from done to the next step",
              (long long)w.solo_n, (double)w.solo_backend_ns / n, (double)w.solo_loop_ns / n,
              (double)w.solo_rows_ns / n, (double)w.solo_wait_ns / n);
+        if (w.solo_backend.n > 0 && w.solo_wait.n > 0)
+            wlog(o->name, "steps of one entry, p50 / p99 / max: %.2f / %.2f / %.2f ms in the backend, "
+                 "%.2f / %.2f / %.2f ms from done to the next step",
+                 hist_ms(&w.solo_backend, 0.5), hist_ms(&w.solo_backend, 0.99),
+                 (double)w.solo_backend.max_ns / 1e6, hist_ms(&w.solo_wait, 0.5), hist_ms(&w.solo_wait, 0.99),
+                 (double)w.solo_wait.max_ns / 1e6);
     }
 
 out:
@@ -608,6 +657,8 @@ out:
     apr_shm_close(&w.logits);
     free(w.scratch);
     free(w.box_copy);
+    free(w.solo_backend.bin);
+    free(w.solo_wait.bin);
     apr_backend_close(w.b);
     apr_shm_close(&w.block);
     return status;
