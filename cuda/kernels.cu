@@ -1679,6 +1679,19 @@ static void gemv1_launch(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_
 #undef GEMV1_B
 #undef GEMV1_T
 
+/* A token's plain rows of one type at two warps a row with three chunks of
+ * each lane in flight at once (gemv1's rule says where). 1 where not taken. */
+static int gemv1_three(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_params &p, uint32_t types)
+{
+    switch (types) {
+    case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q4_K)>, grid, block, p); return 0;
+    case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q6_K)>, grid, block, p); return 0;
+    case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q5_0)>, grid, block, p); return 0;
+    case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q8_0)>, grid, block, p); return 0;
+    default: return 1;
+    }
+}
+
 /* The one-token product for quantized weights; 1 where a segment's type has
  * no such path (F32, F16: apr_cu_gemv's general kernel takes it). */
 static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
@@ -1716,6 +1729,15 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
      * so from 160 chunks a warp). */
     int u = nch <= 32 * wpr ? 1 : 2;
     if (swiglu && wpr == 1 && nch > 64 && nch % 64 && nch % 64 <= 32) u = 1;
+    /* A token's rows of 65-96 chunks a warp at two warps a row (the 0.5B's
+     * down, 76) take three, which makes them one round (gemv1_three): H100
+     * --gemv-bench Q5_0 2.92 -> 2.48 us, Q8_0 2.62 -> 2.75; decode 2183-2194
+     * -> 2236-2251 tok/s, same tokens. Longer rows measured faster alone
+     * with three (the 1.5B's down, 140 a warp: Q4_K 5.05 -> 4.42, Q6_K 5.69
+     * -> 5.42) but not in the step (decode 1198-1204 -> 1184-1195; the 3B
+     * the same), so they keep two. */
+    const int cpw = (nch + wpr - 1) / wpr;
+    if (ntok == 1 && wpr == 2 && !swiglu && n_seg == 1 && cpw > 64 && cpw <= 96) u = 3;
     if (ntok == 1 && n_seg == 1 && seg[0].w.type == APR_TYPE_Q6_K && nch / wpr >= 160) u = 1;
     /* a lane's gate and up rows at one Q4_K pair each already hold what two
      * chunks of each did; two pairs spill at 64-80 registers */
@@ -1759,6 +1781,10 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
         }
 #undef ROWS2
     }
+    if (u == 3 && nt == 1 && wpr == 2 && !big && !rms && !swiglu && !c->tune.gemv1_anytype &&
+        gemv1_three(c, grid, block, p, types) == 0)
+        return 0;
+    if (u > 2) u = 2;
 #define GEMV1(U, WPR, NT) gemv1_launch<U, WPR, NT>(c, grid, block, p, big, rms, swiglu, types)
 #define GEMV1_W(U)                                                   \
     do {                                                             \

@@ -37,7 +37,8 @@ typedef struct {
     int gemv1_anytype;   /* APR_CUDA_GEMV1_ANYTYPE=1: one-token launches on the every-type instance */
     int rows2_off;       /* APR_CUDA_GEMV1_ROWS2=0: no gemv1_rows2_kernel */
     int gemv1_minb;      /* APR_CUDA_GEMV1_MINB=3|4: one-token blocks a multiprocessor (0: by size) */
-    int gemv1_u, gemv1_w;/* forced chunks a lane loads at once (1, 2), warps a row (1, 2, 4, 8); 0: choose */
+    int gemv1_u, gemv1_w;/* forced chunks a lane loads at once (1, 2; 3: a token's plain rows at two
+                          * warps a row), warps a row (1, 2, 4, 8); 0: choose */
     int norm_gemv_off;   /* APR_CUDA_NORM_GEMV=0: apr_cu_gemv_norm declines */
     int pro_prefetch;    /* APR_CUDA_PREFETCH=N: the fused GEMV's row sets a block prefetches (0: 2, <0: none) */
     int pro_grid;        /* APR_CUDA_PRO_GRID=N: its blocks a multiprocessor (0: as many as fit, <0: a block a row set) */

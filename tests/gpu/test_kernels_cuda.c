@@ -1647,10 +1647,10 @@ static int gemv_bench(void)
     printf("%-44s %9s %6s %9s %8s\n", "one-token product", "MB", "u/w", "us", "GB/s");
     const char *only = getenv("APR_GEMV_ONLY"); /* products whose name contains it */
     for (size_t pi = 0; pi < sizeof prod / sizeof prod[0]; pi++)
-    for (int cfg = 0; cfg < (sweep ? 9 : 1); cfg++) {
+    for (int cfg = 0; cfg < (sweep ? 10 : 1); cfg++) {
         if (only && !strstr(prod[pi].name, only)) continue;
-        /* cfg 1..8: lane depth 1, 2 x warps a row 1, 2, 4, 8 */
-        const int fu = cfg ? 1 + (cfg - 1) / 4 : 0, fw = cfg ? 1 << ((cfg - 1) % 4) : 0;
+        /* cfg 1..8: lane depth 1, 2 x warps a row 1, 2, 4, 8; 9: depth 3 at two warps (one token's plain rows) */
+        const int fu = cfg == 9 ? 3 : cfg ? 1 + (cfg - 1) / 4 : 0, fw = cfg == 9 ? 2 : cfg ? 1 << ((cfg - 1) % 4) : 0;
         ctx.tune.gemv1_u = fu;
         ctx.tune.gemv1_w = fw;
         const int n_in = prod[pi].n_in, sw = prod[pi].mode == APR_CU_SWIGLU;
@@ -1930,6 +1930,14 @@ int main(int argc, char **argv)
             test_product(&r, apr_cu_gemv, "gemv", w & 1 ? APR_TYPE_Q6_K : APR_TYPE_Q4_K, 2560, 35, 1, &forced);
             test_product(&r, apr_cu_gemv, "gemv", APR_TYPE_Q5_0, 896, 45, 1, &forced);
         }
+    { /* three chunks a lane in flight (a token's plain rows at two warps a row) */
+        apr_cu_ctx forced = cu0;
+        forced.tune.gemv1_u = 3;
+        forced.tune.gemv1_w = 2;
+        test_product(&r, apr_cu_gemv, "gemv", APR_TYPE_Q6_K, 2560, 35, 1, &forced);
+        test_product(&r, apr_cu_gemv, "gemv", APR_TYPE_Q4_K, 8960, 35, 1, &forced);
+        test_product(&r, apr_cu_gemv, "gemv", APR_TYPE_Q8_0, 896, 45, 1, &forced);
+    }
     for (int ni = 0; ni < 3; ni++) {
         test_gemv_case(&r, APR_TYPE_F32, ni == 2 ? 172 : 64, 19, ntoks[ni * 2]); /* stories260K's shapes */
         test_gemv_case(&r, APR_TYPE_F16, ni == 2 ? 172 : 64, 19, ntoks[ni * 2]);
