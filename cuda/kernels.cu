@@ -257,21 +257,24 @@ static __device__ float dequant_elem(const uint8_t *w, uint32_t type, int n_in, 
     return 0.0f;
 }
 
+/* Block (t, g): elements 256g .. 256g+255 of token t's row, one a thread, so
+ * that the row's weight loads (a cold row: DRAM) are all in flight at once.
+ * A block walking the row in rounds waited for each round's loads in turn:
+ * 5.7 us for the 3B's 2048 at the start of every decode step (H100). */
 static __global__ void get_rows_kernel(const uint8_t *w, uint32_t type, int n_in, int n_out, const int32_t *ids,
                                        float *out, int ldo)
 {
     griddep();
-    const int t = blockIdx.x, row = ids[t];
-    for (int c = threadIdx.x; c < n_in; c += blockDim.x)
-        out[(size_t)t * ldo + c] = dequant_elem(w, type, n_in, n_out, row, c);
+    const int t = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c < n_in) out[(size_t)t * ldo + c] = dequant_elem(w, type, n_in, n_out, ids[t], c);
 }
 
 extern "C" void apr_cu_get_rows(const apr_cu_weight *w, const int32_t *ids, int ntok, float *out, int ldo,
                                 const apr_cu_ctx *c)
 {
-    if (ntok <= 0) return;
-    launch(c, get_rows_kernel, dim3(ntok), dim3(256), (const uint8_t *)w->data, w->type, w->n_in, w->n_out, ids, out,
-           ldo);
+    if (ntok <= 0 || w->n_in <= 0) return;
+    launch(c, get_rows_kernel, dim3((unsigned)ntok, (unsigned)((w->n_in + 255) / 256)), dim3(256),
+           (const uint8_t *)w->data, w->type, w->n_in, w->n_out, ids, out, ldo);
 }
 
 /* ------------------------------------------------------------ stamps */
