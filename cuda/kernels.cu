@@ -330,9 +330,18 @@ static __device__ __forceinline__ float rms_scale(const float *src, int n, float
 {
     __shared__ double red[THREADS / 32];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    /* a thread's first 8 elements loaded at once, so that rows of up to
+     * 8 * THREADS (the 3B's 2048) take one L2 round trip rather than one
+     * per unrolled group; then added in the loop's order, so the same bits */
+    float v[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) v[k] = tid + k * THREADS < n ? src[tid + k * THREADS] : 0.f;
     double ss = 0.0;
+#pragma unroll
+    for (int k = 0; k < 8; k++)
+        if (tid + k * THREADS < n) ss += (double)v[k] * v[k];
 #pragma unroll 4
-    for (int i = tid; i < n; i += THREADS) ss += (double)src[i] * src[i];
+    for (int i = tid + 8 * THREADS; i < n; i += THREADS) ss += (double)src[i] * src[i];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if (lane == 0) red[warp] = ss;
