@@ -318,13 +318,37 @@ static void matmul_worker(void *ctx, int ith, int nth)
 /* out_k[t][r] = W_k[r] . x[t] for each weight; all weights share n_in and type
  * family (they are quantized against the first weight's activation format,
  * so callers group only weights of the same type). */
+typedef struct {
+    cpu_model *m;
+    uint32_t wtype;
+    const float *x;
+    int n_in, ntok;
+    size_t x_stride;
+} quant_job;
+
+static void quant_worker(void *ctx, int ith, int nth)
+{
+    const quant_job *j = ctx;
+    for (int t = j->ntok * ith / nth; t < j->ntok * (ith + 1) / nth; t++)
+        apr_act_quantize(j->m->isa, j->wtype, j->x + (size_t)t * j->n_in, j->m->s.xq + (size_t)t * j->x_stride,
+                         j->n_in);
+}
+
+/* Steps of this many entries or more spread their per-token work (the
+ * activations' quantization, norms, bias + RoPE + cache, residuals, SwiGLU)
+ * across the pool; alone on the calling thread it left the others spinning
+ * (1.5B prefill of 65 tokens, 2 threads: ~6% of the step). A decode step's
+ * is too small to pay for a dispatch. */
+#define PAR_MIN_TOK 4
+
 static void matmul(cpu_model *m, int n_w, const weight *const *w, float *const *out,
                    const float *x, int ntok)
 {
     const int n_in = w[0]->n_in;
     const size_t x_stride = apr_act_row_bytes(w[0]->type, n_in);
-    for (int t = 0; t < ntok; t++)
-        apr_act_quantize(m->isa, w[0]->type, x + (size_t)t * n_in, m->s.xq + (size_t)t * x_stride, n_in);
+    quant_job q = {m, w[0]->type, x, n_in, ntok, x_stride};
+    if (ntok >= PAR_MIN_TOK) pool_run(m->pool, quant_worker, &q);
+    else quant_worker(&q, 0, 1);
     matmul_job j = {.m = m, .n_w = n_w, .xq = m->s.xq, .x_stride = x_stride, .ntok = ntok};
     for (int k = 0; k < n_w; k++) {
         j.w[k] = w[k];
@@ -439,6 +463,46 @@ __attribute__((target("avx2,fma,f16c"))) static void axpy_f16_avx2(float *acc, f
     for (; i < n; i++) acc[i] = round_f16(acc[i] + a * apr_fp16_to_f32(v[i]));
 }
 
+/* acc[i] = round_f16(acc[i] * a): the accumulator rescaled when a new
+ * maximum turns up, in F16C's rounding (round_f16's, bit for bit) */
+__attribute__((target("avx2,fma,f16c"))) static void scale_f16_avx2(float *acc, float a, int n)
+{
+    __m256 va = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 y = _mm256_mul_ps(_mm256_loadu_ps(acc + i), va);
+        _mm256_storeu_ps(acc + i, _mm256_cvtph_ps(_mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT)));
+    }
+    for (; i < n; i++) acc[i] = round_f16(acc[i] * a);
+}
+
+/* dst[i] = round_f16(src[i]) */
+__attribute__((target("avx2,fma,f16c"))) static void round_f16_row_avx2(float *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT)));
+    for (; i < n; i++) dst[i] = round_f16(src[i]);
+}
+
+/* dst[i] = src[i] as F16 */
+__attribute__((target("avx2,fma,f16c"))) static void to_f16_avx2(uint16_t *dst, const float *src, int n)
+{
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = apr_f32_to_fp16(src[i]);
+}
+
+static void to_f16(uint16_t *dst, const float *src, int n, bool simd)
+{
+    if (simd) {
+        to_f16_avx2(dst, src, n);
+        return;
+    }
+    for (int i = 0; i < n; i++) dst[i] = apr_f32_to_fp16(src[i]);
+}
+
 typedef struct {
     cpu_model *m;
     const apr_batch *b;
@@ -466,7 +530,8 @@ static void attn_worker(void *ctx, int ith, int nth)
         const uint16_t *kc = m->k_cache + base, *vc = m->v_cache + base;
         /* q is rounded to F16 like llama.cpp's F16-cache dot product */
         const float *q = m->s.q + (size_t)t * m->q_dim + (size_t)h * hd;
-        for (int i = 0; i < hd; i++) qh[i] = apr_fp16_to_f32(apr_f32_to_fp16(q[i]));
+        if (simd) round_f16_row_avx2(qh, q, hd);
+        else for (int i = 0; i < hd; i++) qh[i] = round_f16(q[i]);
         /* online softmax over the positions 0..pos */
         float mx = -INFINITY, sum = 0.0f;
         for (int i = 0; i < hd; i++) acc[i] = 0.0f;
@@ -477,7 +542,8 @@ static void attn_worker(void *ctx, int ith, int nth)
             if (s > mx) {
                 ms = expf(mx - s);
                 mx = s;
-                for (int i = 0; i < hd; i++) acc[i] = round_f16(acc[i] * ms);
+                if (simd) scale_f16_avx2(acc, ms, hd);
+                else for (int i = 0; i < hd; i++) acc[i] = round_f16(acc[i] * ms);
             } else {
                 vs = expf(s - mx);
             }
@@ -494,6 +560,81 @@ static void attn_worker(void *ctx, int ith, int nth)
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
+/* The per-token work between a layer's products, token t of the step. */
+typedef enum {
+    PART_ATTN_NORM, /* xn = rmsnorm(x) with the attention norm */
+    PART_QKV,       /* q, k, v: bias, RoPE, k and v into the cache */
+    PART_FFN_NORM,  /* x += xn (the o product's output), xn = rmsnorm(x) with the ffn norm */
+    PART_SWIGLU,    /* gate = silu(gate) * up */
+    PART_RESIDUAL,  /* x += xn (the down product's output) */
+} part_kind;
+
+typedef struct {
+    cpu_model *m;
+    const apr_batch *b;
+    int il;
+    part_kind kind;
+} part_job;
+
+static void part_token(const part_job *j, int t)
+{
+    cpu_model *m = j->m;
+    const apr_hparams *hp = &m->hp;
+    const layer *L = &m->layers[j->il];
+    scratch *s = &m->s;
+    const int E = (int)hp->n_embd, hd = (int)hp->head_dim, F = (int)hp->n_ff;
+    float *x = s->x + (size_t)t * E, *xn = s->xn + (size_t)t * E;
+    switch (j->kind) {
+    case PART_ATTN_NORM: rmsnorm(xn, x, L->attn_norm, E, hp->rms_eps); break;
+    case PART_QKV: {
+        float *q = s->q + (size_t)t * m->q_dim, *k = s->k + (size_t)t * m->kv_dim;
+        float *v = s->v + (size_t)t * m->kv_dim;
+        const int pos = j->b->pos[t];
+        if (L->bq) {
+            for (int i = 0; i < m->q_dim; i++) q[i] += L->bq[i];
+            for (int i = 0; i < m->kv_dim; i++) k[i] += L->bk[i];
+            for (int i = 0; i < m->kv_dim; i++) v[i] += L->bv[i];
+        }
+        for (uint32_t h = 0; h < hp->n_head; h++)
+            rope(q + h * hd, pos, (int)hp->rope_dim, hp->rope_freq_base, hp->rope_neox);
+        for (uint32_t h = 0; h < hp->n_head_kv; h++)
+            rope(k + h * hd, pos, (int)hp->rope_dim, hp->rope_freq_base, hp->rope_neox);
+        size_t off = (((size_t)j->b->seq[t] * hp->n_layer + (size_t)j->il) * (size_t)m->n_ctx + (size_t)pos) *
+                     (size_t)m->kv_dim;
+        to_f16(m->k_cache + off, k, m->kv_dim, m->isa != APR_ISA_SCALAR);
+        to_f16(m->v_cache + off, v, m->kv_dim, m->isa != APR_ISA_SCALAR);
+        break;
+    }
+    case PART_FFN_NORM:
+        for (int i = 0; i < E; i++) x[i] += xn[i];
+        rmsnorm(xn, x, L->ffn_norm, E, hp->rms_eps);
+        break;
+    case PART_SWIGLU: {
+        float *g = s->gate + (size_t)t * F;
+        const float *u = s->up + (size_t)t * F;
+        for (int i = 0; i < F; i++) g[i] = silu(g[i]) * u[i];
+        break;
+    }
+    case PART_RESIDUAL:
+        for (int i = 0; i < E; i++) x[i] += xn[i];
+        break;
+    }
+}
+
+static void part_worker(void *ctx, int ith, int nth)
+{
+    const part_job *j = ctx;
+    const int n = j->b->n;
+    for (int t = n * ith / nth; t < n * (ith + 1) / nth; t++) part_token(j, t);
+}
+
+static void run_part(cpu_model *m, const apr_batch *b, int il, part_kind kind)
+{
+    part_job j = {m, b, il, kind};
+    if (b->n >= PAR_MIN_TOK) pool_run(m->pool, part_worker, &j);
+    else part_worker(&j, 0, 1);
+}
+
 /* ------------------------------------------------------------ forward */
 
 int cpu_model_step(cpu_model *m, const apr_batch *b, float *logits, char err[APR_ERRLEN])
@@ -504,7 +645,7 @@ int cpu_model_step(cpu_model *m, const apr_batch *b, float *logits, char err[APR
         return -1;
     }
     const apr_hparams *hp = &m->hp;
-    const int n = b->n, E = (int)hp->n_embd, hd = (int)hp->head_dim, F = (int)hp->n_ff;
+    const int n = b->n, E = (int)hp->n_embd;
     scratch *s = &m->s;
 
     /* token embeddings */
@@ -516,44 +657,23 @@ int cpu_model_step(cpu_model *m, const apr_batch *b, float *logits, char err[APR
         const layer *L = &m->layers[il];
 
         /* attention: norm, q/k/v projections, rope, cache, attend, project */
-        for (int t = 0; t < n; t++)
-            rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E, L->attn_norm, E, hp->rms_eps);
+        run_part(m, b, il, PART_ATTN_NORM);
         const weight *qkv_w[3] = {&L->wq, &L->wk, &L->wv};
         float *qkv_out[3] = {s->q, s->k, s->v};
         matmul_group(m, 3, qkv_w, qkv_out, s->xn, n);
-        for (int t = 0; t < n; t++) {
-            float *q = s->q + (size_t)t * m->q_dim, *k = s->k + (size_t)t * m->kv_dim;
-            float *v = s->v + (size_t)t * m->kv_dim;
-            if (L->bq) {
-                for (int i = 0; i < m->q_dim; i++) q[i] += L->bq[i];
-                for (int i = 0; i < m->kv_dim; i++) k[i] += L->bk[i];
-                for (int i = 0; i < m->kv_dim; i++) v[i] += L->bv[i];
-            }
-            for (uint32_t h = 0; h < hp->n_head; h++)
-                rope(q + h * hd, b->pos[t], (int)hp->rope_dim, hp->rope_freq_base, hp->rope_neox);
-            for (uint32_t h = 0; h < hp->n_head_kv; h++)
-                rope(k + h * hd, b->pos[t], (int)hp->rope_dim, hp->rope_freq_base, hp->rope_neox);
-            size_t off = (((size_t)b->seq[t] * hp->n_layer + (size_t)il) * (size_t)m->n_ctx + (size_t)b->pos[t]) *
-                         (size_t)m->kv_dim;
-            for (int i = 0; i < m->kv_dim; i++) {
-                m->k_cache[off + i] = apr_f32_to_fp16(k[i]);
-                m->v_cache[off + i] = apr_f32_to_fp16(v[i]);
-            }
-        }
+        run_part(m, b, il, PART_QKV);
         attn_job aj = {m, b, il};
         pool_run(m->pool, attn_worker, &aj);
         matmul1(m, &L->wo, s->xn, s->att, n);
-        for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xn[i];
 
-        /* feed-forward: norm, gate and up, SwiGLU, down */
-        for (int t = 0; t < n; t++)
-            rmsnorm(s->xn + (size_t)t * E, s->x + (size_t)t * E, L->ffn_norm, E, hp->rms_eps);
+        /* feed-forward: residual, norm, gate and up, SwiGLU, down, residual */
+        run_part(m, b, il, PART_FFN_NORM);
         const weight *gu_w[2] = {&L->gate, &L->up};
         float *gu_out[2] = {s->gate, s->up};
         matmul_group(m, 2, gu_w, gu_out, s->xn, n);
-        for (size_t i = 0; i < (size_t)n * F; i++) s->gate[i] = silu(s->gate[i]) * s->up[i];
+        run_part(m, b, il, PART_SWIGLU);
         matmul1(m, &L->down, s->xn, s->gate, n);
-        for (size_t i = 0; i < (size_t)n * E; i++) s->x[i] += s->xn[i];
+        run_part(m, b, il, PART_RESIDUAL);
     }
 
     /* the sequences now hold these positions */
