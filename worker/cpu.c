@@ -315,9 +315,8 @@ static void matmul_worker(void *ctx, int ith, int nth)
     }
 }
 
-/* out_k[t][r] = W_k[r] . x[t] for each weight; all weights share n_in and type
- * family (they are quantized against the first weight's activation format,
- * so callers group only weights of the same type). */
+/* The step's activations quantized in the format of weights of wtype, into
+ * the scratch, a range of tokens a thread. */
 typedef struct {
     cpu_model *m;
     uint32_t wtype;
@@ -337,10 +336,13 @@ static void quant_worker(void *ctx, int ith, int nth)
 /* Steps of this many entries or more spread their per-token work (the
  * activations' quantization, norms, bias + RoPE + cache, residuals, SwiGLU)
  * across the pool; alone on the calling thread it left the others spinning
- * (1.5B prefill of 65 tokens, 2 threads: ~6% of the step). A decode step's
+ * (1.5B prefill of 65 tokens, 2 threads: ~9% of the step). A decode step's
  * is too small to pay for a dispatch. */
 #define PAR_MIN_TOK 4
 
+/* out_k[t][r] = W_k[r] . x[t] for each weight; all weights share n_in and type
+ * family (they are quantized against the first weight's activation format,
+ * so callers group only weights of the same type). */
 static void matmul(cpu_model *m, int n_w, const weight *const *w, float *const *out,
                    const float *x, int ntok)
 {
