@@ -402,14 +402,19 @@ if has serve || has serve-decode; then
         fi
 
         # the pipeline's own cost per token where the model costs nothing: a
-        # 512-token vocabulary on the CPU worker
+        # 512-token vocabulary on the CPU worker. A run of apr eval takes tens
+        # of milliseconds, so one host hiccup halves it: the best of three
+        # (reading one candidate a position, as apr-coord asks of the worker)
         SP=$C/models/stories260K.gguf
-        ev cpu "$SP" serve-floor-eval -p "Once upon a time" --bos -n 128 --ignore-eos --threads 1 &&
-            coord_start cpu serve-floor --threads 1 && {
+        fl_e=0
+        for i in 1 2 3; do
+            evc cpu "$SP" serve-floor-eval -p "Once upon a time" --bos -n 128 --ignore-eos --threads 1 || break
+            fl_e=$(awk -v a="$(rate decode "$LOG/serve-floor-eval.err")" -v b="$fl_e" 'BEGIN {print (a > b ? a : b)}')
+        done
+        [ "$fl_e" != 0 ] && coord_start cpu serve-floor --threads 1 && {
             "$APR" bench --endpoint "$EP" -n 128 --runs 20 --warmup 3 >"$LOG/serve-floor.txt" 2>&1
             coord_stop
             fl_a=$(awk '$1 == "apr" && $3 == "+-" {print $2}' "$LOG/serve-floor.txt")
-            fl_e=$(rate decode "$LOG/serve-floor-eval.err")
             echo "pipeline floor (stories260K, CPU worker): apr-coord $fl_a tok/s, apr eval $fl_e tok/s:" \
                 "$(awk -v a="$fl_a" -v e="$fl_e" 'BEGIN {printf "%.3f", 1e3 / a - 1e3 / e}') ms per token"
         }
