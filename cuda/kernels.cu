@@ -1692,7 +1692,9 @@ static void gemv1_launch(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_
 #undef GEMV1_T
 
 /* A token's plain rows of one type at two warps a row with three chunks of
- * each lane in flight at once (gemv1's rule says where). 1 where not taken. */
+ * each lane in flight at once (gemv1's rule says where). Its own launcher:
+ * through gemv1_launch three chunks would be compiled for every tile, split,
+ * epilogue and register budget, where one shape uses it. 1 where not taken. */
 static int gemv1_three(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_params &p, uint32_t types)
 {
     switch (types) {
@@ -2117,8 +2119,7 @@ extern "C" void apr_cu_tune_env(apr_cu_tune *t)
     t->rows2_off = env_int("APR_CUDA_GEMV1_ROWS2", 1) == 0;
     t->norm_gemv_off = env_int("APR_CUDA_NORM_GEMV", 1) == 0;
     t->mma_off = env_int("APR_CUDA_MMA", 1) == 0;
-    const int minb = env_int("APR_CUDA_GEMV1_MINB", 0);
-    t->gemv1_minb = minb == 3 || minb == 4 ? minb : 0; /* anything else: the default */
+    t->gemv1_minb = env_int("APR_CUDA_GEMV1_MINB", 0); /* gemv1 takes 3 or 4, anything else as 0 */
     t->sms = apr_cu_sms(NULL);
     for (int i = 0; i < 8; i++) t->pro_resident[i] = pro_resident(i, t->sms);
 }
