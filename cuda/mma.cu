@@ -688,8 +688,8 @@ static cudaError_t launch_mma(const mma_params &p, int row_blocks, const apr_cu_
  * warps) where the others would leave multiprocessors short of warps. */
 enum { SHAPE_AUTO, SHAPE_64x64, SHAPE_64x32, SHAPE_64x32_SPLIT };
 
-/* The shapes as template arguments: SHAPE_ARGS(s) for s = 1..3 in order
- * (launch_type and prepare_type go through the same list). */
+/* Each shape's template arguments (warps down, warps across, K split), named
+ * once for launch_type and prepare_type. */
 #define SHAPE_64x64_ARGS 2, 2, 1
 #define SHAPE_64x32_ARGS 2, 1, 1
 #define SHAPE_SPLIT_ARGS 2, 1, 2
