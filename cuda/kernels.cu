@@ -1515,6 +1515,50 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
     }
 }
 
+/* One token, rows of 48 chunks at one warp a row (the 1.5B's 1536-wide
+ * output matrix): gemv1 gives a lane chunks l and l + 32, so lanes 16-31
+ * sit out the second round, and the 1.5B's output took as long as the 3B's
+ * (64 chunks, every lane busy) for three quarters of the bytes. Here a warp
+ * takes two rows as 96 slots, slot s = row s / 48, chunk s % 48, and lane l
+ * slots l, l + 32, l + 64: three chunks, none idle. Row 0's chunks land on
+ * the lanes gemv1 puts them on, in the same order; row 1's on lane l ^ 16
+ * (chunks m and m + 32 on lane m + 16, chunk m + 16 on lane m, m < 16), and
+ * warp_sum's first step adds lanes l and l ^ 16, so both rows' sums are the
+ * bits gemv1 gives them (kernel tests: equal to it and to token tiles).
+ * H100, --gemv-bench: the 1.5B's output 73.7 -> 64.2 us (2.60 -> 2.98 TB/s);
+ * decode 1.5B 1185-1194 -> 1205-1209 tok/s in one call, same tokens. */
+template <class K, int MINB>
+static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_pair48_kernel(const __grid_constant__ gemv_params p)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const seg_dev &s = p.seg[0];
+    const int g0 = 2 * ((int)blockIdx.x * GEMV_WARPS + warp);
+    const int r0 = min(g0, p.rows - 1), r1 = min(g0 + 1, p.rows - 1);
+    const size_t nbt = K::blocks(s.n_in, s.n_out);
+    const bool lo = lane < 16;
+    const int cb = lo ? lane + 32 : lane - 16; /* slot l + 32: row 0's second chunk, or row 1's first */
+    const typename K::W xa = K::load(s.w, nbt, r0, s.n_in, lane), xb = K::load(s.w, nbt, lo ? r0 : r1, s.n_in, cb),
+                        xc = K::load(s.w, nbt, r1, s.n_in, lane + 16);
+    griddep();
+    float xr[2] = {0.f, 0.f};
+    if (s.mode == APR_CU_ADD && lane == 0) { /* as gemv1_row's: fetched before the sums */
+        xr[0] = s.out[r0];
+        xr[1] = s.out[r1];
+    }
+    const int tt[1] = {0};
+    float acc0[1] = {0.f}, acc1[1] = {0.f};
+    K::template dot<1>(xa, lane, p.a, tt, acc0);
+    float mid[1] = {lo ? acc0[0] : 0.f}; /* one dot for both halves: the accumulator chosen, not the code */
+    K::template dot<1>(xb, cb, p.a, tt, mid);
+    if (lo) acc0[0] = mid[0];
+    else acc1[0] = mid[0];
+    K::template dot<1>(xc, lane + 16, p.a, tt, acc1);
+    const float v0[1] = {warp_sum(acc0[0])}, v1[1] = {warp_sum(acc1[0])}, none[1] = {0.f};
+    if (lane != 0) return;
+    if (g0 < p.rows) gemv1_store<1, false>(s, g0, 0, 1, v0, none, &xr[0]);
+    if (g0 + 1 < p.rows) gemv1_store<1, false>(s, g0 + 1, 0, 1, v1, none, &xr[1]);
+}
+
 /* Warps a row gets (measured, --gemv-bench sweeps on an H100 and an H200;
  * the 7B's and 32B's shapes on an H100, 2026-11-26):
  * - up to 32 chunks: one;
@@ -1794,6 +1838,25 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
         default: break;
         }
 #undef ROWS2
+    }
+    if (nt == 1 && wpr == 1 && u == 2 && nch == 48 && n_seg == 1 && !rms && !swiglu && !c->tune.pair48_off &&
+        !c->tune.gemv1_anytype) {
+        const dim3 g2((unsigned)((p.rows + 2 * GEMV_WARPS - 1) / (2 * GEMV_WARPS)));
+#define PAIR48(K)                                                          \
+    do {                                                                   \
+        if (big) launch(c, gemv1_pair48_kernel<K, 4>, g2, block, p);       \
+        else launch(c, gemv1_pair48_kernel<K, 3>, g2, block, p);           \
+        return 0;                                                          \
+    } while (0)
+        switch (seg[0].w.type) {
+        case APR_TYPE_Q4_K: PAIR48(K_Q4_K);
+        case APR_TYPE_Q6_K: PAIR48(K_Q6_K);
+        case APR_TYPE_Q5_0: PAIR48(K_Q_0<APR_TYPE_Q5_0>);
+        case APR_TYPE_Q4_0: PAIR48(K_Q_0<APR_TYPE_Q4_0>);
+        case APR_TYPE_Q8_0: PAIR48(K_Q_0<APR_TYPE_Q8_0>);
+        default: break;
+        }
+#undef PAIR48
     }
     if (u == 3 && nt == 1 && wpr == 2 && !big && !rms && !swiglu && !c->tune.gemv1_anytype &&
         gemv1_three(c, grid, block, p, types) == 0)
@@ -2118,6 +2181,7 @@ extern "C" void apr_cu_tune_env(apr_cu_tune *t)
     t->gemv1_anytype = env_int("APR_CUDA_GEMV1_ANYTYPE", 0) != 0;
     t->rows2_off = env_int("APR_CUDA_GEMV1_ROWS2", 1) == 0;
     t->norm_gemv_off = env_int("APR_CUDA_NORM_GEMV", 1) == 0;
+    t->pair48_off = env_int("APR_CUDA_PAIR48", 1) == 0;
     t->mma_off = env_int("APR_CUDA_MMA", 1) == 0;
     t->gemv1_minb = env_int("APR_CUDA_GEMV1_MINB", 0); /* gemv1 takes 3 or 4, anything else as 0 */
     t->sms = apr_cu_sms(NULL);

@@ -1930,6 +1930,9 @@ int main(int argc, char **argv)
             test_product(&r, apr_cu_gemv, "gemv", w & 1 ? APR_TYPE_Q6_K : APR_TYPE_Q4_K, 2560, 35, 1, &forced);
             test_product(&r, apr_cu_gemv, "gemv", APR_TYPE_Q5_0, 896, 45, 1, &forced);
         }
+    /* a token's rows of 48 chunks two a warp, against the CPU */
+    test_product(&r, apr_cu_gemv, "gemv", APR_TYPE_Q6_K, 1536, 4099, 1, &cu0);
+    test_product(&r, apr_cu_gemv, "gemv", APR_TYPE_Q5_0, 1536, 3001, 1, &cu0);
     { /* three chunks a lane in flight (a token's plain rows at two warps a row) */
         apr_cu_ctx forced = cu0;
         forced.tune.gemv1_u = 3;
@@ -1955,6 +1958,10 @@ int main(int argc, char **argv)
     test_gemv_batch_invariance(&r, APR_TYPE_Q8_0, 4864, 29, APR_CU_ADD);
     test_gemv_batch_invariance(&r, APR_TYPE_Q5_0, 896, 45, APR_CU_STORE);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 4100, APR_CU_SWIGLU); /* wide: routed by batch size */
+    /* a token's rows of 48 chunks two a warp (the 1.5B's output matrix), tiles one: odd row counts */
+    test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 1536, 4099, APR_CU_STORE);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 3001, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q8_0, 1536, 2999, APR_CU_ADD);
     /* one to two waves of one-round blocks: a token alone takes two groups a
      * block (gemv1_rows2_kernel), batches the one-group kernel (the wave is
      * the device's multiprocessor count) */
