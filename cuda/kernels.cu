@@ -2388,10 +2388,14 @@ static __device__ __forceinline__ rope_pre rope_prepare(const apr_cu_attn_shape 
 
 static __device__ __forceinline__ float round_half(float x) { return __half2float(__float2half_rn(x)); }
 
+/* q's element i in attention's shared copy: 4 floats of padding after every
+ * 1 << qsh (attention_kernel's narrow tiles) */
+static __device__ __forceinline__ int q_at(int i, int qsh) { return i + ((i >> qsh) << 2); }
+
 /* The caller synchronizes the block before qs, knew and vnew are read. */
 static __device__ __forceinline__ void rope_decode(const float *row, const apr_cu_attn_shape &sh, const rope_dev &rd,
                                                    const rope_pre &r, int h, int kvh, int p, int sq, bool append,
-                                                   float *qs, uint16_t *knew, uint16_t *vnew)
+                                                   float *qs, int qsh, uint16_t *knew, uint16_t *vnew)
 {
     const int hd = sh.head_dim, q_dim = sh.n_head * hd, kv_dim = sh.n_head_kv * hd, tid = threadIdx.x;
     const int half = sh.rope_dim / 2;
@@ -2406,8 +2410,8 @@ static __device__ __forceinline__ void rope_decode(const float *row, const apr_c
         float y0, y1;
         rope_rotate_cs(x0, x1, r.c, r.s, y0, y1);
         if (!which) {
-            qs[ia] = round_half(y0);
-            qs[ib] = round_half(y1);
+            qs[q_at(ia, qsh)] = round_half(y0);
+            qs[q_at(ib, qsh)] = round_half(y1);
         } else {
             knew[ia] = f2h(y0);
             knew[ib] = f2h(y1);
@@ -2423,7 +2427,7 @@ static __device__ __forceinline__ void rope_decode(const float *row, const apr_c
         if (writer) rd.vc[off + i] = vnew[i];
         if (i >= sh.rope_dim) { /* dimensions past the rotated ones */
             const float q = row[h * hd + i], k = row[q_dim + kvh * hd + i];
-            qs[i] = round_half(rd.bq ? q + r.bq : q);
+            qs[q_at(i, qsh)] = round_half(rd.bq ? q + r.bq : q);
             knew[i] = f2h(rd.bk ? k + r.bk : k);
             if (writer) rd.kc[off + i] = knew[i];
         }
@@ -2518,16 +2522,24 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     if (SPLIT && k0 > p) return; /* a chunk past the token's keys */
     /* the block's last key; the chunks of the token */
     const int kend = SPLIT ? min(p, k0 + sp.chunk - 1) : p, nc = SPLIT ? p / sp.chunk + 1 : 1;
-    __shared__ float qs[256];
+    /* q; for narrow tiles each lane's quarter 4 floats apart from the next:
+     * the 4 lanes of a key read the same offset of 4 quarters at once, which
+     * without the padding were 128 (64) bytes apart, one bank, a 4-way (2-way)
+     * conflict on every read of the dot products. The wide tiles' lanes all
+     * read one element at a time (a broadcast): no padding. */
+    const bool narrow = narrow_at(p);
+    const int qsh = NARROW && narrow ? (HD == 128 ? 5 : 4) : 30;
+    __shared__ __align__(16) float qs[256 + (NARROW ? 4 * 256 / DLN : 0)];
     __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
     __shared__ float wacc[ATT_WARPS][256];
     __shared__ __align__(16) uint16_t knew[ROPE ? 256 : 8], vnew[ROPE ? 256 : 8];
     if (ROPE) {
-        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, !SPLIT || (int)blockIdx.z == nc - 1, qs, knew, vnew);
+        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, !SPLIT || (int)blockIdx.z == nc - 1, qs, qsh, knew,
+                    vnew);
         __syncthreads();
     } else {
         for (int i = threadIdx.x; i < hd; i += blockDim.x)
-            qs[i] = __half2float(__float2half_rn(q[(size_t)t * ldq + (size_t)h * hd + i]));
+            qs[q_at(i, qsh)] = __half2float(__float2half_rn(q[(size_t)t * ldq + (size_t)h * hd + i]));
         __syncthreads();
     }
 
@@ -2541,7 +2553,6 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.f;
 
-    const bool narrow = narrow_at(p);
     if constexpr (NARROW) {
         if (narrow) {
             const int kk = lane >> 2, part = lane & 3; /* this lane's key of the warp's 8, and its quarter */
@@ -2557,7 +2568,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                     for (int d8 = 0; d8 < DLN / 8; d8++) kv[d8] = kr[d8];
                 }
                 /* explicit fmaf: the same bits in every instantiation (fused or not) */
-                const float *qp = qs + part * DLN;
+                const float *qp = qs + part * (DLN + 4); /* q_at(part * DLN) */
                 float dot = 0.f;
 #pragma unroll
                 for (int d8 = 0; d8 < DLN / 8; d8++)
