@@ -1580,11 +1580,15 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_pair48_ker
  *   faster than 4 or 8: fewer blocks, each streaming longer, less
  *   reduction), four where the matrix has 4096 rows or more (the 32B's 864
  *   chunks: 39.9 -> 36.6 us Q4_K, 49.0 -> 44.7 Q6_K).
+ * - 48 (1536 wide) in one plain segment: one at every size, so that a
+ *   token's rows go two a warp (gemv1_pair48_kernel). H100: the 1.5B's o
+ *   1.84 -> 1.57 us (--gemv-bench), decode 1232-1238 -> 1244-1249 tok/s,
+ *   8 / 16 streams +1.5% (its tiles at one warp a row too).
  * Token tiles take the same split, so a token's sums are the same bits in
- * any batch. */
-static int gemv1_wpr(int nch, int rows, int sms)
+ * any batch; so does the self-quantizing GEMV (apr_cu_gemv_fused). */
+static int gemv1_wpr(int nch, int rows, int sms, bool plain_one)
 {
-    if (nch <= 32) return 1;
+    if (nch <= 32 || (plain_one && nch == 48)) return 1;
     if (nch <= 64) return 2 * ((rows + 3) / 4) <= 9 * sms ? 2 : 1;
     if (nch <= 256) {
         const int blocks = (rows + 7) / 8, wave = 4 * sms, waves = (blocks + wave - 1) / wave;
@@ -1772,7 +1776,8 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     for (int i = 0; i < n_seg; i++) types |= TYPE_BIT(seg[i].w.type);
     /* the forced shape of 8 warps a row exists for one-token tiles only */
     const int sms = apr_cu_sms(c);
-    int wpr = c->tune.gemv1_w ? c->tune.gemv1_w : gemv1_wpr(nch, p.rows, sms);
+    int wpr = c->tune.gemv1_w ? c->tune.gemv1_w
+                              : gemv1_wpr(nch, p.rows, sms, !c->tune.pair48_off && n_seg == 1 && !swiglu && !rms);
     if (ntok > 1 && wpr > 4) wpr = 4;
     /* chunks a lane loads at once (the sums' order does not depend on it):
      * one where that covers the row (a second would be a clamped, wasted
@@ -2224,7 +2229,7 @@ extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const ap
     int nch = 0;
     for (int i = 0; i < n_seg; i++) nch = max(nch, chunks_of(seg[i].w.type, n));
     const apr_cu_tune *t = &c->tune;
-    const int sms = apr_cu_sms(c), wpr = gemv1_wpr(nch, p.rows, sms);
+    const int sms = apr_cu_sms(c), wpr = gemv1_wpr(nch, p.rows, sms, !t->pair48_off && n_seg == 1 && !swiglu);
     const int ki = 2 * (wpr == 1 ? 0 : wpr == 2 ? 1 : wpr == 4 ? 2 : 3) + (swiglu ? 1 : 0);
     p.pro.prefetch = t->pro_prefetch == 0 ? PRO_PREFETCH_GROUPS : max(t->pro_prefetch, 0);
     const int blocks = (p.rows + GEMV_WARPS / wpr - 1) / (GEMV_WARPS / wpr);

@@ -1962,6 +1962,7 @@ int main(int argc, char **argv)
     test_gemv_batch_invariance(&r, APR_TYPE_Q6_K, 1536, 4099, APR_CU_STORE);
     test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 3001, APR_CU_ADD);
     test_gemv_batch_invariance(&r, APR_TYPE_Q8_0, 1536, 2999, APR_CU_ADD);
+    test_gemv_batch_invariance(&r, APR_TYPE_Q4_K, 1536, 1536, APR_CU_ADD); /* the 1.5B's o */
     /* one to two waves of one-round blocks: a token alone takes two groups a
      * block (gemv1_rows2_kernel), batches the one-group kernel (the wave is
      * the device's multiprocessor count) */
