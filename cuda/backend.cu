@@ -39,6 +39,8 @@
  *                       instead of kernels on mapped pinned memory
  *   APR_CUDA_NORM_GEMV=0  steps of up to 16 entries normalize and quantize q/k/v's input
  *                       in a kernel of its own instead of in the product (apr_cu_gemv_norm)
+ *   APR_CUDA_PAIR48=0   1536-wide products (rows of 48 chunks) as before the fourteenth pass:
+ *                       one row a warp, the o product at two warps a row (cuda/kernels.cu)
  *   APR_CUDA_EARLY=MASK  one-token steps: the products (FUSE_* bits) whose norm/quantize
  *                       kernel lets them launch at its start (default: the down product's
  *                       for models up to 1024 wide)

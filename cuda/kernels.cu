@@ -1515,8 +1515,8 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
     }
 }
 
-/* One token, rows of 48 chunks at one warp a row (the 1.5B's 1536-wide
- * output matrix): gemv1 gives a lane chunks l and l + 32, so lanes 16-31
+/* One token, rows of 48 chunks at one warp a row (1536 wide: the 1.5B's
+ * output matrix and o product): gemv1 gives a lane chunks l and l + 32, so lanes 16-31
  * sit out the second round, and the 1.5B's output took as long as the 3B's
  * (64 chunks, every lane busy) for three quarters of the bytes. Here a warp
  * takes two rows as 96 slots, slot s = row s / 48, chunk s % 48, and lane l

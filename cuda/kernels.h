@@ -40,7 +40,8 @@ typedef struct {
     int gemv1_u, gemv1_w;/* forced chunks a lane loads at once (1, 2; 3: a token's plain rows at two
                           * warps a row), warps a row (1, 2, 4, 8); 0: choose */
     int norm_gemv_off;   /* APR_CUDA_NORM_GEMV=0: apr_cu_gemv_norm declines */
-    int pair48_off;      /* APR_CUDA_PAIR48=0: a token's rows of 48 chunks one a warp (gemv1), not two */
+    int pair48_off;      /* APR_CUDA_PAIR48=0: a token's rows of 48 chunks one a warp (gemv1), not two,
+                          * and one segment of them by the waves rule (gemv1_wpr), as before */
     int pro_prefetch;    /* APR_CUDA_PREFETCH=N: the fused GEMV's row sets a block prefetches (0: 2, <0: none) */
     int pro_grid;        /* APR_CUDA_PRO_GRID=N: its blocks a multiprocessor (0: as many as fit, <0: a block a row set) */
     int mma_off;         /* APR_CUDA_MMA=0: every product on the GEMV */
