@@ -42,8 +42,8 @@
  *   APR_CUDA_PAIR48=0   1536-wide products (rows of 48 chunks) as before the fourteenth pass:
  *                       one row a warp, the o product at two warps a row (cuda/kernels.cu)
  *   APR_CUDA_EARLY=MASK  one-token steps: the products (FUSE_* bits) whose norm/quantize
- *                       kernel lets them launch at its start (default: the down product's
- *                       for models up to 1024 wide)
+ *                       kernel lets them launch at its start (default by width: down's up
+ *                       to 1024, q/k/v's and gate/up's up to 2047, all three wider)
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -788,14 +788,23 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
          * cost (H200: 7B 367 tok/s without, 164 with) */
         const char *fu = getenv("APR_CUDA_FUSE");
         m->fuse = fu ? (int)strtol(fu, NULL, 0) & FUSE_ALL : FUSE_ROPE;
-        /* The quantize kernel before the down product lets it launch at its
-         * start where the model is narrow (the 0.5B's 896; H100 decode, same
-         * tokens: 1892-1899 -> 1958-1976 tok/s): the down blocks take the
-         * multiprocessors that gate/up's last wave leaves idle and load their
-         * weights. Not wider: 1.5B 1143-1145 -> 1132-1141. Before other
-         * products it measured neutral or slower (docs/PERF.md, ninth pass). */
+        /* Which norm/quantize kernels let their product launch at their
+         * start (its blocks then load their weights while the kernel runs),
+         * as measured (H100 decode, same tokens; docs/PERF.md, fifteenth pass):
+         * - up to 1024 wide (the 0.5B's 896: no norm kernel before q/k/v or
+         *   gate/up, both folded): the down product's. 1892-1899 -> 1958-1976
+         *   tok/s when it came in; adding the output's, noise.
+         * - up to 2047 (the 1.5B): q/k/v's and gate/up's, 1226-1242 -> 1281;
+         *   the down product's as well cost that back to 1268-1274.
+         * - wider (3B, 7B, 32B): q/k/v's, gate/up's and down's: 3B 795-798 ->
+         *   808-811, 7B 462-465 -> 477-478, 32B 121.4 -> 122.2-122.3.
+         * The ninth and twelfth passes found these neutral or slower on the
+         * kernels of their day; the products' shapes have changed since. */
         const char *ea = getenv("APR_CUDA_EARLY");
-        m->early = ea ? (int)strtol(ea, NULL, 0) & FUSE_ALL : hp->n_embd <= 1024 ? FUSE_DOWN : 0;
+        m->early = ea ? (int)strtol(ea, NULL, 0) & FUSE_ALL
+                   : hp->n_embd <= 1024 ? FUSE_DOWN
+                   : hp->n_embd < 2048  ? FUSE_QKV | FUSE_GATEUP
+                                        : FUSE_QKV | FUSE_GATEUP | FUSE_DOWN;
         /* The ffn norm's quantize folded into the o product, steps of up to
          * 16 entries (apr_cu_gemv_onorm; it then takes gate/up over
          * APR_CUDA_FUSE's gate/up fusion). "1" on, "0" off; by default on
