@@ -42,8 +42,10 @@
  *   APR_CUDA_PAIR48=0   1536-wide products (rows of 48 chunks) as before the fourteenth pass:
  *                       one row a warp, the o product at two warps a row (cuda/kernels.cu)
  *   APR_CUDA_EARLY=MASK  one-token steps: the products (FUSE_* bits) whose norm/quantize
- *                       kernel lets them launch at its start (default by width: down's up
- *                       to 1024, q/k/v's and gate/up's up to 2047, all three wider)
+ *                       kernel lets them launch at its start (gate/up: also the o product
+ *                       that folds its norm in; FUSE_ROPE: attention at the start of q/k/v
+ *                       with the norm folded in). Default by width: down and gate/up up to
+ *                       1024, q/k/v and gate/up up to 2047, all three wider
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -791,9 +793,11 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
         /* Which norm/quantize kernels let their product launch at their
          * start (its blocks then load their weights while the kernel runs),
          * as measured (H100 decode, same tokens; docs/PERF.md, fifteenth pass):
-         * - up to 1024 wide (the 0.5B's 896: no norm kernel before q/k/v or
-         *   gate/up, both folded): the down product's. 1892-1899 -> 1958-1976
-         *   tok/s when it came in; adding the output's, noise.
+         * - up to 1024 wide (the 0.5B's 896, whose q/k/v and o products fold
+         *   the norms in): the down product's (1892-1899 -> 1958-1976 tok/s
+         *   when it came in) and gate/up's at the o product's start
+         *   (apr_cu_gemv_onorm: 2277-2292 -> 2304-2317); attention's at
+         *   q/k/v's start (FUSE_ROPE, off) 2253-2286, slower; the output's, noise.
          * - up to 2047 (the 1.5B): q/k/v's and gate/up's, 1226-1242 -> 1281;
          *   the down product's as well cost that back to 1268-1274.
          * - wider (3B, 7B, 32B): q/k/v's, gate/up's and down's: 3B 795-798 ->
@@ -802,7 +806,7 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
          * kernels of their day; the products' shapes have changed since. */
         const char *ea = getenv("APR_CUDA_EARLY");
         m->early = ea ? (int)strtol(ea, NULL, 0) & FUSE_ALL
-                   : hp->n_embd <= 1024 ? FUSE_DOWN
+                   : hp->n_embd <= 1024 ? FUSE_DOWN | FUSE_GATEUP
                    : hp->n_embd < 2048  ? FUSE_QKV | FUSE_GATEUP
                                         : FUSE_QKV | FUSE_GATEUP | FUSE_DOWN;
         /* The ffn norm's quantize folded into the o product, steps of up to
@@ -912,7 +916,9 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
     /* q/k/v: the attention norm folded into the product (every step size that
      * takes the GEMV, so a sequence's bits do not depend on its batch) */
     if (fuse == FUSE_QKV && per32) {
-        const int rc = apr_cu_gemv_norm(seg, n_seg, src, n, &m->cu);
+        apr_cu_ctx qc = m->cu; /* attention may launch at its start (APR_CUDA_EARLY) */
+        qc.early = n == 1 && (m->early & FUSE_ROPE);
+        const int rc = apr_cu_gemv_norm(seg, n_seg, src, n, &qc);
         if (rc < 0) return -1;
         if (rc == 0) {
             mark(m, cls);
@@ -1007,7 +1013,9 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
             apr_cu_act in = m->act;
             in.qk = in.q0;
             in.dsk = in.ds0;
-            orc = apr_cu_gemv_onorm(&wo, &in, n, L->ffn_norm, &m->ffn_act, &m->cu);
+            apr_cu_ctx oc = m->cu; /* gate/up may launch at its start (APR_CUDA_EARLY) */
+            oc.early = n == 1 && (m->early & FUSE_GATEUP);
+            orc = apr_cu_gemv_onorm(&wo, &in, n, L->ffn_norm, &m->ffn_act, &oc);
             if (orc < 0) return -1;
             if (orc == 0) {
                 mark(m, P_WO);

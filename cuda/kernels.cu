@@ -561,6 +561,9 @@ struct gemv_params {
     act_dev a;
     pro_dev pro;
     nrm_dev nrm;
+    /* apr_cu_ctx.early, for the kernels that honour it (apr_cu_gemv_norm's
+     * and apr_cu_gemv_onorm's): the next kernel launches at this one's start */
+    int early;
 };
 
 #define GEMV_WARPS 8
@@ -1452,6 +1455,7 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
 template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPES = 0, bool NORM = false, bool RMS = false>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(const __grid_constant__ gemv_params p)
 {
+    if (p.early) griddep_trigger();
     gemv1_block<U, WPR, NT, SWIGLU, true, TYPES, NORM, RMS>(p, p.a,
                                                       blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
@@ -1976,6 +1980,7 @@ extern "C" int apr_cu_gemv_norm(const apr_cu_gemv_seg *seg, int n_seg, const apr
     gemv_params p = {};
     if (gemv_setup(seg, n_seg, ntok, src->ldx, true, 1, p)) return -1;
     p.nrm = nrm_dev{src->x, src->w, src->eps, src->n, src->ldx, 0};
+    p.early = c->early;
     /* Only products that one warp a row covers in one chunk a lane (rows of
      * up to 1024) and whose blocks fit on the GPU at once: every block stages
      * the row, and what that adds to a block's latency pays only where the
@@ -2021,6 +2026,7 @@ static __global__ void __launch_bounds__(ON_WARPS * 32, 1)
     gemv_onorm_kernel(const __grid_constant__ gemv_params p, const onorm_dev on)
 {
     static_assert(NT <= ON_WARPS, "a warp a token quantizes");
+    if (p.early) griddep_trigger();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const seg_dev &s = p.seg[0];
     const int rb = blockIdx.x * 32, r0 = rb + 2 * warp, t0 = blockIdx.y * NT, nt = min(NT, p.ntok - t0);
@@ -2107,6 +2113,7 @@ extern "C" int apr_cu_gemv_onorm(const apr_cu_gemv_seg *seg, const apr_cu_act *a
     gemv_params p = {};
     if (gemv_setup(seg, 1, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
     p.a = act_of(a);
+    p.early = c->early;
     const onorm_dev on = {g, out->q0, (float2 *)out->ds0, out->rms, out->ld};
     const int nt = ntok == 1 ? 1 : ntok == 2 ? 2 : ntok <= 4 ? 4 : 8; /* gemv1's tiles */
     const dim3 grid((unsigned)(w->n_out / 32), (unsigned)((ntok + nt - 1) / nt));

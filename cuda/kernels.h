@@ -75,9 +75,11 @@ typedef struct {
      * least apr_cu_attention_work_bytes(shape), zeroed once; NULL: never split */
     void *att_work;
     size_t att_work_bytes;
-    /* non-zero: apr_cu_norm_quant lets the next kernel (a product, whose
-     * blocks then load their weights) launch at its start instead of after
-     * it has waited for its predecessor, under programmatic dependent launch.
+    /* non-zero: apr_cu_norm_quant (and the products that fold a norm in,
+     * apr_cu_gemv_norm and apr_cu_gemv_onorm) let the next kernel (a
+     * product, whose blocks then load their weights, or attention) launch at
+     * its start instead of after it has waited for its predecessor, under
+     * programmatic dependent launch.
      * Every kernel still waits for its predecessor before it reads what the
      * step wrote, so this changes timing only. */
     int early;
