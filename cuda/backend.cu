@@ -892,6 +892,15 @@ extern "C" void apr_cuda_seq_trim(apr_cuda_model *m, int seq, int from_pos)
 
 /* ------------------------------------------------------------ forward */
 
+/* The context for a kernel that may let the next one (product `next`, a
+ * FUSE_* bit) launch at its start: one-token steps, as APR_CUDA_EARLY says. */
+static apr_cu_ctx early_ctx(const apr_cuda_model *m, int n, int next)
+{
+    apr_cu_ctx c = m->cu;
+    c.early = n == 1 && (m->early & next);
+    return c;
+}
+
 /* One product of the forward pass over the n rows src describes: for one
  * token the GEMV that quantizes its own input (apr_cu_gemv_fused), else the
  * norm/quantize kernel (profile class qcls) and then apr_cu_matmul (cls).
@@ -916,8 +925,7 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
     /* q/k/v: the attention norm folded into the product (every step size that
      * takes the GEMV, so a sequence's bits do not depend on its batch) */
     if (fuse == FUSE_QKV && per32) {
-        apr_cu_ctx qc = m->cu; /* attention may launch at its start (APR_CUDA_EARLY) */
-        qc.early = n == 1 && (m->early & FUSE_ROPE);
+        const apr_cu_ctx qc = early_ctx(m, n, FUSE_ROPE); /* attention may launch at its start */
         const int rc = apr_cu_gemv_norm(seg, n_seg, src, n, &qc);
         if (rc < 0) return -1;
         if (rc == 0) {
@@ -943,8 +951,7 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
     }
     if (!want_k) act.qk = NULL;
     if (!want_0) act.q0 = NULL;
-    apr_cu_ctx cc = m->cu;
-    cc.early = n == 1 && (m->early & fuse);
+    const apr_cu_ctx cc = early_ctx(m, n, fuse);
     apr_cu_norm_quant(src->x, src->ldx, src->rows, src->w, src->eps, src->n, n, &act, &cc);
     mark(m, qcls);
     if (apr_cu_matmul(seg, n_seg, &use, n, &m->cu)) return -1;
@@ -1013,8 +1020,7 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
             apr_cu_act in = m->act;
             in.qk = in.q0;
             in.dsk = in.ds0;
-            apr_cu_ctx oc = m->cu; /* gate/up may launch at its start (APR_CUDA_EARLY) */
-            oc.early = n == 1 && (m->early & FUSE_GATEUP);
+            const apr_cu_ctx oc = early_ctx(m, n, FUSE_GATEUP); /* gate/up may launch at its start */
             orc = apr_cu_gemv_onorm(&wo, &in, n, L->ffn_norm, &m->ffn_act, &oc);
             if (orc < 0) return -1;
             if (orc == 0) {
