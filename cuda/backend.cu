@@ -107,6 +107,7 @@ struct apr_cuda_model {
     /* steps of up to 16 entries: the ffn norm's input quantized by the o
      * product (apr_cu_gemv_onorm) and its groups' sums of squares, for gate/up */
     apr_cu_act ffn_act;
+    int pre;    /* APR_CUDA_PRE: products launched early that decode weights before their wait */
     bool onorm; /* APR_CUDA_ONORM: the ffn norm's quantize in the o product (apr_cu_gemv_onorm) */
     int32_t *d_batch; /* [BATCH_ROWS][CHUNK_CAP]: token, pos, seq, logits row source, candidates wanted */
     int32_t *h_batch; /* pinned mirror */
@@ -809,6 +810,16 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
                    : hp->n_embd <= 1024 ? FUSE_DOWN | FUSE_GATEUP
                    : hp->n_embd < 2048  ? FUSE_QKV | FUSE_GATEUP
                                         : FUSE_QKV | FUSE_GATEUP | FUSE_DOWN;
+        /* Which of the products launched early decode their first weights
+         * before they wait (apr_cu_ctx.pre; a mask of FUSE_* bits), as
+         * measured (H100 decode, same tokens, docs/PERF.md, sixteenth pass):
+         * gate/up's at the 1.5B (1268-1271 -> 1287-1296 tok/s) and the 3B
+         * (804-807 -> 814-823 with q/k/v's); q/k/v's alone nothing at the
+         * 1.5B; the 0.5B's gate/up lost 5% (its Q5_0 unpacking had not the
+         * time before the wait), the 7B's 1-2%. */
+        const char *pre = getenv("APR_CUDA_PRE");
+        m->pre = pre ? (int)strtol(pre, NULL, 0) & FUSE_ALL
+                     : hp->n_embd > 1024 && hp->n_embd <= 2048 ? FUSE_GATEUP : 0;
         /* The ffn norm's quantize folded into the o product, steps of up to
          * 16 entries (apr_cu_gemv_onorm; it then takes gate/up over
          * APR_CUDA_FUSE's gate/up fusion). "1" on, "0" off; by default on
@@ -898,7 +909,17 @@ static apr_cu_ctx early_ctx(const apr_cuda_model *m, int n, int next)
 {
     apr_cu_ctx c = m->cu;
     c.early = n == 1 && (m->early & next);
+    c.pre = c.early && (m->pre & next); /* read by the product only (the kernel before it ignores it) */
     return c;
+}
+
+/* The context for the product a kernel of context c let in early: pre as c
+ * has it, no early trigger of its own. */
+static apr_cu_ctx product_ctx(const apr_cu_ctx *c)
+{
+    apr_cu_ctx p = *c;
+    p.early = 0;
+    return p;
 }
 
 /* One product of the forward pass over the n rows src describes: for one
@@ -954,7 +975,8 @@ static int product(apr_cuda_model *m, const apr_cu_gemv_seg *seg, int n_seg, int
     const apr_cu_ctx cc = early_ctx(m, n, fuse);
     apr_cu_norm_quant(src->x, src->ldx, src->rows, src->w, src->eps, src->n, n, &act, &cc);
     mark(m, qcls);
-    if (apr_cu_matmul(seg, n_seg, &use, n, &m->cu)) return -1;
+    const apr_cu_ctx pc = product_ctx(&cc);
+    if (apr_cu_matmul(seg, n_seg, &use, n, &pc)) return -1;
     mark(m, cls);
     return 0;
 }
@@ -1025,7 +1047,8 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
             if (orc < 0) return -1;
             if (orc == 0) {
                 mark(m, P_WO);
-                if (apr_cu_matmul(&gu, 1, &m->ffn_act, n, &m->cu)) return -1;
+                const apr_cu_ctx gc = product_ctx(&oc);
+                if (apr_cu_matmul(&gu, 1, &m->ffn_act, n, &gc)) return -1;
                 mark(m, P_GATEUP);
             }
         }

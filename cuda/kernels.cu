@@ -109,7 +109,21 @@ static __device__ __forceinline__ void q4k_pair_scales(const uint4 &h, int g, fl
 /* Bits 0..3 of x to bit 4 of each byte (Q5_0's fifth bits for 4 weights). */
 static __device__ __forceinline__ uint32_t spread4(uint32_t x)
 {
-    return ((x & 1u) << 4) | ((x & 2u) << 11) | ((x & 4u) << 18) | ((x & 8u) << 25);
+    /* one multiply: the four shifted copies of x's nibble (by 4, 11, 18,
+     * 25) do not overlap, so bit i lands on 4 + 8 i with no carries */
+    return ((x & 0xFu) * 0x02040810u) & 0x10101010u;
+}
+
+/* Makes the compiler finish computing these registers here: an empty asm
+ * that reads and rewrites them. Placed before griddepcontrol.wait (itself a
+ * volatile asm, kept in order with this one), it keeps a weight chunk's
+ * decoding ahead of the wait, where a product launched early has time. */
+static __device__ __forceinline__ void pin_reg(uint32_t &v) { asm volatile("" : "+r"(v)); }
+static __device__ __forceinline__ void pin_reg(float &v) { asm volatile("" : "+f"(v)); }
+template <class... T>
+static __device__ __forceinline__ void pin_regs(T &...v)
+{
+    (pin_reg(v), ...);
 }
 
 static __device__ __forceinline__ uint32_t u4get(const uint4 &v, int i)
@@ -669,12 +683,38 @@ struct K_Q4_K {
         const uint8_t *blk = w + ((size_t)r * (n_in / 256) + (c >> 3)) * 144;
         return W{*(const uint4 *)blk, *(const uint4 *)(blk + 16 + 16 * (c & 7))};
     }
+    /* the chunk decoded: its nibbles apart and its scales as floats */
+    struct D {
+        uint32_t lo[4], hi[4];
+        float a0, a1, b0, b1;
+        __device__ __forceinline__ void pin()
+        {
+#pragma unroll
+            for (int i = 0; i < 4; i++) pin_regs(lo[i], hi[i]);
+            pin_regs(a0, a1, b0, b1);
+        }
+    };
+    static __device__ __forceinline__ D decode(const W &x, int c)
+    {
+        D d;
+        q4k_pair_scales(x.h, (c & 7) >> 1, d.a0, d.a1, d.b0, d.b1);
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const uint32_t v = u4get(x.q, i);
+            d.lo[i] = v & 0x0F0F0F0Fu;
+            d.hi[i] = (v >> 4) & 0x0F0F0F0Fu;
+        }
+        return d;
+    }
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
+        dotd<NT>(decode(x, c), c, a, tt, acc); /* the chunk's scales once, for every token of the tile */
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dotd(const D &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
         const int j = c & 7, g = j >> 1, half = j & 1;
-        float a0, a1, b0, b1; /* the chunk's scales once, for every token of the tile */
-        q4k_pair_scales(x.h, g, a0, a1, b0, b1);
         const int e = (c >> 3) * 256 + 64 * g + 16 * half;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
@@ -685,16 +725,15 @@ struct K_Q4_K {
             int s0 = 0, s1 = 0;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                const uint32_t v = u4get(x.q, i);
-                s0 = dp4a((int)(v & 0x0F0F0F0Fu), i4get(lo, i), s0);
-                s1 = dp4a((int)((v >> 4) & 0x0F0F0F0Fu), i4get(hi, i), s1);
+                s0 = dp4a((int)x.lo[i], i4get(lo, i), s0);
+                s1 = dp4a((int)x.hi[i], i4get(hi, i), s1);
             }
             /* each 32-group with its own scale: Q8_K-style rows repeat one
              * per 256, Q8_0-style rows (decode, kernels.h) have one per 32.
              * The mins term needs whole 32-group sums (.y): the half-0 chunk
              * adds it. */
-            const float v0 = half ? a0 * (float)s0 : fmaf(a0, (float)s0, -b0 * ds0.y);
-            const float v1 = half ? a1 * (float)s1 : fmaf(a1, (float)s1, -b1 * ds1.y);
+            const float v0 = half ? x.a0 * (float)s0 : fmaf(x.a0, (float)s0, -x.b0 * ds0.y);
+            const float v1 = half ? x.a1 * (float)s1 : fmaf(x.a1, (float)s1, -x.b1 * ds1.y);
             acc[t] += fmaf(ds0.x, v0, ds1.x * v1);
         }
     }
@@ -745,12 +784,29 @@ struct K_Q4_K2 {
         const uint8_t *blk = w + ((size_t)r * (n_in / 256) + (c >> 2)) * 144;
         return W{*(const uint4 *)blk, *(const uint4 *)(blk + 16 + 32 * (c & 3)), *(const uint4 *)(blk + 32 + 32 * (c & 3))};
     }
+    /* decoded: the scales as floats (the quants stay packed: their masks are
+     * two operations a word, and unpacked they would hold 8 more registers) */
+    struct D {
+        uint4 q0, q1;
+        float a0, a1, b0, b1;
+        __device__ __forceinline__ void pin() { pin_regs(a0, a1, b0, b1); }
+    };
+    static __device__ __forceinline__ D decode(const W &x, int c)
+    {
+        D d{x.q0, x.q1, 0.f, 0.f, 0.f, 0.f};
+        q4k_pair_scales(x.h, c & 3, d.a0, d.a1, d.b0, d.b1);
+        return d;
+    }
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
+        dotd<NT>(decode(x, c), c, a, tt, acc); /* the scales once for the tile's tokens */
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dotd(const D &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
         const int g = c & 3;
-        float a0, a1, b0, b1; /* once for the tile's tokens */
-        q4k_pair_scales(x.h, g, a0, a1, b0, b1);
+        const float a0 = x.a0, a1 = x.a1, b0 = x.b0, b1 = x.b1;
         const int e = (c >> 2) * 256 + 64 * g;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
@@ -799,8 +855,32 @@ struct K_Q6_K {
             vhi[i] = ((l >> 4) & 0x0F0F0F0Fu) | ((hb >> (2 * qa)) & 0x30303030u);
         }
     }
+    /* decoded: the 6-bit quants as stored (0..63) and the two scales */
+    struct D {
+        uint32_t vlo[4], vhi[4];
+        float alo, ahi;
+        __device__ __forceinline__ void pin()
+        {
+#pragma unroll
+            for (int i = 0; i < 4; i++) pin_regs(vlo[i], vhi[i]);
+            pin_regs(alo, ahi);
+        }
+    };
+    static __device__ __forceinline__ D decode(const W &x, int c)
+    {
+        D d;
+        quants(x, (c & 3) >> 1, d.vlo, d.vhi);
+        d.alo = x.d * (float)x.sclo; /* once for the tile's tokens */
+        d.ahi = x.d * (float)x.schi;
+        return d;
+    }
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
+        dotd<NT>(decode(x, c), c, a, tt, acc);
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dotd(const D &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
         const int j = c & 7, h = j >> 2, k = j & 3, qa = k >> 1, l0 = 16 * (k & 1);
         /* Few tokens: the quants as stored (0..63) and the -32 as a dot
@@ -810,15 +890,13 @@ struct K_Q6_K {
          * dot products per token: they subtract. */
         constexpr bool RAW = NT <= 2;
         uint32_t vlo[4], vhi[4];
-        quants(x, qa, vlo, vhi);
-        if (!RAW)
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
-                vlo[i] = __vsub4(vlo[i], 0x20202020u);
-                vhi[i] = __vsub4(vhi[i], 0x20202020u);
-            }
+        for (int i = 0; i < 4; i++) {
+            vlo[i] = RAW ? x.vlo[i] : __vsub4(x.vlo[i], 0x20202020u);
+            vhi[i] = RAW ? x.vhi[i] : __vsub4(x.vhi[i], 0x20202020u);
+        }
         const int e = (c >> 3) * 256 + 128 * h + 32 * qa + l0;
-        const float alo = x.d * (float)x.sclo, ahi = x.d * (float)x.schi; /* once for the tile's tokens */
+        const float alo = x.alo, ahi = x.ahi;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
@@ -888,47 +966,70 @@ struct K_Q_0 {
         }
         return x;
     }
-    /* the block's quants as signed bytes: element 4 i + b is byte b of v[i] */
+    /* The block's quants as stored, element 4 i + b byte b of v[i]: Q8_0's
+     * signed, Q4_0's and Q5_0's unsigned, OFF above their value (8, 16).
+     * The dots take OFF off a group's sum once, from the sum of the
+     * activations' quants (ds .y), rather than from every byte (__vsub4 is
+     * several instructions a word): integer sums, so the same bits. */
+    static constexpr int OFF = TYPE == APR_TYPE_Q5_0 ? 16 : TYPE == APR_TYPE_Q4_0 ? 8 : 0;
     static __device__ __forceinline__ void quants(const W &x, uint32_t (&v)[8])
     {
-        if (TYPE == APR_TYPE_Q8_0) {
 #pragma unroll
-            for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < 4; i++) {
+            if (TYPE == APR_TYPE_Q8_0) {
                 v[i] = u4get(x.q0, i);
                 v[i + 4] = u4get(x.q1, i);
-            }
-        } else {
-            const uint32_t off = TYPE == APR_TYPE_Q5_0 ? 0x10101010u : 0x08080808u;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
+            } else {
                 const uint32_t q = u4get(x.q0, i);
-                uint32_t lo = q & 0x0F0F0F0Fu, hi = (q >> 4) & 0x0F0F0F0Fu;
+                v[i] = q & 0x0F0F0F0Fu;
+                v[i + 4] = (q >> 4) & 0x0F0F0F0Fu;
                 if (TYPE == APR_TYPE_Q5_0) {
-                    lo |= spread4(x.qh >> (4 * i));
-                    hi |= spread4(x.qh >> (16 + 4 * i));
+                    v[i] |= spread4(x.qh >> (4 * i));
+                    v[i + 4] |= spread4(x.qh >> (16 + 4 * i));
                 }
-                v[i] = __vsub4(lo, off);
-                v[i + 4] = __vsub4(hi, off);
             }
         }
+    }
+    /* decoded: the block's quants as stored */
+    struct D {
+        uint32_t v[8];
+        float d;
+        __device__ __forceinline__ void pin()
+        {
+#pragma unroll
+            for (int i = 0; i < 8; i += 2) pin_regs(v[i], v[i + 1]);
+            pin_regs(d);
+        }
+    };
+    static __device__ __forceinline__ D decode(const W &x, int c)
+    {
+        (void)c;
+        D d;
+        quants(x, d.v);
+        d.d = x.d;
+        return d;
     }
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
-        uint32_t v[8];
-        quants(x, v);
+        dotd<NT>(decode(x, c), c, a, tt, acc);
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dotd(const D &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.q0 + (size_t)tt[t] * a.ld + c * 32;
             const int4 x0 = *(const int4 *)q, x1 = *(const int4 *)(q + 16);
-            const float dx = a.ds0[(size_t)tt[t] * (a.ld >> 5) + c].x;
+            const float2 ds = a.ds0[(size_t)tt[t] * (a.ld >> 5) + c];
             int s = 0;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                s = dp4a((int)v[i], i4get(x0, i), s);
-                s = dp4a((int)v[i + 4], i4get(x1, i), s);
+                s = dp4a((int)x.v[i], i4get(x0, i), s);
+                s = dp4a((int)x.v[i + 4], i4get(x1, i), s);
             }
-            acc[t] += (float)s * (x.d * dx);
+            if (OFF) s -= OFF * (int)ds.y; /* .y: the group's sum of quants, exact in a float */
+            acc[t] += (float)s * (x.d * ds.x);
         }
     }
     template <int NT>
@@ -936,8 +1037,10 @@ struct K_Q_0 {
     {
         uint32_t v[8];
         quants(x, v);
+        if (TYPE == APR_TYPE_Q8_0)
 #pragma unroll
-        for (int i = 0; i < 8; i++) v[i] ^= 0x80808080u; /* signed bytes as q + 128 */
+            for (int i = 0; i < 8; i++) v[i] ^= 0x80808080u; /* signed bytes as q + 128 */
+        constexpr float BIAS = TYPE == APR_TYPE_Q8_0 ? 128.f : (float)OFF;
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             float4 yv[8];
@@ -948,7 +1051,7 @@ struct K_Q_0 {
             for (int i = 0; i < 8; i++) {
                 const float4 y = yv[i];
 #pragma unroll
-                for (int b = 0; b < 4; b++) s = fmaf(bytef(v[i], b, 128.f), f4get(y, b), s);
+                for (int b = 0; b < 4; b++) s = fmaf(bytef(v[i], b, BIAS), f4get(y, b), s);
             }
             acc[t] += x.d * s;
         }
@@ -965,6 +1068,20 @@ struct K_F {
     {
         (void)nbt;
         return W{((const uint4 *)(w + (size_t)r * n_in * (TYPE == APR_TYPE_F32 ? 4 : 2)))[c]};
+    }
+    /* nothing to decode ahead */
+    struct D : W {
+        __device__ __forceinline__ void pin() {}
+    };
+    static __device__ __forceinline__ D decode(const W &x, int c)
+    {
+        (void)c;
+        return D{x};
+    }
+    template <int NT>
+    static __device__ __forceinline__ void dotd(const D &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
+        dot<NT>(x, c, a, tt, acc);
     }
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
@@ -1273,7 +1390,7 @@ static __device__ __forceinline__ void gemv_group(const gemv_params &p, const ac
  * under programmatic dependent launch they are in flight while it finishes
  * (the small q/k/v and o products are then mostly loaded before their input
  * exists). */
-template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT, bool NORM = false, bool RMS = false>
+template <class K, int U, int WPR, int NT, bool SWIGLU, bool WAIT, bool NORM = false, bool RMS = false, bool PRE = false>
 static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev &a, const nrm_dev &m, int r,
                                                  const int (&tt)[NT], int slice, int lane, float (&acc)[2][NT],
                                                  rms_pre &rp, float (&xr)[NT])
@@ -1282,12 +1399,24 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
     const int nch = K::chunks(s.n_in);
     const size_t nbt = K::blocks(s.n_in, s.n_out);
     typename K::W x[U], y[U];
+    /* PRE: every round's chunks decoded as they are loaded, the first
+     * round's before the wait; otherwise each dot decodes its chunk */
+    constexpr bool DEC = PRE && WAIT && !NORM;
+    typename K::D dx[DEC ? U : 1], dy[DEC ? U : 1];
     for (int c0 = slice * 32 + lane, round = 0;; round++) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int c = min(c0 + STEP * u, nch - 1);
             x[u] = K::load(s.w, nbt, r, s.n_in, c);
             if (SWIGLU) y[u] = K::load(s.w2, nbt, r, s.n_in, c);
+            if constexpr (DEC) {
+                dx[u] = K::decode(x[u], c);
+                if (SWIGLU) dy[u] = K::decode(y[u], c);
+                if (round == 0) {
+                    dx[u].pin();
+                    if (SWIGLU) dy[u].pin();
+                }
+            }
         }
         if (WAIT && round == 0) {
             griddep();
@@ -1307,8 +1436,10 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
         for (int u = 0; u < U; u++)
             if (c0 + STEP * u < nch) {
                 if constexpr (NORM) K::template dotf<NT>(x[u], c0 + STEP * u, m, tt, acc[0]);
+                else if constexpr (DEC) K::template dotd<NT>(dx[u], c0 + STEP * u, a, tt, acc[0]);
                 else K::template dot<NT>(x[u], c0 + STEP * u, a, tt, acc[0]);
-                if (SWIGLU) K::template dot<NT>(y[u], c0 + STEP * u, a, tt, acc[1]);
+                if constexpr (SWIGLU && DEC) K::template dotd<NT>(dy[u], c0 + STEP * u, a, tt, acc[1]);
+                else if (SWIGLU) K::template dot<NT>(y[u], c0 + STEP * u, a, tt, acc[1]);
             }
         c0 += STEP * U;
         if (c0 >= nch) break;
@@ -1340,7 +1471,8 @@ static __device__ __forceinline__ void gemv1_store(const seg_dev &s, int r, int 
     }
 }
 
-template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPES = 0, bool NORM = false, bool RMS = false>
+template <int U, int WPR, int NT, bool SWIGLU, bool WAIT, uint32_t TYPES = 0, bool NORM = false, bool RMS = false,
+          bool PRE = false>
 static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const act_dev &a, int g)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
@@ -1361,24 +1493,24 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
     switch (s.type) { /* uniform across the warps of a row */
     case APR_TYPE_Q4_K:
         if constexpr (!HAS(APR_TYPE_Q4_K)) break;
-        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
-        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
+        else if constexpr (!SWIGLU) gemv1_row<K_Q4_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS, PRE>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
+        else if constexpr (U == 1 && NT <= 4) gemv1_row<K_Q4_K2, U, WPR, NT, SWIGLU, WAIT, NORM, RMS, PRE>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         else __trap(); /* gemv1 launches SwiGLU's Q4_K pairs one a lane, in tiles of up to 4 (more spill) */
         break;
     case APR_TYPE_Q6_K:
-        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
+        if constexpr (HAS(APR_TYPE_Q6_K)) gemv1_row<K_Q6_K, U, WPR, NT, SWIGLU, WAIT, NORM, RMS, PRE>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         break;
     case APR_TYPE_Q5_0:
         if constexpr (HAS(APR_TYPE_Q5_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
+            gemv1_row<K_Q_0<APR_TYPE_Q5_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS, PRE>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         break;
     case APR_TYPE_Q4_0:
         if constexpr (HAS(APR_TYPE_Q4_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
+            gemv1_row<K_Q_0<APR_TYPE_Q4_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS, PRE>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         break;
     case APR_TYPE_Q8_0:
         if constexpr (HAS(APR_TYPE_Q8_0))
-            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
+            gemv1_row<K_Q_0<APR_TYPE_Q8_0>, U, WPR, NT, SWIGLU, WAIT, NORM, RMS, PRE>(s, a, p.nrm, r, tt, slice, lane, acc, rp, xr);
         break;
     }
 #undef HAS
@@ -1452,11 +1584,12 @@ static __device__ __forceinline__ void gemv1_block(const gemv_params &p, const a
  * chunks or more in matrices of 3584 rows or more (the 7B's and 32B's q/k/v
  * and o, H100: 7B o 6.8 -> 5.9 us, 32B q/k/v 14.2 -> 13.0, o 12.0 -> 10.4). */
 #define GEMV1_BIG_BYTES (32u << 20)
-template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPES = 0, bool NORM = false, bool RMS = false>
+template <int U, int WPR, int NT, bool SWIGLU, int MINB, uint32_t TYPES = 0, bool NORM = false, bool RMS = false,
+          bool PRE = false>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(const __grid_constant__ gemv_params p)
 {
     if (p.early) griddep_trigger();
-    gemv1_block<U, WPR, NT, SWIGLU, true, TYPES, NORM, RMS>(p, p.a,
+    gemv1_block<U, WPR, NT, SWIGLU, true, TYPES, NORM, RMS, PRE>(p, p.a,
                                                       blockIdx.x * (GEMV_WARPS / WPR) + (int)(threadIdx.x >> 5) / WPR);
 }
 
@@ -1465,7 +1598,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_kernel(con
  * two waves' worth of groups (the 0.5B's gate/up: 608 groups, 396 resident
  * blocks), so the product is one wave of one round of loads. Lane l takes
  * chunk l of each row and the epilogue is gemv1_block's: the same bits. */
-template <class K, bool SWIGLU, bool RMS>
+template <class K, bool SWIGLU, bool RMS, bool PRE>
 static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev &a, int r0, int r1, int lane,
                                                  float (&acc)[2][2][1], rms_pre &rp, float (&xr)[2])
 {
@@ -1477,6 +1610,20 @@ static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev
         y0 = K::load(s.w2, nbt, r0, s.n_in, c);
         y1 = K::load(s.w2, nbt, r1, s.n_in, c);
     }
+    /* PRE: the chunks decoded before the wait (gemv1_kernel's PRE) */
+    typename K::D d[4];
+    if constexpr (PRE) {
+        d[0] = K::decode(x0, c);
+        d[1] = K::decode(x1, c);
+        d[0].pin();
+        d[1].pin();
+        if (SWIGLU) {
+            d[2] = K::decode(y0, c);
+            d[3] = K::decode(y1, c);
+            d[2].pin();
+            d[3].pin();
+        }
+    }
     griddep();
     if constexpr (RMS) rp = rms_load(a, 0, lane);
     if (!SWIGLU && s.mode == APR_CU_ADD && lane == 0) { /* as gemv1_row's */
@@ -1484,13 +1631,20 @@ static __device__ __forceinline__ void rows2_dot(const seg_dev &s, const act_dev
         xr[1] = s.out[r1];
     }
     if (lane >= nch) return;
+    if constexpr (PRE) {
+        K::template dotd<1>(d[0], lane, a, tt, acc[0][0]);
+        if (SWIGLU) K::template dotd<1>(d[2], lane, a, tt, acc[0][1]);
+        K::template dotd<1>(d[1], lane, a, tt, acc[1][0]);
+        if (SWIGLU) K::template dotd<1>(d[3], lane, a, tt, acc[1][1]);
+        return;
+    }
     K::template dot<1>(x0, lane, a, tt, acc[0][0]);
     if (SWIGLU) K::template dot<1>(y0, lane, a, tt, acc[0][1]);
     K::template dot<1>(x1, lane, a, tt, acc[1][0]);
     if (SWIGLU) K::template dot<1>(y1, lane, a, tt, acc[1][1]);
 }
 
-template <bool SWIGLU, int MINB, uint32_t TYPE, bool RMS = false>
+template <bool SWIGLU, int MINB, uint32_t TYPE, bool RMS = false, bool PRE = false>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kernel(const __grid_constant__ gemv_params p)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1500,12 +1654,12 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
     float acc[2][2][1] = {}, xr[2] = {};
     rms_pre rp = {0.f, 0.f};
     if constexpr (TYPE == APR_TYPE_Q4_K) {
-        if constexpr (SWIGLU) rows2_dot<K_Q4_K2, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
-        else rows2_dot<K_Q4_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
+        if constexpr (SWIGLU) rows2_dot<K_Q4_K2, SWIGLU, RMS, PRE>(s, p.a, r0, r1, lane, acc, rp, xr);
+        else rows2_dot<K_Q4_K, SWIGLU, RMS, PRE>(s, p.a, r0, r1, lane, acc, rp, xr);
     } else if constexpr (TYPE == APR_TYPE_Q6_K) {
-        rows2_dot<K_Q6_K, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
+        rows2_dot<K_Q6_K, SWIGLU, RMS, PRE>(s, p.a, r0, r1, lane, acc, rp, xr);
     } else {
-        rows2_dot<K_Q_0<TYPE>, SWIGLU, RMS>(s, p.a, r0, r1, lane, acc, rp, xr);
+        rows2_dot<K_Q_0<TYPE>, SWIGLU, RMS, PRE>(s, p.a, r0, r1, lane, acc, rp, xr);
     }
     const float ri = RMS ? rms_finish(p.a, 0, lane, rp) : 1.f; /* as gemv1_block's */
 #pragma unroll
@@ -1703,26 +1857,31 @@ static int max_n_in(const apr_cu_gemv_seg *seg, int n_seg)
  * instances other shapes would take are discarded rather than named (from a
  * plain function the untaken `if constexpr` branches drew ~900 nvcc warnings
  * #20280, and the untaken runtime ones compiled instances nothing launched). */
-#define GEMV1_T(U, WPR, NT, SW, MINB, R)                                                                  \
+#define GEMV1_TP(U, WPR, NT, SW, MINB, R, P)                                                                  \
     do {                                                                                               \
         if constexpr (NT == 1) {                                                                       \
             if (c->tune.gemv1_anytype) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p); \
             else switch (types) {                                                                           \
-            case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K), false, R>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0), false, R>, grid, block, p); break; \
-            case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q8_0), false, R>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K), false, R, P>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q6_K), false, R, P>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0), false, R, P>, grid, block, p); break; \
+            case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q8_0), false, R, P>, grid, block, p); break; \
             case TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K): /* the K-quant models' q/k/v */           \
-                if constexpr (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K), false, R>, grid, block, p); \
+                if constexpr (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q4_K) | TYPE_BIT(APR_TYPE_Q6_K), false, R, P>, grid, block, p); \
                 else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                   \
                 break;                                                                                 \
             case TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0): /* the 0.5B's */                    \
-                if constexpr (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0), false, R>, grid, block, p); \
+                if constexpr (!SW) launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, TYPE_BIT(APR_TYPE_Q5_0) | TYPE_BIT(APR_TYPE_Q8_0), false, R, P>, grid, block, p); \
                 else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                   \
                 break;                                                                                 \
             default: launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p); break;            \
             }                                                                                          \
         } else launch(c, gemv1_kernel<U, WPR, NT, SW, MINB, 0, false, R>, grid, block, p);                         \
+    } while (0)
+#define GEMV1_T(U, WPR, NT, SW, MINB, R)                                                  \
+    do {                                                                               \
+        if (NT == 1 && c->pre && !c->tune.gemv1_anytype) GEMV1_TP(U, WPR, NT, SW, MINB, R, true); \
+        else GEMV1_TP(U, WPR, NT, SW, MINB, R, false);                                 \
     } while (0)
 #define GEMV1_B(U, WPR, NT, MINB)                                                               \
     do {                                                                                        \
@@ -1742,6 +1901,7 @@ static void gemv1_launch(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_
 }
 #undef GEMV1_B
 #undef GEMV1_T
+#undef GEMV1_TP
 
 /* A token's plain rows of one type at two warps a row with three chunks of
  * each lane in flight at once (gemv1's rule says where). Its own launcher:
@@ -1749,6 +1909,13 @@ static void gemv1_launch(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_
  * epilogue and register budget, where one shape uses it. 1 where not taken. */
 static int gemv1_three(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_params &p, uint32_t types)
 {
+    if (c->pre) switch (types) {
+    case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q4_K), false, false, true>, grid, block, p); return 0;
+    case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q6_K), false, false, true>, grid, block, p); return 0;
+    case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q5_0), false, false, true>, grid, block, p); return 0;
+    case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q8_0), false, false, true>, grid, block, p); return 0;
+    default: return 1;
+    }
     switch (types) {
     case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q4_K)>, grid, block, p); return 0;
     case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q6_K)>, grid, block, p); return 0;
@@ -1829,13 +1996,17 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
      * (1120 blocks, 560 with two groups) measured slower, 1154-1167 ->
      * 1094-1102, so more waves keep a block a group */
     const bool one_chunk = pairs ? nch <= 64 : nch <= 32; /* a lane's only chunk (Q4_K pairs: its only pair) */
+    const bool pre = c->pre != 0;
     if (!c->tune.rows2_off && nt == 1 && wpr == 1 && u == 1 && one_chunk && n_seg == 1 && !big &&
         (int)grid.x > 3 * sms && (int)grid.x <= 6 * sms) {
         const dim3 g2((grid.x + 1) / 2);
 #define ROWS2(T)                                                                                        \
     do {                                                                                                \
-        if (rms) launch(c, gemv1_rows2_kernel<true, 3, T, true>, g2, block, p);                        \
+        if (rms && pre) launch(c, gemv1_rows2_kernel<true, 3, T, true, true>, g2, block, p);           \
+        else if (rms) launch(c, gemv1_rows2_kernel<true, 3, T, true>, g2, block, p);                   \
+        else if (swiglu && pre) launch(c, gemv1_rows2_kernel<true, 3, T, false, true>, g2, block, p);  \
         else if (swiglu) launch(c, gemv1_rows2_kernel<true, 3, T>, g2, block, p);                      \
+        else if (pre) launch(c, gemv1_rows2_kernel<false, 3, T, false, true>, g2, block, p);           \
         else launch(c, gemv1_rows2_kernel<false, 3, T>, g2, block, p);                                 \
     } while (0)
         switch (seg[0].w.type) {

@@ -83,6 +83,11 @@ typedef struct {
      * Every kernel still waits for its predecessor before it reads what the
      * step wrote, so this changes timing only. */
     int early;
+    /* non-zero: the one-token product launched here was let in early (its
+     * predecessor's `early`), so its blocks decode their first weights
+     * (scales to floats, quants unpacked) before they wait, leaving only
+     * the activations' arithmetic after it. Same bits either way. */
+    int pre;
 } apr_cu_ctx;
 
 /* ------------------------------------------------------------ weights */

@@ -445,9 +445,29 @@ static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_ou
         CK(cudaMemcpy(got, dout, sizeof(float) * (size_t)n_out * n, cudaMemcpyDeviceToHost));
         if (memcmp(got, one, sizeof(float) * (size_t)n_out * n)) bad++;
     }
-    printf("%-4s matmul %-4s %5d x %-5d %-6s: batches of 2..%d tokens equal one token at a time, bit for bit%s\n",
+    /* each token alone again, its weights decoded before the wait (apr_cu_ctx.pre) */
+    apr_cu_ctx pre = cu0;
+    pre.pre = 1;
+    CK(cudaMemset(dout, 0, sizeof(float) * (size_t)n_out * T));
+    for (int t = 0; t < T; t++) {
+        apr_cu_act at = a;
+        at.f += (size_t)t * n_in;
+        at.qk += (size_t)t * n_in;
+        at.q0 += (size_t)t * n_in;
+        at.dsk += (size_t)t * (n_in / 32) * 2;
+        at.ds0 += (size_t)t * (n_in / 32) * 2;
+        apr_cu_gemv_seg g = {dw, mode == APR_CU_SWIGLU ? dw2 : none, dout + (size_t)t * n_out, n_out, mode};
+        if (apr_cu_matmul(&g, 1, &at, 1, &pre)) failures++;
+    }
+    CK_LAUNCH();
+    CK(cudaMemcpy(got, dout, sizeof(float) * (size_t)n_out * T, cudaMemcpyDeviceToHost));
+    const int bad_pre = memcmp(got, one, sizeof(float) * (size_t)n_out * T) != 0;
+    bad += bad_pre;
+    printf("%-4s matmul %-4s %5d x %-5d %-6s: batches of 2..%d tokens, and one token decoding its weights before "
+           "the wait, equal one token at a time, bit for bit%s\n",
            bad ? "FAIL" : "ok", apr_type_get(type)->name, n_in, n_out,
-           mode == APR_CU_SWIGLU ? "swiglu" : mode == APR_CU_ADD ? "add" : "store", T, bad ? " (differ)" : "");
+           mode == APR_CU_SWIGLU ? "swiglu" : mode == APR_CU_ADD ? "add" : "store", T,
+           bad_pre ? " (decoded first: differ)" : bad ? " (differ)" : "");
     if (bad) failures++;
     act_free(&a);
     cudaFree((void *)dw.data);
@@ -511,6 +531,11 @@ static void test_gemv_segments(rng *r, int ntok)
 {
     const uint32_t types[3] = {APR_TYPE_Q4_K, APR_TYPE_Q5_0, APR_TYPE_Q6_K};
     test_segments(r, apr_cu_gemv, "gemv", types, ntok, &cu0);
+    /* the K-quant models' q/k/v, launched early: weights decoded before the wait */
+    const uint32_t kq[3] = {APR_TYPE_Q4_K, APR_TYPE_Q4_K, APR_TYPE_Q6_K};
+    apr_cu_ctx pre = cu0;
+    pre.pre = 1;
+    if (ntok == 1) test_segments(r, apr_cu_gemv, "gemv:pre", kq, ntok, &pre);
 }
 
 /* The decode GEMV that quantizes its own input (apr_cu_gemv_fused) against
@@ -711,6 +736,8 @@ static void test_gemv_norm(rng *r, const uint32_t *types, int n_seg, int n, int 
 static void test_onorm(rng *r, uint32_t to, uint32_t tg, int Q, int E, int F, int T)
 {
     const float eps = 1e-6f;
+    apr_cu_ctx pre = cu0;
+    pre.pre = 1;
     const apr_cu_weight none = {NULL, 0, 0, 0};
     float *att = malloc(sizeof(float) * (size_t)Q * T), *x0 = malloc(sizeof(float) * (size_t)E * T);
     float *g = malloc(sizeof(float) * E);
@@ -773,7 +800,7 @@ static void test_onorm(rng *r, uint32_t to, uint32_t tg, int Q, int E, int F, in
         st.out = dx + (size_t)t * E;
         gt.out = dh + (size_t)t * F;
         rc |= apr_cu_gemv_onorm(&st, &it, 1, dg, &ft, &cu0);
-        rc |= apr_cu_matmul(&gt, 1, &ft, 1, &cu0);
+        rc |= apr_cu_matmul(&gt, 1, &ft, 1, t % 2 ? &pre : &cu0); /* gate/up decoding its weights first, or not */
     }
     CK_LAUNCH();
     CK(cudaMemcpy(xone, dx, xb, cudaMemcpyDeviceToHost));
