@@ -684,8 +684,7 @@ struct K_Q4_K {
         return W{*(const uint4 *)blk, *(const uint4 *)(blk + 16 + 16 * (c & 7))};
     }
     /* decoded: the scales as floats; the quants stay packed (their masks
-     * are three operations a word, and unpacked, written as a dot of their
-     * own, the 1.5B's step measured ~1% slower: ptxas schedules it otherwise) */
+     * are three operations a word) */
     struct D {
         uint4 q;
         float a0, a1, b0, b1;
@@ -697,10 +696,37 @@ struct K_Q4_K {
         q4k_pair_scales(x.h, (c & 7) >> 1, d.a0, d.a1, d.b0, d.b1);
         return d;
     }
+    /* dot and dotd do the same arithmetic; dot keeps its own text because
+     * written as dotd(decode()) it compiled to code ~1% slower in the 7B's
+     * step (a few index instructions apart in PTX) */
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
-        dotd<NT>(decode(x, c), c, a, tt, acc); /* the chunk's scales once, for every token of the tile */
+        const int j = c & 7, g = j >> 1, half = j & 1;
+        float a0, a1, b0, b1; /* the chunk's scales once, for every token of the tile */
+        q4k_pair_scales(x.h, g, a0, a1, b0, b1);
+        const int e = (c >> 3) * 256 + 64 * g + 16 * half;
+#pragma unroll
+        for (int t = 0; t < NT; t++) {
+            const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
+            const int4 lo = *(const int4 *)q, hi = *(const int4 *)(q + 32);
+            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld >> 5) + (e >> 5);
+            const float2 ds0 = ds[0], ds1 = ds[1];
+            int s0 = 0, s1 = 0;
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t v = u4get(x.q, i);
+                s0 = dp4a((int)(v & 0x0F0F0F0Fu), i4get(lo, i), s0);
+                s1 = dp4a((int)((v >> 4) & 0x0F0F0F0Fu), i4get(hi, i), s1);
+            }
+            /* each 32-group with its own scale: Q8_K-style rows repeat one
+             * per 256, Q8_0-style rows (decode, kernels.h) have one per 32.
+             * The mins term needs whole 32-group sums (.y): the half-0 chunk
+             * adds it. */
+            const float v0 = half ? a0 * (float)s0 : fmaf(a0, (float)s0, -b0 * ds0.y);
+            const float v1 = half ? a1 * (float)s1 : fmaf(a1, (float)s1, -b1 * ds1.y);
+            acc[t] += fmaf(ds0.x, v0, ds1.x * v1);
+        }
     }
     template <int NT>
     static __device__ __forceinline__ void dotd(const D &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
