@@ -813,10 +813,10 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
         /* Which of the products launched early decode their first weights
          * before they wait (apr_cu_ctx.pre; a mask of FUSE_* bits), as
          * measured (H100 decode, same tokens, docs/PERF.md, sixteenth pass):
-         * gate/up's at the 1.5B (1268-1271 -> 1287-1296 tok/s) and the 3B
-         * (804-807 -> 814-823 with q/k/v's); q/k/v's alone nothing at the
-         * 1.5B; the 0.5B's gate/up lost 5% (its Q5_0 unpacking had not the
-         * time before the wait), the 7B's 1-2%. */
+         * gate/up's at the 1.5B (+1.2-2.0% in four calls, e.g. 1268-1278 ->
+         * 1290-1297 tok/s) and the 3B (796-821 -> 814-834); q/k/v's alone
+         * nothing at the 1.5B; the 0.5B's gate/up and down lost ~1% (their
+         * blocks have ~1.7 us before the wait), the 7B's gate/up 1-2%. */
         const char *pre = getenv("APR_CUDA_PRE");
         m->pre = pre ? (int)strtol(pre, NULL, 0) & FUSE_ALL
                      : hp->n_embd > 1024 && hp->n_embd <= 2048 ? FUSE_GATEUP : 0;
