@@ -799,16 +799,16 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
          *   when it came in) and gate/up's at the o product's start
          *   (apr_cu_gemv_onorm: 2277-2292 -> 2304-2317); attention's at
          *   q/k/v's start (FUSE_ROPE, off) 2253-2286, slower; the output's, noise.
-         * - up to 2047 (the 1.5B): q/k/v's and gate/up's, 1226-1242 -> 1281;
-         *   the down product's as well cost that back to 1268-1274.
-         * - wider (3B, 7B, 32B): q/k/v's, gate/up's and down's: 3B 795-798 ->
-         *   808-811, 7B 462-465 -> 477-478, 32B 121.4 -> 122.2-122.3.
+         * - wider (1.5B, 3B, 7B, 32B): q/k/v's, gate/up's and down's: 1.5B
+         *   1226-1242 -> 1281 with the first two; the down product's as well
+         *   cost the 1.5B then (1268-1274) but gains since the sixteenth
+         *   pass's kernels (1263-1295 -> 1292-1302, six runs each); 3B 795-798
+         *   -> 808-811, 7B 462-465 -> 477-478, 32B 121.4 -> 122.2-122.3.
          * The ninth and twelfth passes found these neutral or slower on the
          * kernels of their day; the products' shapes have changed since. */
         const char *ea = getenv("APR_CUDA_EARLY");
         m->early = ea ? (int)strtol(ea, NULL, 0) & FUSE_ALL
                    : hp->n_embd <= 1024 ? FUSE_DOWN | FUSE_GATEUP
-                   : hp->n_embd < 2048  ? FUSE_QKV | FUSE_GATEUP
                                         : FUSE_QKV | FUSE_GATEUP | FUSE_DOWN;
         /* Which of the products launched early decode their first weights
          * before they wait (apr_cu_ctx.pre; a mask of FUSE_* bits), as
