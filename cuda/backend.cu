@@ -44,8 +44,11 @@
  *   APR_CUDA_EARLY=MASK  one-token steps: the products (FUSE_* bits) whose norm/quantize
  *                       kernel lets them launch at its start (gate/up: also the o product
  *                       that folds its norm in; FUSE_ROPE: attention at the start of q/k/v
- *                       with the norm folded in). Default by width: down and gate/up up to
- *                       1024, q/k/v and gate/up up to 2047, all three wider
+ *                       with the norm folded in; FUSE_WO: the o product at attention's
+ *                       start). Default by width: down and gate/up up to 1024, q/k/v,
+ *                       gate/up, down and o up to 2047, the first three wider
+ *   APR_CUDA_PRE=MASK   of those launched early, the products that decode their first
+ *                       weights before their wait. Default: gate/up from 1025 to 2048 wide
  */
 #include <cuda_runtime.h>
 #include <errno.h>
@@ -804,11 +807,15 @@ static apr_cuda_model *open_model(const char *path, const apr_backend_opts *opts
          *   cost the 1.5B then (1268-1274) but gains since the sixteenth
          *   pass's kernels (1263-1295 -> 1292-1302, six runs each); 3B 795-798
          *   -> 808-811, 7B 462-465 -> 477-478, 32B 121.4 -> 122.2-122.3.
+         * - the o product's at attention's start (FUSE_WO): the 1.5B only,
+         *   1291-1303 -> 1307-1311 (sixteenth pass); the 0.5B lost 1%
+         *   (2420-2439 -> 2407-2408), the 3B 1% (828-833 -> 821-824).
          * The ninth and twelfth passes found these neutral or slower on the
          * kernels of their day; the products' shapes have changed since. */
         const char *ea = getenv("APR_CUDA_EARLY");
         m->early = ea ? (int)strtol(ea, NULL, 0) & FUSE_ALL
                    : hp->n_embd <= 1024 ? FUSE_DOWN | FUSE_GATEUP
+                   : hp->n_embd < 2048  ? FUSE_QKV | FUSE_GATEUP | FUSE_DOWN | FUSE_WO
                                         : FUSE_QKV | FUSE_GATEUP | FUSE_DOWN;
         /* Which of the products launched early decode their first weights
          * before they wait (apr_cu_ctx.pre; a mask of FUSE_* bits), as
@@ -1021,9 +1028,10 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
                                    ? &m->act
                                    : NULL;
         int arc = 1; /* 1: bias + RoPE + KV append as a kernel of its own */
+        const apr_cu_ctx ac = early_ctx(m, n, FUSE_WO); /* the o product may launch at attention's start */
         if (n == 1 && (m->fuse & FUSE_ROPE))
             arc = apr_cu_attention_rope(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, &m->ash, kc, vc, m->att,
-                                        m->q_dim, q8, &m->cu);
+                                        m->q_dim, q8, &ac);
         if (arc < 0) return -1;
         if (arc > 0) {
             apr_cu_qkv_post(m->qkv, m->ldqkv, L->bq, L->bk, L->bv, pos, seq, n, &m->ash, kc, vc, &m->cu);

@@ -2676,8 +2676,9 @@ template <int DPL, int HD, bool ROPE, bool SPLIT>
 static __global__ void __launch_bounds__(ATT_WARPS * 32)
     attention_kernel(const float *q, int ldq, const uint16_t *kc, const uint16_t *vc, const int32_t *pos,
                      const int32_t *seq, apr_cu_attn_shape sh, float scale, float *out, int ldo, rope_dev rd,
-                     split_dev sp, q8_dev q8)
+                     split_dev sp, q8_dev q8, int early)
 {
+    if (early) griddep_trigger(); /* apr_cu_ctx.early: the o product may launch now */
     const int t = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int hd = HD ? HD : sh.head_dim, kv_dim = sh.n_head_kv * hd;
     const int k0 = SPLIT ? blockIdx.z * sp.chunk : 0; /* this block's first key */
@@ -3072,10 +3073,10 @@ static void attention_launch(const float *q, int ldq, const uint16_t *k_cache, c
     do {                                                                                                           \
         if (sp.n_chunks > 1)                                                                                       \
             launch(c, attention_kernel<DPL, HD, ROPE, true>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh, \
-                   scale, out, ldo, rd, sp, q8);                                                                   \
+                   scale, out, ldo, rd, sp, q8, c->early);                                                         \
         else                                                                                                       \
             launch(c, attention_kernel<DPL, HD, ROPE, false>, grid, block, q, ldq, k_cache, v_cache, pos, seq, *sh,\
-                   scale, out, ldo, rd, sp, q8);                                                                   \
+                   scale, out, ldo, rd, sp, q8, c->early);                                                         \
     } while (0)
     if (hd == 128) ATT(4, 128);
     else if (hd == 64) ATT(2, 64);
