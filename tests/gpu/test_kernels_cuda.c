@@ -404,6 +404,24 @@ static void test_mma_case(rng *r, uint32_t type, int n_in, int n_out, int ntok)
  * batch of any size up to the tensor-core threshold: a sequence's greedy
  * tokens then do not depend on what shares its steps (the engine-restart
  * tests compare whole streams token for token). */
+/* Product g over T tokens of a, one launch a token, into g's rows (zeroed
+ * first: ADD starts from zeros, as in the batched runs). */
+static void tokens_alone(const apr_cu_gemv_seg *g, const apr_cu_act *a, int n_in, int T, const apr_cu_ctx *c)
+{
+    CK(cudaMemset(g->out, 0, sizeof(float) * (size_t)g->ldo * T));
+    for (int t = 0; t < T; t++) {
+        apr_cu_act at = *a;
+        at.f += (size_t)t * n_in;
+        at.qk += (size_t)t * n_in;
+        at.q0 += (size_t)t * n_in;
+        at.dsk += (size_t)t * (n_in / 32) * 2;
+        at.ds0 += (size_t)t * (n_in / 32) * 2;
+        apr_cu_gemv_seg gt = *g;
+        gt.out += (size_t)t * g->ldo;
+        if (apr_cu_matmul(&gt, 1, &at, 1, c)) failures++;
+    }
+}
+
 static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_out, int mode)
 {
     const int ntoks[] = {2, 3, 5, 8, 13, APR_CU_MMA_MIN_TOK - 1};
@@ -421,17 +439,8 @@ static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_ou
     apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, T, &a, &cu0);
     const apr_cu_weight none = {NULL, 0, 0, 0};
     /* each token alone (ADD starts from zeros, as in the batched runs) */
-    CK(cudaMemset(done, 0, sizeof(float) * (size_t)n_out * T));
-    for (int t = 0; t < T; t++) {
-        apr_cu_act at = a;
-        at.f += (size_t)t * n_in;
-        at.qk += (size_t)t * n_in;
-        at.q0 += (size_t)t * n_in;
-        at.dsk += (size_t)t * (n_in / 32) * 2;
-        at.ds0 += (size_t)t * (n_in / 32) * 2;
-        apr_cu_gemv_seg g = {dw, mode == APR_CU_SWIGLU ? dw2 : none, done + (size_t)t * n_out, n_out, mode};
-        if (apr_cu_matmul(&g, 1, &at, 1, &cu0)) failures++;
-    }
+    const apr_cu_gemv_seg g1 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, done, n_out, mode};
+    tokens_alone(&g1, &a, n_in, T, &cu0);
     float *one = malloc(sizeof(float) * (size_t)n_out * T), *got = malloc(sizeof(float) * (size_t)n_out * T);
     CK_LAUNCH();
     CK(cudaMemcpy(one, done, sizeof(float) * (size_t)n_out * T, cudaMemcpyDeviceToHost));
@@ -448,17 +457,8 @@ static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_ou
     /* each token alone again, its weights decoded before the wait (apr_cu_ctx.pre) */
     apr_cu_ctx pre = cu0;
     pre.pre = 1;
-    CK(cudaMemset(dout, 0, sizeof(float) * (size_t)n_out * T));
-    for (int t = 0; t < T; t++) {
-        apr_cu_act at = a;
-        at.f += (size_t)t * n_in;
-        at.qk += (size_t)t * n_in;
-        at.q0 += (size_t)t * n_in;
-        at.dsk += (size_t)t * (n_in / 32) * 2;
-        at.ds0 += (size_t)t * (n_in / 32) * 2;
-        apr_cu_gemv_seg g = {dw, mode == APR_CU_SWIGLU ? dw2 : none, dout + (size_t)t * n_out, n_out, mode};
-        if (apr_cu_matmul(&g, 1, &at, 1, &pre)) failures++;
-    }
+    const apr_cu_gemv_seg g2 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, dout, n_out, mode};
+    tokens_alone(&g2, &a, n_in, T, &pre);
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * (size_t)n_out * T, cudaMemcpyDeviceToHost));
     const int bad_pre = memcmp(got, one, sizeof(float) * (size_t)n_out * T) != 0;
