@@ -696,9 +696,9 @@ struct K_Q4_K {
         q4k_pair_scales(x.h, (c & 7) >> 1, d.a0, d.a1, d.b0, d.b1);
         return d;
     }
-    /* dot and dotd do the same arithmetic; dot keeps its own text because
-     * written as dotd(decode()) it compiled to code ~1% slower in the 7B's
-     * step (a few index instructions apart in PTX) */
+    /* dot works out the chunk's scales where it always did, before the chunk's
+     * offsets: written as dotd(decode()) the order changed and the 7B's step
+     * measured ~1% slower (a few index instructions apart in PTX) */
     template <int NT>
     static __device__ __forceinline__ void dot(const W &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
@@ -706,34 +706,19 @@ struct K_Q4_K {
         float a0, a1, b0, b1; /* the chunk's scales once, for every token of the tile */
         q4k_pair_scales(x.h, g, a0, a1, b0, b1);
         const int e = (c >> 3) * 256 + 64 * g + 16 * half;
-#pragma unroll
-        for (int t = 0; t < NT; t++) {
-            const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
-            const int4 lo = *(const int4 *)q, hi = *(const int4 *)(q + 32);
-            const float2 *ds = a.dsk + (size_t)tt[t] * (a.ld >> 5) + (e >> 5);
-            const float2 ds0 = ds[0], ds1 = ds[1];
-            int s0 = 0, s1 = 0;
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const uint32_t v = u4get(x.q, i);
-                s0 = dp4a((int)(v & 0x0F0F0F0Fu), i4get(lo, i), s0);
-                s1 = dp4a((int)((v >> 4) & 0x0F0F0F0Fu), i4get(hi, i), s1);
-            }
-            /* each 32-group with its own scale: Q8_K-style rows repeat one
-             * per 256, Q8_0-style rows (decode, kernels.h) have one per 32.
-             * The mins term needs whole 32-group sums (.y): the half-0 chunk
-             * adds it. */
-            const float v0 = half ? a0 * (float)s0 : fmaf(a0, (float)s0, -b0 * ds0.y);
-            const float v1 = half ? a1 * (float)s1 : fmaf(a1, (float)s1, -b1 * ds1.y);
-            acc[t] += fmaf(ds0.x, v0, ds1.x * v1);
-        }
+        sums<NT>(x.q, a0, a1, b0, b1, half, e, a, tt, acc);
     }
     template <int NT>
     static __device__ __forceinline__ void dotd(const D &x, int c, const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
     {
         const int j = c & 7, g = j >> 1, half = j & 1;
-        const float a0 = x.a0, a1 = x.a1, b0 = x.b0, b1 = x.b1;
         const int e = (c >> 3) * 256 + 64 * g + 16 * half;
+        sums<NT>(x.q, x.a0, x.a1, x.b0, x.b1, half, e, a, tt, acc);
+    }
+    template <int NT>
+    static __device__ __forceinline__ void sums(const uint4 &wq, float a0, float a1, float b0, float b1, int half, int e,
+                                                const act_dev &a, const int (&tt)[NT], float (&acc)[NT])
+    {
 #pragma unroll
         for (int t = 0; t < NT; t++) {
             const int8_t *q = a.qk + (size_t)tt[t] * a.ld + e;
@@ -743,7 +728,7 @@ struct K_Q4_K {
             int s0 = 0, s1 = 0;
 #pragma unroll
             for (int i = 0; i < 4; i++) {
-                const uint32_t v = u4get(x.q, i);
+                const uint32_t v = u4get(wq, i);
                 s0 = dp4a((int)(v & 0x0F0F0F0Fu), i4get(lo, i), s0);
                 s1 = dp4a((int)((v >> 4) & 0x0F0F0F0Fu), i4get(hi, i), s1);
             }
