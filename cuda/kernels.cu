@@ -609,15 +609,22 @@ static __device__ __forceinline__ void nrm_halves(const nrm_dev &m, int slot, in
     }
 }
 
+/* This thread's float4 of the norm's weight: a constant, loaded before the
+ * wait (after it, its DRAM round trip came on top of x's). */
+static __device__ __forceinline__ float4 nrm_g(const nrm_dev &m)
+{
+    const int e = 4 * (int)threadIdx.x;
+    return e < m.n ? *(const float4 *)(m.g + e) : make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
 /* Every thread of the block, after the wait: the tile's y into shared memory
- * (rows of up to NRM_MAX_N, a float4 a thread). */
+ * (rows of up to NRM_MAX_N, a float4 a thread; g from nrm_g). */
 #define NRM_MAX_N (4 * GEMV_WARPS * 32)
 template <int NT>
-static __device__ __forceinline__ void nrm_stage(const nrm_dev &m, const int (&tt)[NT])
+static __device__ __forceinline__ void nrm_stage(const nrm_dev &m, const int (&tt)[NT], const float4 &g)
 {
     const int e = 4 * (int)threadIdx.x;
     if (e < m.n) {
-        const float4 g = *(const float4 *)(m.g + e);
         float4 x[NT];
 #pragma unroll
         for (int t = 0; t < NT; t++) x[t] = *(const float4 *)(m.x + (size_t)tt[t] * m.ld + e);
@@ -1424,6 +1431,7 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
      * round's before the wait; otherwise each dot decodes its chunk */
     constexpr bool DEC = PRE && WAIT && !NORM;
     typename K::D dx[DEC ? U : 1], dy[DEC ? U : 1];
+    const float4 g4 = NORM ? nrm_g(m) : make_float4(0.f, 0.f, 0.f, 0.f);
     for (int c0 = slice * 32 + lane, round = 0;; round++) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -1441,7 +1449,7 @@ static __device__ __forceinline__ void gemv1_row(const seg_dev &s, const act_dev
         }
         if (WAIT && round == 0) {
             griddep();
-            if constexpr (NORM) nrm_stage<NT>(m, tt);
+            if constexpr (NORM) nrm_stage<NT>(m, tt, g4);
             /* RMS: the token's sums (tiles: warp t's token's, staged) */
             if constexpr (RMS && NT == 1) rp = rms_load(a, tt[0], lane);
             else if constexpr (RMS) {
