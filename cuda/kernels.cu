@@ -2741,8 +2741,8 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     }
     griddep();
     float *o = out + (size_t)t * ldo + (size_t)h * hd;
-    /* ROPE: sq0 and p0 (read again after the wait, they cost an L2 round
-     * trip: griddepcontrol.wait leaves nothing of them in L1, stamped) */
+    /* ROPE: sq0 and p0 (read again after the wait they were no L1 hits:
+     * 603 cycles p50 at the 0.5B, stamped) */
     const int sq = ROPE ? sq0 : seq[t];
     if (sq < 0) {
         if (!SPLIT || blockIdx.z == 0) {
