@@ -1935,23 +1935,25 @@ static void gemv1_launch(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_
 /* A token's plain rows of one type at two warps a row with three chunks of
  * each lane in flight at once (gemv1's rule says where). Its own launcher:
  * through gemv1_launch three chunks would be compiled for every tile, split,
- * epilogue and register budget, where one shape uses it. 1 where not taken. */
+ * epilogue and register budget, where one shape uses it. 1 where not taken.
+ * PRE: apr_cu_ctx.pre (weights decoded before the wait). */
+template <bool PRE>
+static int gemv1_three_pre(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_params &p, uint32_t types)
+{
+#define THREE(T) launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(T), false, false, PRE>, grid, block, p)
+    switch (types) {
+    case TYPE_BIT(APR_TYPE_Q4_K): THREE(APR_TYPE_Q4_K); return 0;
+    case TYPE_BIT(APR_TYPE_Q6_K): THREE(APR_TYPE_Q6_K); return 0;
+    case TYPE_BIT(APR_TYPE_Q5_0): THREE(APR_TYPE_Q5_0); return 0;
+    case TYPE_BIT(APR_TYPE_Q8_0): THREE(APR_TYPE_Q8_0); return 0;
+    default: return 1;
+    }
+#undef THREE
+}
+
 static int gemv1_three(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_params &p, uint32_t types)
 {
-    if (c->pre) switch (types) {
-    case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q4_K), false, false, true>, grid, block, p); return 0;
-    case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q6_K), false, false, true>, grid, block, p); return 0;
-    case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q5_0), false, false, true>, grid, block, p); return 0;
-    case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q8_0), false, false, true>, grid, block, p); return 0;
-    default: return 1;
-    }
-    switch (types) {
-    case TYPE_BIT(APR_TYPE_Q4_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q4_K)>, grid, block, p); return 0;
-    case TYPE_BIT(APR_TYPE_Q6_K): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q6_K)>, grid, block, p); return 0;
-    case TYPE_BIT(APR_TYPE_Q5_0): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q5_0)>, grid, block, p); return 0;
-    case TYPE_BIT(APR_TYPE_Q8_0): launch(c, gemv1_kernel<3, 2, 1, false, 3, TYPE_BIT(APR_TYPE_Q8_0)>, grid, block, p); return 0;
-    default: return 1;
-    }
+    return c->pre ? gemv1_three_pre<true>(c, grid, block, p, types) : gemv1_three_pre<false>(c, grid, block, p, types);
 }
 
 /* The one-token product for quantized weights; 1 where a segment's type has
