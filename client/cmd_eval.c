@@ -295,7 +295,8 @@ int apr_cmd_eval(int argc, char **argv)
         if (!ignore_eos && (size_t)step >= n_forced && apr_tok_is_eog(tok, next)) break;
         if (step + 1 == n_gen) break;
         int32_t pos = (int32_t)(n_prompt + (size_t)step), seq = 0;
-        apr_batch one = {.n = 1, .token = &feed, .pos = &pos, .seq = &seq, .topk = &want_k};
+        /* ahead: the loop steps again at once unless this is its last step */
+        apr_batch one = {.n = 1, .token = &feed, .pos = &pos, .seq = &seq, .topk = &want_k, .ahead = step + 2 < n_gen};
         double t1 = now_s();
         if (apr_backend_step(be, &one, logits, err)) {
             fprintf(stderr, "apr eval: step %ld: %s\n", step, err);

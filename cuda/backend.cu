@@ -121,6 +121,16 @@ struct apr_cuda_model {
     uint8_t *d_cands; /* [LOGIT_ROWS][CAND_STRIDE]: a graph step's candidate rows (apr_cu_topk) */
     uint8_t *d_cand_work; /* apr_cu_topk's, for rows split across blocks */
     uint8_t *h_cands; /* pinned mirror */
+    /* One-entry steps launched ahead (apr_batch.ahead): graph[0] starts by
+     * waiting until *h_go, the count of one-entry graphs the host released,
+     * passes *d_ticket, the count of those done, and ends by storing the new
+     * count to *h_done, which the host polls. h_go and h_done sit past the
+     * batch block and the candidate rows in their pinned allocations. */
+    unsigned *h_go, *h_done, *d_ticket;
+    unsigned released;
+    bool ahead_ok; /* mapped memory, graphs, no per-step profile; APR_CUDA_AHEAD=0: never */
+    bool armed;    /* graph[0] is in the stream waiting for a step not yet given */
+    cudaEvent_t done_ev;
     int *seq_len;
     cudaGraphExec_t graph[N_BUCKETS];
     bool use_graphs;
@@ -432,6 +442,7 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     CARVE(m->ffn_act.ds0, float, (size_t)APR_CU_MMA_MIN_TOK * (ld / 32) * 2);
     CARVE(m->ffn_act.rms, float, (size_t)APR_CU_MMA_MIN_TOK * (ld / 32));
     CARVE(m->d_batch, int32_t, BATCH_ROWS * C);
+    CARVE(m->d_ticket, unsigned, 1);
     CARVE(m->d_cands, uint8_t, (size_t)LOGIT_ROWS * CAND_STRIDE);
     CARVE(m->d_cand_work, uint8_t, apr_cu_topk_work_bytes(LOGIT_ROWS));
     /* partial sums of products split across blocks (batched decode): every
@@ -452,10 +463,16 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     return off;
 }
 
+static void release(apr_cuda_model *m);
+static int disarm(apr_cuda_model *m, char err[APR_ERRLEN]);
+
 extern "C" void apr_cuda_close(apr_cuda_model *m)
 {
     if (!m) return;
+    char err[APR_ERRLEN];
+    if (m->armed && disarm(m, err)) fprintf(stderr, "cuda: %s\n", err);
     if (m->stream) cudaStreamSynchronize(m->stream);
+    if (m->done_ev) cudaEventDestroy(m->done_ev);
     if (m->profile || m->stamps) profile_print(m);
     for (int i = 0; i < N_BUCKETS; i++)
         if (m->g_n[i])
@@ -514,6 +531,7 @@ static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
     if (m->use_graphs) {
         for (int bi = 0; bi < N_BUCKETS; bi++)
             if (get_graph(m, bi, err)) return -1;
+        if (m->hd_batch) release(m); /* graph[0] waits for it */
         if (cuda_fail(cudaGraphLaunch(m->graph[0], m->stream), "cudaGraphLaunch", err)) return -1;
     } else {
         if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice,
@@ -689,14 +707,18 @@ static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
 {
     const apr_hparams *hp = &m->hp;
     if (cuda_fail(cudaMalloc((void **)&m->d_scratch, m->scratch_bytes), "cudaMalloc (scratch)", err) ||
-        cuda_fail(cudaHostAlloc((void **)&m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaHostAllocMapped),
+        cuda_fail(cudaHostAlloc((void **)&m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t) + 64,
+                                cudaHostAllocMapped),
                   "cudaHostAlloc", err) ||
         cuda_fail(cudaHostAlloc((void **)&m->h_logits, (size_t)LOGIT_ROWS * hp->n_vocab * sizeof(float),
                                 cudaHostAllocDefault),
                   "cudaHostAlloc", err) ||
-        cuda_fail(cudaHostAlloc((void **)&m->h_cands, (size_t)LOGIT_ROWS * CAND_STRIDE, cudaHostAllocMapped),
+        cuda_fail(cudaHostAlloc((void **)&m->h_cands, (size_t)LOGIT_ROWS * CAND_STRIDE + 64, cudaHostAllocMapped),
                   "cudaHostAlloc", err))
         return -1;
+    m->h_go = (unsigned *)(m->h_batch + BATCH_ROWS * CHUNK_CAP);
+    m->h_done = (unsigned *)(m->h_cands + (size_t)LOGIT_ROWS * CAND_STRIDE);
+    *m->h_go = *m->h_done = 0;
     /* A copy node at each end of a graph: the first kernel cannot launch
      * before the upload is done, nor the download start before the last
      * kernel is (no programmatic dependent launch across copies). */
@@ -706,6 +728,9 @@ static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
         cudaGetLastError(); /* not fatal: copies instead */
         m->hd_batch = m->hd_cands = NULL;
     }
+    const char *ah = getenv("APR_CUDA_AHEAD"); /* "0": no graph launched ahead of its step */
+    m->ahead_ok = m->hd_batch && m->use_graphs && !m->gev[1] && !m->stamps && !(ah && !strcmp(ah, "0")) &&
+                  !cuda_fail(cudaEventCreateWithFlags(&m->done_ev, cudaEventDisableTiming), "cudaEventCreate", err);
     carve_scratch(m, m->d_scratch);
     if (m->profile || m->stamps) {
         m->pcap = 12 * (int)hp->n_layer + 8;
@@ -1090,7 +1115,11 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     cudaGraph_t g = NULL;
     if (cuda_fail(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture", err))
         return -1;
-    if (m->hd_batch) apr_cu_copy16(m->hd_batch, m->d_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), &m->cu);
+    const bool solo = bi == 0 && m->hd_batch; /* waits for its step, ends with done */
+    if (m->hd_batch)
+        apr_cu_batch_in((const int32_t *)m->hd_batch, m->d_batch, BATCH_ROWS, B, CHUNK_CAP,
+                        solo ? (const unsigned *)((int32_t *)m->hd_batch + BATCH_ROWS * CHUNK_CAP) : NULL, m->d_ticket,
+                        &m->cu);
     else cudaMemcpyAsync(m->d_batch, m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
     m->stamping = m->stamps && B == 1;
     m->pn = 0;
@@ -1102,7 +1131,11 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     if (m->stamping) m->stamp_n = m->pn;
     m->stamping = false;
     m->pn = 0;
-    if (m->hd_cands) apr_cu_copy16(m->d_cands, m->hd_cands, ((size_t)B * CAND_STRIDE + 15) / 16 * 16, &m->cu);
+    if (solo) {
+        if (apr_cu_copy16_done(m->d_cands, m->hd_cands, (CAND_STRIDE + 15) / 16 * 16, m->d_ticket,
+                               (unsigned *)((uint8_t *)m->hd_cands + (size_t)LOGIT_ROWS * CAND_STRIDE), &m->cu))
+            frc = -1;
+    } else if (m->hd_cands) apr_cu_copy16(m->d_cands, m->hd_cands, ((size_t)B * CAND_STRIDE + 15) / 16 * 16, &m->cu);
     else cudaMemcpyAsync(m->h_cands, m->d_cands, (size_t)B * CAND_STRIDE, cudaMemcpyDeviceToHost, s);
     cudaError_t e = cudaStreamEndCapture(s, &g);
     if (frc) {
@@ -1117,6 +1150,64 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     return cuda_fail(e, "cudaGraphInstantiate", err);
 }
 
+/* ------------------------------------------- one-entry steps launched ahead */
+/* A one-entry step of a caller that says another follows at once
+ * (apr_batch.ahead) launches graph[0] again right behind its own: the next
+ * graph is then in the stream, its first kernel polling h_go, while the host
+ * reads this step's result and the caller picks the next token. The next
+ * step only writes its batch and releases it (~1 us over the bus), where a
+ * launch costs ~10 us of host and GPU time between graphs. A graph whose
+ * step never comes (the next is of another size, the caller goes idle or
+ * closes) is released on a padding entry, which touches no sequence. */
+
+/* graph[0]'s batch is in h_batch: let the graph in the stream (or the next
+ * one launched) take it */
+static void release(apr_cuda_model *m)
+{
+    m->released++;
+    __atomic_store_n(m->h_go, m->released, __ATOMIC_RELEASE);
+}
+
+/* Until graph[0]'s latest released step is done (its candidate rows are in
+ * h_cands). Polls host memory; asks the stream now and then so that a failed
+ * device ends the wait. */
+static int wait_done(apr_cuda_model *m, char err[APR_ERRLEN])
+{
+    for (unsigned spins = 1;; spins++) {
+        if (__atomic_load_n(m->h_done, __ATOMIC_ACQUIRE) == m->released) return 0;
+        if (spins % 4096 == 0) {
+            const cudaError_t e = cudaStreamQuery(m->stream);
+            if (e == cudaErrorNotReady) continue;
+            if (cuda_fail(e, "the forward pass", err)) return -1;
+            if (__atomic_load_n(m->h_done, __ATOMIC_ACQUIRE) == m->released) return 0;
+            snprintf(err, APR_ERRLEN, "CUDA: the step's graph ended without its done word");
+            return -1;
+        }
+    }
+}
+
+/* The graph launched ahead, if any, runs on a padding entry; returns once it
+ * has read its batch and is done (the caller then rewrites h_batch). */
+static int disarm(apr_cuda_model *m, char err[APR_ERRLEN])
+{
+    if (!m->armed) return 0;
+    int32_t *h = m->h_batch;
+    h[0] = 0;
+    h[CHUNK_CAP] = 0;
+    h[2 * CHUNK_CAP] = -1;
+    h[3 * CHUNK_CAP] = 0;
+    h[4 * CHUNK_CAP] = 0;
+    m->armed = false;
+    release(m);
+    return wait_done(m, err);
+}
+
+extern "C" void apr_cuda_idle(apr_cuda_model *m)
+{
+    char err[APR_ERRLEN];
+    if (disarm(m, err)) fprintf(stderr, "cuda: %s\n", err); /* the next step reports the device's state */
+}
+
 /* One chunk of at most CHUNK_CAP entries; logits of its wanting entries are
  * appended at *out_row of the caller's buffer. */
 static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, float *logits, int *out_row,
@@ -1129,6 +1220,8 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
 #define WANT(i) (b->want_logits ? b->want_logits[i] != 0 : (i) == last)
     int bi = 0, whole = 0;
     while (bi < N_BUCKETS && bucket_size[bi] < nc) bi++;
+    const bool solo = m->use_graphs && bi == 0 && m->hd_batch; /* graph[0]: released, polled */
+    if (!solo && disarm(m, err)) return -1;
     if (m->use_graphs && bi < N_BUCKETS) {
         const int B = bucket_size[bi];
         for (int i = 0; i < B; i++) {
@@ -1146,12 +1239,27 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
             clock_gettime(CLOCK_MONOTONIC, &w0);
             cudaEventRecord(m->gev[0], s);
         }
-        if (cuda_fail(cudaGraphLaunch(m->graph[bi], s), "cudaGraphLaunch", err) ||
+        if (solo) release(m);
+        const bool launch = !m->armed;
+        m->armed = false;
+        /* the next graph[0] goes in behind this step's work: one-entry steps, a
+         * caller that says one follows, a single chunk */
+        const bool ahead = solo && m->ahead_ok && b->ahead && b->n == 1;
+        if ((launch && cuda_fail(cudaGraphLaunch(m->graph[bi], s), "cudaGraphLaunch", err)) ||
             (m->gev[1] && cuda_fail(cudaEventRecord(m->gev[1], s), "cudaEventRecord", err)) ||
             (whole && cuda_fail(cudaMemcpyAsync(m->h_logits, m->logits, (size_t)nc * V * sizeof(float),
                                                 cudaMemcpyDeviceToHost, s),
                                 "cudaMemcpyAsync (logits)", err)) ||
-            cuda_fail(cudaStreamSynchronize(s), "the forward pass", err))
+            (ahead && whole && cuda_fail(cudaEventRecord(m->done_ev, s), "cudaEventRecord", err)))
+            return -1;
+        if (ahead) {
+            if (cuda_fail(cudaGraphLaunch(m->graph[0], s), "cudaGraphLaunch", err)) return -1;
+            m->armed = true;
+        }
+        /* graph[0]'s end is its done word; whole rows come after it */
+        if (solo && !whole ? wait_done(m, err)
+                           : cuda_fail(ahead ? cudaEventSynchronize(m->done_ev) : cudaStreamSynchronize(s),
+                                       "the forward pass", err))
             return -1;
         if (m->gev[1]) {
             float ms = 0;

@@ -36,6 +36,7 @@ int apr_cuda_n_seq(const apr_cuda_model *m);
 /* 0, -1 (refused), or -2 (the device failed), as apr_backend_step. */
 int apr_cuda_step(apr_cuda_model *m, const apr_batch *b, float *logits, char err[APR_ERRLEN]);
 void apr_cuda_seq_trim(apr_cuda_model *m, int seq, int from_pos);
+void apr_cuda_idle(apr_cuda_model *m);
 
 #ifdef __cplusplus
 }

@@ -322,6 +322,65 @@ extern "C" void apr_cu_copy16(const void *src, void *dst, size_t bytes, const ap
            (const uint4 *)src, (uint4 *)dst, n);
 }
 
+/* The batch block's rows, their first B entries each. With go, a graph
+ * launched before its step was known (backend.cu, "ahead") waits first for
+ * the host to hand it the step: *go (host memory, the host's count of
+ * one-entry steps released) passes *ticket (the count of those done, which
+ * the tail below keeps). Thread 0 polls over the bus, then the block reads
+ * the batch, which the host wrote before go. */
+static __global__ void batch_in_kernel(const int32_t *src, int32_t *dst, int rows, int B, int stride,
+                                       const unsigned *go, const unsigned *ticket)
+{
+    griddep();
+    if (go) {
+        if (threadIdx.x == 0) {
+            const unsigned t = *ticket;
+            unsigned g;
+            do
+                asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(g) : "l"(go) : "memory");
+            while (g == t);
+        }
+        __syncthreads();
+    }
+    for (int i = threadIdx.x; i < rows * B; i += blockDim.x) {
+        const int r = i / B, e = i - r * B;
+        dst[r * stride + e] = __ldcv(src + r * stride + e);
+    }
+}
+
+extern "C" void apr_cu_batch_in(const int32_t *src, int32_t *dst, int rows, int B, int stride, const unsigned *go,
+                                const unsigned *ticket, const apr_cu_ctx *c)
+{
+    launch(c, batch_in_kernel, dim3(1), dim3(256), src, dst, rows, B, stride, go, ticket);
+}
+
+/* apr_cu_copy16 in one block, then the step's end for the host: *ticket
+ * counts it and *done (host memory) gets the count once the copied bytes
+ * are visible there. */
+static __global__ void copy16_done_kernel(const uint4 *src, uint4 *dst, int n, unsigned *ticket, unsigned *done)
+{
+    griddep();
+    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldcv(src + i);
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned t = *ticket + 1;
+        *ticket = t;
+        asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(done), "r"(t) : "memory");
+    }
+}
+
+extern "C" int apr_cu_copy16_done(const void *src, void *dst, size_t bytes, unsigned *ticket, unsigned *done,
+                                  const apr_cu_ctx *c)
+{
+    const int n = (int)(bytes / 16);
+    if (n <= 0 || n > 1024) return -1;
+    return launch(c, copy16_done_kernel, dim3(1), dim3(256), (const uint4 *)src, (uint4 *)dst, n, ticket, done) ==
+                   cudaSuccess
+               ? 0
+               : -1;
+}
+
 /* ------------------------------------------------ norm + quantize */
 /* Block (t, g) of 256 threads owns elements 256g .. 256g+255 of token row t,
  * one per thread, so a decode row of 8960 is quantized by 35 blocks at once

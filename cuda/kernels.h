@@ -267,6 +267,18 @@ void apr_cu_stamp(unsigned long long *slot, const apr_cu_ctx *c);
  * graph node that, unlike a copy, lets the kernels around it overlap their
  * launches (programmatic dependent launch). */
 void apr_cu_copy16(const void *src, void *dst, size_t bytes, const apr_cu_ctx *c);
+/* The batch block in: the first B entries of each of `rows` rows (int32,
+ * stride apart), src host memory mapped into the device's space. With go
+ * (host-mapped) non-NULL the kernel first waits until *go differs from
+ * *ticket (device): a graph launched before the host knew its step. */
+void apr_cu_batch_in(const int32_t *src, int32_t *dst, int rows, int B, int stride, const unsigned *go,
+                     const unsigned *ticket, const apr_cu_ctx *c);
+/* apr_cu_copy16 of at most 16 KB in one block, then *ticket += 1 and the new
+ * value stored to *done (host-mapped) after the copy is visible to the host:
+ * the host polls done instead of synchronizing the stream. 0, or -1 (too
+ * many bytes, or the launch failed). */
+int apr_cu_copy16_done(const void *src, void *dst, size_t bytes, unsigned *ticket, unsigned *done,
+                       const apr_cu_ctx *c);
 int apr_cu_topk(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out, size_t stride,
                 void *work, const apr_cu_ctx *c);
 

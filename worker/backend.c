@@ -122,6 +122,15 @@ void apr_cand_rows_inplace(const apr_batch *b, float *logits, uint32_t n_vocab)
     }
 }
 
+void apr_backend_idle(apr_backend *b)
+{
+#ifdef APR_HAVE_CUDA
+    if (b->cuda) apr_cuda_idle(b->cuda);
+#else
+    (void)b;
+#endif
+}
+
 void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos)
 {
 #ifdef APR_HAVE_CUDA

@@ -39,6 +39,11 @@ typedef struct {
      * row (below) instead of its logits; 0 (and NULL) the full row. Non-zero
      * only where the entry wants logits. */
     const uint8_t *topk;
+    /* The caller sends another step of one entry as soon as this one's
+     * result is in (a decode loop): the engine may queue that step's work
+     * now (cuda: its graph, waiting for the batch). A caller that then does
+     * not step calls apr_backend_idle. */
+    bool ahead;
 } apr_batch;
 
 /* A candidate row, in the slot of n_vocab floats where the entry's logits
@@ -67,6 +72,9 @@ int apr_backend_n_seq(const apr_backend *b);
  * engine process exits so that its holder starts a fresh one). */
 int apr_backend_step(apr_backend *b, const apr_batch *batch, float *logits,
                      char err[APR_ERRLEN]);
+/* No step follows soon: work queued by a step's `ahead` is let go (cuda:
+ * the graph runs on a padding entry). Steps and close do it themselves. */
+void apr_backend_idle(apr_backend *b);
 /* Forget positions >= from_pos of a sequence (0 clears it). */
 void apr_backend_seq_trim(apr_backend *b, int seq, int from_pos);
 

@@ -333,8 +333,10 @@ static int run_step(worker *w, const apr_wmsg *m)
         snprintf(done.error, sizeof done.error, "step asks for %d candidates; a row of %d logits holds fewer",
                  max_k, w->n_vocab);
     } else {
+        /* one stream decoding: its next step follows within the spin below */
         apr_batch batch = {.n = m->n, .token = m->token, .pos = m->pos, .seq = m->seq,
-                           .want_logits = m->want, .topk = max_k > 0 ? m->topk : NULL};
+                           .want_logits = m->want, .topk = max_k > 0 ? m->topk : NULL,
+                           .ahead = m->n == 1 && w->spin_ns > 0};
         t0 = mono_ns();
         live_busy(w->alive, true);
         /* full rows only: straight into shared memory, no copy */
@@ -441,6 +443,9 @@ static int wait_awake(worker *w)
         if (zmq_poll(&item, 1, 0) != 0) /* a message, or an error recv reports */
             return 0;
     } while (mono_ns() < end);
+    live_busy(w->alive, true); /* what the last step queued ahead for the next one runs empty */
+    apr_backend_idle(w->b);
+    live_busy(w->alive, false);
     return 0;
 }
 

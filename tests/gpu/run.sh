@@ -128,6 +128,8 @@ if has parity; then
     H=$(mk qwen2.5-0.5b) && {
         parity qwen2.5-0.5b "$H" 32 -p "def fibonacci(n):"
         parity qwen2.5-0.5b-prefill100 "$H" 32 --tokens "$(seq -s, 1000 1099)"
+        "$C/bin/test_kernels_cuda" --ahead "$H" | tee "$LOG/ahead.txt" || fails=$((fails + 1))
+        echo "parity  $(tail -1 "$LOG/ahead.txt")" >>"$TABLE"
     }
     P=$(mk qwen2.5-1.5b) && {
         parity qwen2.5-1.5b "$P" 32 -p "Write a haiku about GPUs."

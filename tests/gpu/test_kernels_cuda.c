@@ -1905,6 +1905,108 @@ static int batched_bench(const char *path, int steps)
     return 0;
 }
 
+/* ------------------------------------------------- steps launched ahead */
+/* --ahead MODEL: two engines on the same model run the same schedule of
+ * steps, one saying `ahead` on every one-entry step (its next graph waits in
+ * the stream for the batch), the other never. Every step's rows must be the
+ * same bits, across what releases a graph launched ahead on a padding entry:
+ * a step of another size, a prefill of more than 64 entries (no graph),
+ * apr_cuda_idle, whole rows, and close. Returns 0 when all agree. */
+static int ahead_test(const char *path)
+{
+    char err[APR_ERRLEN];
+    apr_backend_opts o = {0};
+    o.n_ctx = 256;
+    o.n_seq = 2;
+    apr_cuda_model *m[2] = {apr_cuda_open(path, &o, err), NULL};
+    if (m[0]) m[1] = apr_cuda_open(path, &o, err);
+    if (!m[1]) {
+        fprintf(stderr, "ahead: %s\n", err);
+        apr_cuda_close(m[0]);
+        return 1;
+    }
+    const size_t V = apr_cuda_hparams(m[0])->n_vocab;
+    float *out[2] = {malloc(sizeof(float) * V * 2), malloc(sizeof(float) * V * 2)};
+    int32_t tok[80], pos[80], seq[80];
+    uint8_t want[80], topk[80];
+    int len[2] = {0, 0}, bad = 0, steps = 0;
+    int32_t next[2] = {17, 4242}; /* each sequence's next token: the ahead engine's best */
+    /* kind: 1 decode seq 0, 2 decode seq 1, 3 both (two entries), 4 prefill of 70 on seq 1,
+     * 5 apr_cuda_idle; k: candidates (0: the whole row) */
+    static const struct { int kind, k, ahead; } plan[] = {
+        {1, 5, 1}, {1, 5, 1}, {1, 1, 1}, {1, 40, 1}, {1, 0, 1}, {1, 5, 1}, {3, 5, 0}, {2, 5, 1}, {2, 5, 1},
+        {5, 0, 0}, {1, 1, 1}, {1, 1, 1}, {4, 5, 0}, {2, 0, 1}, {1, 5, 0}, {1, 5, 1}, {2, 5, 1}, {1, 5, 1},
+    };
+    for (size_t p = 0; p < sizeof plan / sizeof plan[0] && !bad; p++) {
+        if (plan[p].kind == 5) {
+            apr_cuda_idle(m[0]);
+            continue;
+        }
+        int n = 0;
+        if (plan[p].kind == 4)
+            for (int i = 0; i < 70; i++, n++) {
+                tok[n] = 300 + 7 * i;
+                pos[n] = len[1] + i;
+                seq[n] = 1;
+            }
+        else
+            for (int sq = 0; sq < 2; sq++)
+                if (plan[p].kind == 3 || plan[p].kind == sq + 1) {
+                    tok[n] = next[sq];
+                    pos[n] = len[sq];
+                    seq[n++] = sq;
+                }
+        for (int i = 0; i < n; i++) {
+            want[i] = i == n - 1 || plan[p].kind == 3;
+            topk[i] = want[i] ? (uint8_t)plan[p].k : 0;
+        }
+        int rc[2];
+        for (int e = 0; e < 2; e++) {
+            apr_batch b = {.n = n, .token = tok, .pos = pos, .seq = seq, .want_logits = want, .topk = topk,
+                           .ahead = e == 0 && plan[p].ahead};
+            rc[e] = apr_cuda_step(m[e], &b, out[e], err);
+            if (rc[e]) fprintf(stderr, "ahead: step %zu, engine %d: %s\n", p, e, err);
+        }
+        if (rc[0] || rc[1]) {
+            bad++;
+            break;
+        }
+        for (int i = 0, r = 0; i < n; i++) {
+            if (!want[i]) continue;
+            const uint8_t *row[2] = {(const uint8_t *)(out[0] + (size_t)r * V), (const uint8_t *)(out[1] + (size_t)r * V)};
+            r++;
+            size_t bytes = V * sizeof(float);
+            int32_t cnt = 0;
+            if (topk[i]) {
+                memcpy(&cnt, row[0], 4);
+                bytes = 4 + 8 * (size_t)(cnt < 0 || cnt > topk[i] ? 0 : cnt);
+            }
+            if (memcmp(row[0], row[1], bytes)) {
+                fprintf(stderr, "ahead: step %zu (kind %d, k %d), entry %d: rows differ\n", p, plan[p].kind,
+                        plan[p].k, i);
+                bad++;
+            }
+            /* the best token feeds the sequence's next step */
+            int32_t best = 0;
+            if (topk[i]) memcpy(&best, row[0] + 4, 4);
+            else
+                for (size_t v = 1; v < V; v++)
+                    if (((const float *)row[0])[v] > ((const float *)row[0])[best]) best = (int32_t)v;
+            if (topk[i] && cnt < 1) bad++;
+            next[seq[i]] = best;
+        }
+        for (int i = 0; i < n; i++)
+            if (pos[i] + 1 > len[seq[i]]) len[seq[i]] = pos[i] + 1;
+        steps++;
+    }
+    apr_cuda_close(m[0]); /* its last step was ahead: close releases the waiting graph */
+    apr_cuda_close(m[1]);
+    free(out[0]);
+    free(out[1]);
+    printf("ahead: %d steps, %s\n", steps, bad ? "FAILED" : "rows equal to steps never launched ahead");
+    return bad ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     int n = 0;
@@ -1921,6 +2023,7 @@ int main(int argc, char **argv)
     if (argc > 1 && !strcmp(argv[1], "--gemv-bench")) return gemv_bench();
     if (argc > 1 && !strcmp(argv[1], "--topk-bench")) return topk_bench();
     if (argc > 1 && !strcmp(argv[1], "--sync-bench")) return apr_cu_sync_bench() ? 1 : 0;
+    if (argc > 2 && !strcmp(argv[1], "--ahead")) return ahead_test(argv[2]);
     if (argc > 2 && !strcmp(argv[1], "--batched")) return batched_bench(argv[2], argc > 3 ? atoi(argv[3]) : 128);
     rng r = {0x9e3779b97f4a7c15ull ^ (uint64_t)(argc > 1 ? strtoull(argv[1], NULL, 0) : 1)};
 
