@@ -41,8 +41,10 @@ typedef struct {
     const uint8_t *topk;
     /* The caller sends another step of one entry as soon as this one's
      * result is in (a decode loop): the engine may queue that step's work
-     * now (cuda: its graph, waiting for the batch). A caller that then does
-     * not step calls apr_backend_idle. */
+     * now (cuda: its graph, whose first kernel polls for the batch and keeps
+     * its blocks, and the early-launched ones behind it, on the device). A
+     * caller that then does not step, or steps another engine of the same
+     * process first, calls apr_backend_idle. */
     bool ahead;
 } apr_batch;
 

@@ -1906,103 +1906,130 @@ static int batched_bench(const char *path, int steps)
 }
 
 /* ------------------------------------------------- steps launched ahead */
-/* --ahead MODEL: two engines on the same model run the same schedule of
- * steps, one saying `ahead` on every one-entry step (its next graph waits in
- * the stream for the batch), the other never. Every step's rows must be the
- * same bits, across what releases a graph launched ahead on a padding entry:
- * a step of another size, a prefill of more than 64 entries (no graph),
- * apr_cuda_idle, whole rows, and close. Returns 0 when all agree. */
+/* --ahead MODEL: an engine runs a schedule of steps saying `ahead` on its
+ * one-entry steps (the next graph waits in the stream for its batch), then a
+ * second engine, with APR_CUDA_MAPPED=0 (its batch copied, its tokens looked
+ * up by the plain kernel, never ahead), runs the same steps on the same
+ * tokens. Every row must be the same bits, across what releases a graph
+ * launched ahead on a padding entry: a step of another size, a prefill of
+ * more than 64 entries (no graph), apr_cuda_idle, whole rows, and close.
+ * One engine at a time (backend.h: a waiting graph holds blocks on the
+ * device). Returns 0 when all agree. */
+#define AHEAD_MAX 80
+typedef struct {
+    int n;
+    int32_t tok[AHEAD_MAX], pos[AHEAD_MAX], seq[AHEAD_MAX];
+    uint8_t want[AHEAD_MAX], topk[AHEAD_MAX];
+} ahead_step;
+
 static int ahead_test(const char *path)
 {
-    char err[APR_ERRLEN];
-    apr_backend_opts o = {0};
-    o.n_ctx = 256;
-    o.n_seq = 2;
-    apr_cuda_model *m[2] = {apr_cuda_open(path, &o, err), NULL};
-    if (m[0]) m[1] = apr_cuda_open(path, &o, err);
-    if (!m[1]) {
-        fprintf(stderr, "ahead: %s\n", err);
-        apr_cuda_close(m[0]);
-        return 1;
-    }
-    const size_t V = apr_cuda_hparams(m[0])->n_vocab;
-    float *out[2] = {malloc(sizeof(float) * V * 2), malloc(sizeof(float) * V * 2)};
-    int32_t tok[80], pos[80], seq[80];
-    uint8_t want[80], topk[80];
-    int len[2] = {0, 0}, bad = 0, steps = 0;
-    int32_t next[2] = {17, 4242}; /* each sequence's next token: the ahead engine's best */
     /* kind: 1 decode seq 0, 2 decode seq 1, 3 both (two entries), 4 prefill of 70 on seq 1,
      * 5 apr_cuda_idle; k: candidates (0: the whole row) */
     static const struct { int kind, k, ahead; } plan[] = {
         {1, 5, 1}, {1, 5, 1}, {1, 1, 1}, {1, 40, 1}, {1, 0, 1}, {1, 5, 1}, {3, 5, 0}, {2, 5, 1}, {2, 5, 1},
         {5, 0, 0}, {1, 1, 1}, {1, 1, 1}, {4, 5, 0}, {2, 0, 1}, {1, 5, 0}, {1, 5, 1}, {2, 5, 1}, {1, 5, 1},
     };
-    for (size_t p = 0; p < sizeof plan / sizeof plan[0] && !bad; p++) {
-        if (plan[p].kind == 5) {
-            apr_cuda_idle(m[0]);
-            continue;
-        }
-        int n = 0;
-        if (plan[p].kind == 4)
-            for (int i = 0; i < 70; i++, n++) {
-                tok[n] = 300 + 7 * i;
-                pos[n] = len[1] + i;
-                seq[n] = 1;
-            }
-        else
-            for (int sq = 0; sq < 2; sq++)
-                if (plan[p].kind == 3 || plan[p].kind == sq + 1) {
-                    tok[n] = next[sq];
-                    pos[n] = len[sq];
-                    seq[n++] = sq;
-                }
-        for (int i = 0; i < n; i++) {
-            want[i] = i == n - 1 || plan[p].kind == 3;
-            topk[i] = want[i] ? (uint8_t)plan[p].k : 0;
-        }
-        int rc[2];
-        for (int e = 0; e < 2; e++) {
-            apr_batch b = {.n = n, .token = tok, .pos = pos, .seq = seq, .want_logits = want, .topk = topk,
-                           .ahead = e == 0 && plan[p].ahead};
-            rc[e] = apr_cuda_step(m[e], &b, out[e], err);
-            if (rc[e]) fprintf(stderr, "ahead: step %zu, engine %d: %s\n", p, e, err);
-        }
-        if (rc[0] || rc[1]) {
+    enum { NP = sizeof plan / sizeof plan[0] };
+    char err[APR_ERRLEN];
+    apr_backend_opts o = {0};
+    o.n_ctx = 256;
+    o.n_seq = 2;
+    ahead_step *st = calloc(NP, sizeof *st);
+    float *rows[NP] = {0}, *out = NULL;
+    size_t V = 0;
+    int bad = 0, steps = 0;
+    for (int e = 0; e < 2 && !bad; e++) {
+        if (e == 1) setenv("APR_CUDA_MAPPED", "0", 1);
+        apr_cuda_model *m = apr_cuda_open(path, &o, err);
+        unsetenv("APR_CUDA_MAPPED");
+        if (!m || !st) {
+            fprintf(stderr, "ahead: %s\n", m ? "out of memory" : err);
+            apr_cuda_close(m);
             bad++;
             break;
         }
-        for (int i = 0, r = 0; i < n; i++) {
-            if (!want[i]) continue;
-            const uint8_t *row[2] = {(const uint8_t *)(out[0] + (size_t)r * V), (const uint8_t *)(out[1] + (size_t)r * V)};
-            r++;
-            size_t bytes = V * sizeof(float);
-            int32_t cnt = 0;
-            if (topk[i]) {
-                memcpy(&cnt, row[0], 4);
-                bytes = 4 + 8 * (size_t)(cnt < 0 || cnt > topk[i] ? 0 : cnt);
+        V = apr_cuda_hparams(m)->n_vocab;
+        if (!out) out = malloc(sizeof(float) * V * 2);
+        int len[2] = {0, 0};
+        int32_t next[2] = {17, 4242}; /* each sequence's next token: its best in engine 0 */
+        for (int p = 0; p < NP && !bad; p++) {
+            if (plan[p].kind == 5) {
+                if (e == 0) apr_cuda_idle(m);
+                continue;
             }
-            if (memcmp(row[0], row[1], bytes)) {
-                fprintf(stderr, "ahead: step %zu (kind %d, k %d), entry %d: rows differ\n", p, plan[p].kind,
-                        plan[p].k, i);
+            ahead_step *a = &st[p];
+            if (e == 0) {
+                int n = 0;
+                if (plan[p].kind == 4)
+                    for (int i = 0; i < 70; i++, n++) {
+                        a->tok[n] = 300 + 7 * i;
+                        a->pos[n] = len[1] + i;
+                        a->seq[n] = 1;
+                    }
+                else
+                    for (int sq = 0; sq < 2; sq++)
+                        if (plan[p].kind == 3 || plan[p].kind == sq + 1) {
+                            a->tok[n] = next[sq];
+                            a->pos[n] = len[sq];
+                            a->seq[n++] = sq;
+                        }
+                a->n = n;
+                for (int i = 0; i < n; i++) {
+                    a->want[i] = i == n - 1 || plan[p].kind == 3;
+                    a->topk[i] = a->want[i] ? (uint8_t)plan[p].k : 0;
+                }
+            }
+            apr_batch b = {.n = a->n, .token = a->tok, .pos = a->pos, .seq = a->seq, .want_logits = a->want,
+                           .topk = a->topk, .ahead = e == 0 && plan[p].ahead};
+            if (apr_cuda_step(m, &b, out, err)) {
+                fprintf(stderr, "ahead: step %d, engine %d: %s\n", p, e, err);
                 bad++;
+                break;
             }
-            /* the best token feeds the sequence's next step */
-            int32_t best = 0;
-            if (topk[i]) memcpy(&best, row[0] + 4, 4);
-            else
-                for (size_t v = 1; v < V; v++)
-                    if (((const float *)row[0])[v] > ((const float *)row[0])[best]) best = (int32_t)v;
-            if (topk[i] && cnt < 1) bad++;
-            next[seq[i]] = best;
+            for (int i = 0, r = 0; i < a->n; i++) {
+                if (!a->want[i]) continue;
+                const uint8_t *row = (const uint8_t *)(out + (size_t)r * V);
+                size_t bytes = V * sizeof(float);
+                int32_t cnt = 0;
+                if (a->topk[i]) {
+                    memcpy(&cnt, row, 4);
+                    if (cnt < 1 || cnt > a->topk[i]) {
+                        fprintf(stderr, "ahead: step %d, engine %d: %d candidates\n", p, e, cnt);
+                        bad++;
+                        break;
+                    }
+                    bytes = 4 + 8 * (size_t)cnt;
+                }
+                if (e == 0) {
+                    if (!rows[p]) rows[p] = malloc(sizeof(float) * V * 2);
+                    if (!rows[p]) {
+                        bad++;
+                        break;
+                    }
+                    memcpy((uint8_t *)rows[p] + (size_t)r * V * sizeof(float), row, bytes);
+                    int32_t best = 0; /* the best token feeds the sequence's next step */
+                    if (a->topk[i]) memcpy(&best, row + 4, 4);
+                    else
+                        for (size_t v = 1; v < V; v++)
+                            if (((const float *)row)[v] > ((const float *)row)[best]) best = (int32_t)v;
+                    next[a->seq[i]] = best;
+                } else if (memcmp(row, (uint8_t *)rows[p] + (size_t)r * V * sizeof(float), bytes)) {
+                    fprintf(stderr, "ahead: step %d (kind %d, k %d), entry %d: rows differ\n", p, plan[p].kind,
+                            plan[p].k, i);
+                    bad++;
+                }
+                r++;
+            }
+            for (int i = 0; i < a->n; i++)
+                if (a->pos[i] + 1 > len[a->seq[i]]) len[a->seq[i]] = a->pos[i] + 1;
+            steps += e == 1;
         }
-        for (int i = 0; i < n; i++)
-            if (pos[i] + 1 > len[seq[i]]) len[seq[i]] = pos[i] + 1;
-        steps++;
+        apr_cuda_close(m); /* engine 0's last step was ahead: close releases the waiting graph */
     }
-    apr_cuda_close(m[0]); /* its last step was ahead: close releases the waiting graph */
-    apr_cuda_close(m[1]);
-    free(out[0]);
-    free(out[1]);
+    for (int p = 0; p < NP; p++) free(rows[p]);
+    free(st);
+    free(out);
     printf("ahead: %d steps, %s\n", steps, bad ? "FAILED" : "rows equal to steps never launched ahead");
     return bad ? 1 : 0;
 }
