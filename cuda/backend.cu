@@ -121,14 +121,20 @@ struct apr_cuda_model {
     uint8_t *d_cands; /* [LOGIT_ROWS][CAND_STRIDE]: a graph step's candidate rows (apr_cu_topk) */
     uint8_t *d_cand_work; /* apr_cu_topk's, for rows split across blocks */
     uint8_t *h_cands; /* pinned mirror */
-    /* One-entry steps launched ahead (apr_batch.ahead): graph[0] starts by
-     * waiting until *h_go, the count of one-entry graphs the host released,
-     * passes *d_ticket, the count of those done, and ends by storing the new
-     * count to *h_done, which the host polls. h_go and h_done sit past the
-     * batch block and the candidate rows in their pinned allocations. */
-    unsigned *h_go, *h_done, *d_ticket;
+    /* One-entry steps (graph[0]) take their entry from h_rec, four words
+     * (token, pos, seq + 1, candidates) each tagged in its top byte with the
+     * count of one-entry steps the host released: the graph's first kernel
+     * polls them until every tag is *d_ticket + 1 (d_ticket: the count of
+     * those done), so one read over the bus brings both the go and the entry,
+     * and a graph launched ahead of its step (apr_batch.ahead) simply waits.
+     * Its last kernel stores the new count to *h_done, which the host polls.
+     * h_rec and h_done sit past the batch block and the candidate rows in
+     * their pinned allocations. */
+    uint32_t *h_rec;
+    unsigned *h_done, *d_ticket;
     unsigned released;
-    bool ahead_ok; /* mapped memory, graphs, no per-step profile; APR_CUDA_AHEAD=0: never */
+    bool solo_ok;  /* mapped memory, graphs, entries that fit the tagged words */
+    bool ahead_ok; /* solo_ok, no per-step profile; APR_CUDA_AHEAD=0: never */
     bool armed;    /* graph[0] is in the stream waiting for a step not yet given */
     cudaEvent_t done_ev;
     int *seq_len;
@@ -531,7 +537,7 @@ static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
     if (m->use_graphs) {
         for (int bi = 0; bi < N_BUCKETS; bi++)
             if (get_graph(m, bi, err)) return -1;
-        if (m->hd_batch) release(m); /* graph[0] waits for it */
+        if (m->solo_ok) release(m); /* graph[0] waits for it */
         if (cuda_fail(cudaGraphLaunch(m->graph[0], m->stream), "cudaGraphLaunch", err)) return -1;
     } else {
         if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice,
@@ -716,9 +722,10 @@ static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
         cuda_fail(cudaHostAlloc((void **)&m->h_cands, (size_t)LOGIT_ROWS * CAND_STRIDE + 64, cudaHostAllocMapped),
                   "cudaHostAlloc", err))
         return -1;
-    m->h_go = (unsigned *)(m->h_batch + BATCH_ROWS * CHUNK_CAP);
+    m->h_rec = (uint32_t *)(m->h_batch + BATCH_ROWS * CHUNK_CAP);
     m->h_done = (unsigned *)(m->h_cands + (size_t)LOGIT_ROWS * CAND_STRIDE);
-    *m->h_go = *m->h_done = 0;
+    memset(m->h_rec, 0, 16);
+    *m->h_done = 0;
     /* A copy node at each end of a graph: the first kernel cannot launch
      * before the upload is done, nor the download start before the last
      * kernel is (no programmatic dependent launch across copies). */
@@ -729,7 +736,9 @@ static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
         m->hd_batch = m->hd_cands = NULL;
     }
     const char *ah = getenv("APR_CUDA_AHEAD"); /* "0": no graph launched ahead of its step */
-    m->ahead_ok = m->hd_batch && m->use_graphs && !m->gev[1] && !m->stamps && !(ah && !strcmp(ah, "0")) &&
+    m->solo_ok = m->hd_batch && m->use_graphs && hp->n_vocab < (1u << 24) && m->n_ctx < (1 << 24) &&
+                 m->n_seq < (1 << 24) - 1;
+    m->ahead_ok = m->solo_ok && !m->gev[1] && !m->stamps && !(ah && !strcmp(ah, "0")) &&
                   !cuda_fail(cudaEventCreateWithFlags(&m->done_ev, cudaEventDisableTiming), "cudaEventCreate", err);
     carve_scratch(m, m->d_scratch);
     if (m->profile || m->stamps) {
@@ -1115,25 +1124,31 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     cudaGraph_t g = NULL;
     if (cuda_fail(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture", err))
         return -1;
-    const bool solo = bi == 0 && m->hd_batch; /* waits for its step, ends with done */
+    const bool solo = bi == 0 && m->solo_ok; /* waits for its step, ends with done */
     if (m->hd_batch)
         apr_cu_batch_in((const int32_t *)m->hd_batch, m->d_batch, BATCH_ROWS, B, CHUNK_CAP,
-                        solo ? (const unsigned *)((int32_t *)m->hd_batch + BATCH_ROWS * CHUNK_CAP) : NULL, m->d_ticket,
+                        solo ? (const uint4 *)((int32_t *)m->hd_batch + BATCH_ROWS * CHUNK_CAP) : NULL, m->d_ticket,
                         &m->cu);
     else cudaMemcpyAsync(m->d_batch, m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
     m->stamping = m->stamps && B == 1;
     m->pn = 0;
     int frc = enqueue_forward(m, B, B);
-    if (!frc)
+    /* graph[0]'s candidates go straight to the host where the top-k's merge
+     * kernel can signal their arrival, else through d_cands */
+    unsigned *hd_done = m->hd_cands ? (unsigned *)((uint8_t *)m->hd_cands + (size_t)LOGIT_ROWS * CAND_STRIDE) : NULL;
+    const bool direct = !frc && solo &&
+                        !apr_cu_topk_done(m->logits, (int)m->hp.n_vocab, 1, m->d_batch + 4 * CHUNK_CAP, 0,
+                                          m->hd_cands, CAND_STRIDE, m->d_cand_work, m->d_ticket, hd_done, &m->cu);
+    if (!frc && !direct)
         frc = apr_cu_topk(m->logits, (int)m->hp.n_vocab, B, m->d_batch + 4 * CHUNK_CAP, 0, m->d_cands, CAND_STRIDE,
                           m->d_cand_work, &m->cu);
     mark(m, P_TOPK);
     if (m->stamping) m->stamp_n = m->pn;
     m->stamping = false;
     m->pn = 0;
-    if (solo) {
-        if (apr_cu_copy16_done(m->d_cands, m->hd_cands, (CAND_STRIDE + 15) / 16 * 16, m->d_ticket,
-                               (unsigned *)((uint8_t *)m->hd_cands + (size_t)LOGIT_ROWS * CAND_STRIDE), &m->cu))
+    if (direct) {
+    } else if (solo) {
+        if (apr_cu_copy16_done(m->d_cands, m->hd_cands, (CAND_STRIDE + 15) / 16 * 16, m->d_ticket, hd_done, &m->cu))
             frc = -1;
     } else if (m->hd_cands) apr_cu_copy16(m->d_cands, m->hd_cands, ((size_t)B * CAND_STRIDE + 15) / 16 * 16, &m->cu);
     else cudaMemcpyAsync(m->h_cands, m->d_cands, (size_t)B * CAND_STRIDE, cudaMemcpyDeviceToHost, s);
@@ -1165,7 +1180,13 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
 static void release(apr_cuda_model *m)
 {
     m->released++;
-    __atomic_store_n(m->h_go, m->released, __ATOMIC_RELEASE);
+    const uint32_t tag = (m->released & 0xffu) << 24;
+    const int32_t *h = m->h_batch;
+    /* the graph takes the words when all four carry the tag: any order */
+    __atomic_store_n(&m->h_rec[0], tag | (uint32_t)h[0], __ATOMIC_RELAXED);
+    __atomic_store_n(&m->h_rec[1], tag | (uint32_t)h[CHUNK_CAP], __ATOMIC_RELAXED);
+    __atomic_store_n(&m->h_rec[2], tag | (uint32_t)(h[2 * CHUNK_CAP] + 1), __ATOMIC_RELAXED);
+    __atomic_store_n(&m->h_rec[3], tag | (uint32_t)h[4 * CHUNK_CAP], __ATOMIC_RELAXED);
 }
 
 /* Until graph[0]'s latest released step is done (its candidate rows are in
@@ -1220,7 +1241,7 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
 #define WANT(i) (b->want_logits ? b->want_logits[i] != 0 : (i) == last)
     int bi = 0, whole = 0;
     while (bi < N_BUCKETS && bucket_size[bi] < nc) bi++;
-    const bool solo = m->use_graphs && bi == 0 && m->hd_batch; /* graph[0]: released, polled */
+    const bool solo = bi == 0 && m->solo_ok; /* graph[0]: released, polled */
     if (!solo && disarm(m, err)) return -1;
     if (m->use_graphs && bi < N_BUCKETS) {
         const int B = bucket_size[bi];

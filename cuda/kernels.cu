@@ -322,25 +322,32 @@ extern "C" void apr_cu_copy16(const void *src, void *dst, size_t bytes, const ap
            (const uint4 *)src, (uint4 *)dst, n);
 }
 
-/* The batch block's rows, their first B entries each. With go, a graph
- * launched before its step was known (backend.cu, "ahead") waits first for
- * the host to hand it the step: *go (host memory, the host's count of
- * one-entry steps released) passes *ticket (the count of those done, which
- * the tail below keeps). Thread 0 polls over the bus, then the block reads
- * the batch, which the host wrote before go. */
-static __global__ void batch_in_kernel(const int32_t *src, int32_t *dst, int rows, int B, int stride,
-                                       const unsigned *go, const unsigned *ticket)
+/* The batch block's rows, their first B entries each. With rec, a one-entry
+ * step's entry instead (backend.cu, "h_rec"): thread 0 reads the four tagged
+ * words over the bus until each carries the tag *ticket + 1 (a graph
+ * launched before the host knew its step waits here), then writes them as
+ * the rows' entry 0. */
+static __global__ void batch_in_kernel(const int32_t *src, int32_t *dst, int rows, int B, int stride, const uint4 *rec,
+                                       const unsigned *ticket)
 {
     griddep();
-    if (go) {
+    if (rec) {
         if (threadIdx.x == 0) {
-            const unsigned t = *ticket;
-            unsigned g;
+            const unsigned want = ((*ticket + 1) & 0xffu) << 24, top = 0xffu << 24;
+            uint4 v;
             do
-                asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(g) : "l"(go) : "memory");
-            while (g == t);
+                asm volatile("ld.relaxed.sys.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+                             : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                             : "l"(rec)
+                             : "memory");
+            while ((v.x & top) != want || (v.y & top) != want || (v.z & top) != want || (v.w & top) != want);
+            dst[0] = (int)(v.x & ~top);
+            dst[stride] = (int)(v.y & ~top);
+            dst[2 * stride] = (int)(v.z & ~top) - 1;
+            dst[3 * stride] = 0;
+            dst[4 * stride] = (int)(v.w & ~top);
         }
-        __syncthreads();
+        return;
     }
     for (int i = threadIdx.x; i < rows * B; i += blockDim.x) {
         const int r = i / B, e = i - r * B;
@@ -348,10 +355,10 @@ static __global__ void batch_in_kernel(const int32_t *src, int32_t *dst, int row
     }
 }
 
-extern "C" void apr_cu_batch_in(const int32_t *src, int32_t *dst, int rows, int B, int stride, const unsigned *go,
+extern "C" void apr_cu_batch_in(const int32_t *src, int32_t *dst, int rows, int B, int stride, const uint4 *rec,
                                 const unsigned *ticket, const apr_cu_ctx *c)
 {
-    launch(c, batch_in_kernel, dim3(1), dim3(256), src, dst, rows, B, stride, go, ticket);
+    launch(c, batch_in_kernel, dim3(1), dim3(rec ? 32 : 256), src, dst, rows, B, stride, rec, ticket);
 }
 
 /* apr_cu_copy16 in one block, then the step's end for the host: *ticket

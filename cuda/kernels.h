@@ -253,6 +253,13 @@ int apr_cu_matmul(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, in
 #define APR_CU_TOPK_STRIDE (4 + 8 * APR_CU_TOPK_MAX)
 #define APR_CU_TOPK_PARTS 32
 size_t apr_cu_topk_work_bytes(int nrows);
+/* apr_cu_topk of one row whose answer goes to host memory mapped into the
+ * device's space, then *ticket += 1 and the new count stored to *done
+ * (host-mapped) once the answer is visible there: the host polls done. -1
+ * where the row would take one block (no merge kernel to signal): the caller
+ * then uses apr_cu_topk and apr_cu_copy16_done. */
+int apr_cu_topk_done(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out, size_t stride,
+                     void *work, unsigned *ticket, unsigned *done, const apr_cu_ctx *c);
 /* The device's multiprocessors: the context's figure, else the device's. */
 int apr_cu_sms(const apr_cu_ctx *c);
 /* test_kernels_cuda --sync-bench: a kernel boundary against a grid barrier (cuda/sync_bench.cu). */
@@ -268,10 +275,11 @@ void apr_cu_stamp(unsigned long long *slot, const apr_cu_ctx *c);
  * launches (programmatic dependent launch). */
 void apr_cu_copy16(const void *src, void *dst, size_t bytes, const apr_cu_ctx *c);
 /* The batch block in: the first B entries of each of `rows` rows (int32,
- * stride apart), src host memory mapped into the device's space. With go
- * (host-mapped) non-NULL the kernel first waits until *go differs from
- * *ticket (device): a graph launched before the host knew its step. */
-void apr_cu_batch_in(const int32_t *src, int32_t *dst, int rows, int B, int stride, const unsigned *go,
+ * stride apart), src host memory mapped into the device's space. With rec
+ * (host-mapped, 16-byte aligned) one entry instead, from four words tagged
+ * in their top byte (token, pos, seq + 1, candidates): the kernel waits
+ * until every tag is (*ticket + 1) mod 256, *ticket device memory. */
+void apr_cu_batch_in(const int32_t *src, int32_t *dst, int rows, int B, int stride, const uint4 *rec,
                      const unsigned *ticket, const apr_cu_ctx *c);
 /* apr_cu_copy16 of at most 16 KB in one block, then *ticket += 1 and the new
  * value stored to *done (host-mapped) after the copy is visible to the host:

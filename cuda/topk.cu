@@ -384,23 +384,38 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const floa
     else if (warp == 0) merge_seq(lv, li, lh, TOPK_WARPS, k, o, lane);
 }
 
+/* The step's end for the host (apr_cu_topk's done): every thread's
+ * writes of the answer are visible there before *done gets the new count. */
+static __device__ void signal_done(unsigned *ticket, unsigned *done)
+{
+    __threadfence_system();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const unsigned t = *ticket + 1;
+        *ticket = t;
+        asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(done), "r"(t) : "memory");
+    }
+}
+
 /* The parts' candidate rows of each row (work) merged into its answer. */
 static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(const float *logits, int n, const int32_t *ks,
                                                                             int k_all, uint8_t *out, size_t stride,
-                                                                            int parts, uint8_t *work)
+                                                                            int parts, uint8_t *work, unsigned *ticket,
+                                                                            unsigned *done)
 {
     __shared__ float lv[APR_CU_TOPK_PARTS][TOPK_MAX];
     __shared__ int li[APR_CU_TOPK_PARTS][TOPK_MAX], lh[APR_CU_TOPK_PARTS];
     const int row = blockIdx.x, tid = threadIdx.x;
     griddep();
     int k = ks ? ks[row] : k_all;
-    if (k <= 0) return;
-    k = min(k, TOPK_MAX);
-    if (k == 1) { /* the parts' best is one word (argmax_part) */
-        if (tid == 0)
+    if (k <= 0 || k == 1) {
+        /* k 1: the parts' best is one word (argmax_part) */
+        if (k == 1 && tid == 0)
             argmax_finish(logits + (size_t)row * n, row_state(work, row), out + (size_t)row * stride);
+        if (done) signal_done(ticket, done);
         return;
     }
+    k = min(k, TOPK_MAX);
     const int np = parts_for(k, parts);
     /* every part's count at once (a lane a part), then the entries of all
      * parts with the lanes striding over them: a few round trips to L2 in
@@ -420,6 +435,7 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(cons
     __syncthreads();
     if (k > FLOOR_ONE_PASS) merge_rank(lv, li, lh, np, k, out + (size_t)row * stride, tid, TOPK_WARPS * 32);
     else if (tid < 32) merge_seq(lv, li, lh, np, k, out + (size_t)row * stride, tid);
+    if (done) signal_done(ticket, done);
 }
 
 extern "C" size_t apr_cu_topk_work_bytes(int nrows)
@@ -430,7 +446,14 @@ extern "C" size_t apr_cu_topk_work_bytes(int nrows)
 extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out,
                            size_t stride, void *work, const apr_cu_ctx *c)
 {
-    if (n < 1 || nrows < 1 || stride < APR_CU_TOPK_STRIDE || stride % 4) return -1;
+    return apr_cu_topk_done(logits, n, nrows, ks, k_all, out, stride, work, NULL, NULL, c);
+}
+
+extern "C" int apr_cu_topk_done(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out,
+                                size_t stride, void *work, unsigned *ticket, unsigned *done, const apr_cu_ctx *c)
+{
+    if (n < 1 || nrows < 1 || stride < APR_CU_TOPK_STRIDE || stride % 4 || (done && (nrows != 1 || !ticket)))
+        return -1;
     /* parts a row: about two blocks a multiprocessor in all (a 152k row in
      * one block takes ~60 us on an H100, mostly load latency), each part
      * still thousands of elements */
@@ -441,10 +464,11 @@ extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t 
         if (parts > n / 4096) parts = n / 4096;
         if (parts < 1) parts = 1;
     }
+    if (done && parts == 1) return -1; /* the merge kernel signals */
     launch(c, topk_kernel, dim3((unsigned)(nrows * parts)), dim3(TOPK_WARPS * 32), logits, n, ks, k_all,
            (uint8_t *)out, stride, parts, (uint8_t *)work);
     if (parts > 1)
         launch(c, topk_merge_kernel, dim3((unsigned)nrows), dim3(TOPK_WARPS * 32), logits, n, ks, k_all, (uint8_t *)out,
-               stride, parts, (uint8_t *)work);
+               stride, parts, (uint8_t *)work, ticket, done);
     return 0;
 }
