@@ -692,6 +692,14 @@ void sched_tick(coord *c)
     m.seq = c->st_seq;
     m.want = c->st_want;
     m.topk = any_k ? c->st_topk : NULL;
+    /* one stream and nothing waiting: its next step is one entry again, sent
+     * as soon as this one's token is sampled, unless this token is its last
+     * by length (an end-of-generation token or a stop string cannot be seen
+     * coming: the engine then lets the queued step go) */
+    if (e == 1 && n == 1) {
+        const seq *s = &c->seqs[c->st_members[0]];
+        m.ahead = !(s->max_tokens && s->n_generated + 1 >= s->max_tokens) && s->n_tokens + 1 < (size_t)c->n_ctx;
+    }
     w->busy = true;
     w->step_id = m.step;
     w->step_sent = coord_now();

@@ -326,9 +326,9 @@ int apr_zmq_router_send(void *router, const void *ident, size_t ident_len, const
  *     hb        {t:"hb", pid}                                     (on the NAME.hb socket)
  *     done      {t:"done", step, ok, error?, n_logits, ms}        one per step, in order
  *   coordinator -> worker
- *     step      {t:"step", step, token:[n], pos:[n], seq:[n], want:[n] (bools), topk?:[n]}
- *               topk is sent only when some entry asks for candidates; a
- *               non-zero topk[i] needs want[i]
+ *     step      {t:"step", step, token:[n], pos:[n], seq:[n], want:[n] (bools), topk?:[n],
+ *               ahead?} topk is sent only when some entry asks for candidates;
+ *               a non-zero topk[i] needs want[i]; ahead (bool) only when true
  *     trim      {t:"trim", seq, from}   forget positions >= from of seq (0 clears it)
  *     shutdown  {t:"shutdown"}          exit 0 at once
  */
@@ -377,6 +377,9 @@ typedef struct {
     int32_t *token, *pos, *seq; /* step: [n] each, owned (apr_wmsg_free) */
     uint8_t *want;           /* step: [n] 0/1, owned */
     uint8_t *topk;           /* step: [n] 0..APR_TOPK_MAX, owned; NULL: all 0 (full rows) */
+    bool ahead;              /* step (optional, default false): the coordinator's next step is
+                              * this one's stream alone, sent once its done is in (the engine
+                              * may queue it now: worker/backend.h, apr_batch.ahead) */
     int32_t trim_seq, trim_from; /* trim */
 } apr_wmsg;
 

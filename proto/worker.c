@@ -132,7 +132,7 @@ int apr_wmsg_encode(msgpack_sbuffer *b, const apr_wmsg *m)
         bool topk = false;
         for (size_t i = 0; m->topk && i < n && !topk; i++)
             topk = m->topk[i] != 0;
-        err |= msgpack_pack_map(pk, topk ? 7 : 6);
+        err |= msgpack_pack_map(pk, 6 + (topk ? 1 : 0) + (m->ahead ? 1 : 0));
         err |= KEY("t") | apr_mp_pack_cstr(pk, t);
         err |= KEY("step") | msgpack_pack_uint64(pk, m->step);
         err |= KEY("token") | pack_i32s(pk, m->token, n);
@@ -146,6 +146,8 @@ int apr_wmsg_encode(msgpack_sbuffer *b, const apr_wmsg *m)
             for (size_t i = 0; i < n && !err; i++)
                 err |= msgpack_pack_uint8(pk, m->topk[i]);
         }
+        if (m->ahead)
+            err |= KEY("ahead") | pack_bool(pk, true);
         break;
     }
     case APR_W_TRIM:
@@ -179,7 +181,7 @@ static int bad(char *err, const char *fmt, ...)
 
 enum {
     K_OK, K_ERROR, K_BACKEND, K_PID, K_N_VOCAB, K_N_CTX, K_N_SEQ, K_MAX_BATCH, K_MAX_LOGITS, K_KV_KEPT,
-    K_STEP, K_N_LOGITS, K_MS, K_TOKEN, K_POS, K_SEQ, K_WANT, K_TOPK, K_FROM,
+    K_STEP, K_N_LOGITS, K_MS, K_TOKEN, K_POS, K_SEQ, K_WANT, K_TOPK, K_AHEAD, K_FROM,
     K_COUNT
 };
 
@@ -209,6 +211,7 @@ static const struct {
     [K_SEQ] = {"seq", TB(APR_W_STEP) | TB(APR_W_TRIM)},
     [K_WANT] = {"want", TB(APR_W_STEP)},
     [K_TOPK] = {"topk", TB(APR_W_STEP)},
+    [K_AHEAD] = {"ahead", TB(APR_W_STEP)},
     [K_FROM] = {"from", TB(APR_W_TRIM)},
 };
 
@@ -413,6 +416,8 @@ static int read_key(int k, const msgpack_object *v, apr_wmsg *m, lens *ln, char 
         return get_bools(v, &m->want, &ln->want, err);
     case K_TOPK:
         return get_topk(v, &m->topk, &ln->topk, err);
+    case K_AHEAD:
+        return get_bool(v, t, "ahead", &m->ahead, err);
     case K_FROM:
         return get_i32(v, t, "from", 0, INT32_MAX, &m->trim_from, err);
     }

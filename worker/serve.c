@@ -333,10 +333,11 @@ static int run_step(worker *w, const apr_wmsg *m)
         snprintf(done.error, sizeof done.error, "step asks for %d candidates; a row of %d logits holds fewer",
                  max_k, w->n_vocab);
     } else {
-        /* one stream decoding: its next step follows within the spin below */
+        /* the coordinator says the next step is this stream's alone; it
+         * comes within the spin below, or the spin lets it go */
         apr_batch batch = {.n = m->n, .token = m->token, .pos = m->pos, .seq = m->seq,
                            .want_logits = m->want, .topk = max_k > 0 ? m->topk : NULL,
-                           .ahead = m->n == 1 && w->spin_ns > 0};
+                           .ahead = m->ahead && m->n == 1 && w->spin_ns > 0};
         t0 = mono_ns();
         live_busy(w->alive, true);
         /* full rows only: straight into shared memory, no copy */

@@ -16,7 +16,9 @@ the segment's last 64 bytes) before it sends done. It takes every message from
 the socket, and checks the coordinator's step box (proto.h apr_stepbox, before
 the doorbell) beside each step: the box must hold exactly that step's bytes
 when the message before it was a step, and must not hold it otherwise (a trim
-may still be ahead of it); APR_FAKE_DIR/box gets "copies wrong" counts.
+may still be ahead of it); APR_FAKE_DIR/box gets "copies wrong" counts, and
+APR_FAKE_DIR/ahead a line "entries ahead" for each step (ahead: the step's hint
+that the next step is its stream's alone, 0 or 1).
 """
 import mmap, os, struct, sys, time
 
@@ -93,6 +95,8 @@ while True:
     elif kind == "step" and len(raw) <= 16384 - 64:
         box_wrong += 1  # the step could have gone through the box and did not
     open(os.path.join(os.environ["APR_FAKE_DIR"], "box"), "w").write(f"{box_copies} {box_wrong}")
+    with open(os.path.join(os.environ["APR_FAKE_DIR"], "ahead"), "a") as f:
+        f.write(f"{len(m['token'])} {int(m.get('ahead', False))}\n")  # entries, the step's ahead hint
     topk = m.get("topk", [0] * len(m["want"]))
     r = 0
     for w, k in zip(m["want"], topk):

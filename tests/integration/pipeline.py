@@ -408,6 +408,18 @@ def test_bad_candidates():
                       f"candidates {bad or 'good'}: greedy gave {r['f']['tokens']} ({r['f']['error']})")
                 check(r["k"]["done"] is not None and set(r["k"]["tokens"]) <= {5, 6, 7} and len(r["k"]["tokens"]) == 4,
                       f"candidates {bad or 'good'}: top-k gave {r['k']['tokens']} ({r['k']['error']})")
+                if not bad:
+                    # a stream alone: its one-entry steps say ahead but for the one of its last token
+                    # (proto.h, step's ahead); the steps of two streams never do
+                    steps_before = open(os.path.join(d, "ahead")).read().split("\n")[:-1]
+                    generate(s, "a", "Once upon a time", 4, temperature=0)
+                    collect(s, ["a"])
+                    lone = open(os.path.join(d, "ahead")).read().split("\n")[len(steps_before):-1]
+                    check([x for x in lone if x.startswith("1 ")] == ["1 1", "1 1", "1 0"]
+                          and all(x.endswith(" 0") for x in lone if not x.startswith("1 ")),
+                          f"ahead hints of a lone stream's steps: {lone}")
+                    check(all(x.endswith(" 0") for x in steps_before if not x.startswith("1 ")),
+                          f"ahead hints on steps of several entries: {steps_before}")
                 restarts = srv.status()["restarts"]
                 s.close()
                 box = open(os.path.join(d, "box")).read().split() if os.path.exists(os.path.join(d, "box")) else ["0", "0"]

@@ -108,8 +108,15 @@ START_TEST(round_trip_every_type)
     round_trip(&m, &r);
     ck_assert_ptr_nonnull(r.topk);
     ck_assert(!memcmp(r.topk, topk, sizeof topk) && !memcmp(r.want, want, sizeof want));
+    ck_assert(!r.ahead);
     apr_wmsg_free(&r);
     ck_assert_ptr_null(r.topk);
+    /* ahead: sent only when true, read back */
+    m.ahead = true;
+    round_trip(&m, &r);
+    ck_assert(r.ahead && r.n == 3 && r.topk);
+    apr_wmsg_free(&r);
+    m.ahead = false;
 
     m = (apr_wmsg){.type = APR_W_TRIM, .trim_seq = 3, .trim_from = 10};
     round_trip(&m, &r);
@@ -230,6 +237,8 @@ START_TEST(hostile_maps)
     refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:1}", "topk: must be an array");
     refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:{a:1}}", "topk: must be an array");
     refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[]}", "topk: 0 entries");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], ahead:1}", "step ahead: must be true or false");
+    refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], ahead:true, ahead:false}", "duplicate key ahead");
     refused("{t:'step', step:1, token:[1], pos:[0], seq:[0], want:[true], topk:[1, 1]}", "topk has 2 entries, token 1");
     refused("{t:'step', step:1, token:[1, 2], pos:[0, 1], seq:[0, 0], want:[false, true], topk:[3]}",
             "topk has 1 entries, token 2");
