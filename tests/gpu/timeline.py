@@ -3,7 +3,10 @@
 (tests/gpu/ktrace.c: start,end,graph,grid,block,name a line, ns).
 
 Steps are the runs of kernels of the most frequent graph (the one-token
-bucket) separated by the host's gaps. For each kernel class (name and grid)
+bucket) separated by the host's gaps, or, where a step's graph was launched
+ahead of its batch (backend.cu), starting at each batch_in_kernel: that
+kernel waits for the host, so its time is printed apart and the step is
+counted from its end. For each kernel class (name and grid)
 it prints launches a step, time from first block to last, and what the
 class adds to the step: its end minus its predecessor's end ("exposed"),
 the figure that programmatic dependent launch makes honest (the kernel's
@@ -36,9 +39,10 @@ def main():
     ks = [r for r in rows if r[2] == graph[0][0]]
     gaps = sorted(ks[i][0] - ks[i - 1][1] for i in range(1, len(ks)))
     cut = max(20000, 4 * gaps[len(gaps) // 2])  # a host gap: far longer than any between kernels
+    head = [r for r in ks if short[r[4]] == "batch_in_kernel"]
     steps, cur = [], [ks[0]]
     for r in ks[1:]:
-        if r[0] - cur[-1][1] > cut:
+        if (short[r[4]] == "batch_in_kernel") if head else (r[0] - cur[-1][1] > cut):
             steps.append(cur)
             cur = []
         cur.append(r)
@@ -48,17 +52,23 @@ def main():
     if not use:
         sys.exit("timeline.py: no steps past the first %d" % skip)
     cls = collections.OrderedDict()
+    waited = 0
     for st in use:
         for i, r in enumerate(st):
+            if i == 0 and head:  # the batch's wait: the host's time, not the step's
+                waited += r[1] - r[0]
+                continue
             key = "%s [%d]" % (short[r[4]], r[3])
             c = cls.setdefault(key, [0, 0, 0])
             c[0] += 1
             c[1] += r[1] - r[0]
             c[2] += r[1] - st[i - 1][1] if i else r[1] - r[0]
     n = len(use)
-    span = sum(s[-1][1] - s[0][0] for s in use) / n / 1e3
-    print("%d steps of %d kernels (graph %d): %.1f us a step on the GPU, first kernel's start to last one's end"
-          % (n, n_k, graph[0][0], span))
+    span = sum(s[-1][1] - (s[0][1] if head else s[0][0]) for s in use) / n / 1e3
+    print("%d steps of %d kernels (graph %d): %.1f us a step on the GPU, %s to the last kernel's end"
+          % (n, n_k, graph[0][0], span, "the batch's arrival" if head else "the first kernel's start"))
+    if head:
+        print("graphs launched ahead: batch_in_kernel waited %.1f us a step for the host" % (waited / n / 1e3))
     print("%-44s %8s %10s %10s %8s" % ("kernel [blocks]", "a step", "busy us", "exposed", "each"))
     for k, (c, d, e) in sorted(cls.items(), key=lambda x: -x[1][2]):
         print("%-44s %8.0f %10.1f %10.1f %8.2f" % (k[:44], c / n, d / n / 1e3, e / n / 1e3, e / c / 1e3))
