@@ -409,10 +409,17 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(cons
     griddep();
     int k = ks ? ks[row] : k_all;
     if (k <= 0 || k == 1) {
-        /* k 1: the parts' best is one word (argmax_part) */
-        if (k == 1 && tid == 0)
-            argmax_finish(logits + (size_t)row * n, row_state(work, row), out + (size_t)row * stride);
-        if (done) signal_done(ticket, done);
+        /* k 1: the parts' best is one word (argmax_part). Thread 0 alone
+         * writes the answer, so its own release orders it before done: no
+         * block-wide fence */
+        if (tid == 0) {
+            if (k == 1) argmax_finish(logits + (size_t)row * n, row_state(work, row), out + (size_t)row * stride);
+            if (done) {
+                const unsigned t = *ticket + 1;
+                *ticket = t;
+                asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(done), "r"(t) : "memory");
+            }
+        }
         return;
     }
     k = min(k, TOPK_MAX);
