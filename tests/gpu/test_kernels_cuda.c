@@ -1292,6 +1292,73 @@ static void test_topk(rng *r)
     }
 }
 
+/* apr_cu_topk_done, as graph[0] uses it: one row's answer straight into
+ * mapped host memory and the done word after it, for k 1 (the parts'
+ * argmax word), 0 (no answer, done all the same), 5 and 40 (lists), over
+ * and over on one work area (its argmax word must come back to zero). Each
+ * answer must equal apr_topk_select's and done the launch's count. */
+static void test_topk_done(rng *r)
+{
+    const int n = 151936, ks[] = {1, 1, 0, 5, 1, 40, 1, 1};
+    float *l = malloc(sizeof(float) * n);
+    uint8_t *host = NULL, *dhost = NULL;
+    unsigned *ticket = NULL;
+    void *work = NULL;
+    CK(cudaHostAlloc((void **)&host, APR_CU_TOPK_STRIDE + 64, cudaHostAllocMapped));
+    CK(cudaHostGetDevicePointer((void **)&dhost, host, 0));
+    CK(cudaMalloc((void **)&ticket, sizeof *ticket));
+    CK(cudaMemset(ticket, 0, sizeof *ticket));
+    CK(cudaMalloc(&work, apr_cu_topk_work_bytes(1)));
+    CK(cudaMemset(work, 0, apr_cu_topk_work_bytes(1)));
+    volatile unsigned *done = (volatile unsigned *)(host + APR_CU_TOPK_STRIDE);
+    *done = 0;
+    int bad = 0, runs = 0;
+    for (int rep = 0; rep < 3; rep++)
+        for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+            const int k = ks[ki];
+            for (int i = 0; i < n; i++) /* ties, and now and then the best at either end */
+                l[i] = (float)(int)(rng_unif(r) * 50) + (i == (rep ? n - 1 : 0) ? 60.f : 0.f);
+            float *dl = dev_upload(l, sizeof(float) * n);
+            memset(host, 0xee, APR_CU_TOPK_STRIDE);
+            if (apr_cu_topk_done(dl, n, 1, NULL, k, dhost, APR_CU_TOPK_STRIDE,
+                                 work, ticket, (unsigned *)(dhost + APR_CU_TOPK_STRIDE), &cu0)) {
+                bad++;
+                cudaFree(dl);
+                continue;
+            }
+            CK_LAUNCH();
+            CK(cudaDeviceSynchronize());
+            runs++;
+            if (*done != (unsigned)runs) bad++;
+            if (k > 0) {
+                int32_t ids[64], gi, gc;
+                float vals[64], gv;
+                const int32_t cnt = apr_topk_select(l, n, k, ids, vals);
+                memcpy(&gc, host, 4);
+                if (gc != cnt) bad++;
+                for (int j = 0; gc == cnt && j < cnt; j++) {
+                    memcpy(&gi, host + 4 + 8 * j, 4);
+                    memcpy(&gv, host + 8 + 8 * j, 4);
+                    if (gi != ids[j] || memcmp(&gv, &vals[j], 4)) {
+                        bad++;
+                        break;
+                    }
+                }
+            }
+            cudaFree(dl);
+        }
+    /* a row that would take one block has no merge kernel to signal */
+    const int small = apr_cu_topk_done(l, 4096, 1, NULL, 1, dhost, APR_CU_TOPK_STRIDE, work, ticket,
+                                       (unsigned *)(dhost + APR_CU_TOPK_STRIDE), &cu0);
+    printf("%-4s topk_done: %d launches into host memory (k 0, 1, 5, 40), answers and done words%s\n",
+           bad || small != -1 ? "FAIL" : "ok", runs, bad ? " differ" : " right");
+    if (bad || small != -1) failures++;
+    cudaFree(work);
+    cudaFree(ticket);
+    cudaFreeHost(host);
+    free(l);
+}
+
 static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, bool f16_acc, bool fused)
 {
     test_attention_ctx(r, n_head, n_head_kv, hd, neox, bias, f16_acc, fused, 80, 70, false);
@@ -2131,6 +2198,7 @@ int main(int argc, char **argv)
     test_gemv_case(&r, APR_TYPE_Q5_0, 896, 4864, 1);
     test_gemv_case(&r, APR_TYPE_Q4_K, 1024, 4000, 1);
     test_topk(&r);
+    test_topk_done(&r);
     test_mma_split(&r, APR_TYPE_Q4_K, 8960, 1536, 64, APR_CU_ADD);   /* the 1.5B's down at 64 streams */
     test_mma_split(&r, APR_TYPE_Q6_K, 8960, 200, 33, APR_CU_ADD);
     test_mma_split(&r, APR_TYPE_Q4_K, 1536, 328, 64, APR_CU_SWIGLU);
