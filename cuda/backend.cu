@@ -522,26 +522,32 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out);
  * than in the first step. Every batch-size bucket's graph is captured now,
  * so that an engine restarted under load serves its first step of any size
  * without a capture, and nobody times one. */
+/* Entry 0 of the batch block a padding entry: token 0 at position 0 of no
+ * sequence (seq -1: the kernels touch no cache), no logits row wanted. */
+static void padding_entry(int32_t *h)
+{
+    h[0] = 0;
+    h[CHUNK_CAP] = 0;
+    h[2 * CHUNK_CAP] = -1;
+    h[3 * CHUNK_CAP] = 0;
+    h[4 * CHUNK_CAP] = 0;
+}
+
 static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
 {
     if (apr_cu_prepare()) {
         snprintf(err, APR_ERRLEN, "CUDA: preparing the kernels: %s", cudaGetErrorString(cudaGetLastError()));
         return -1;
     }
-    int32_t *h = m->h_batch;
-    h[0] = 0;
-    h[CHUNK_CAP] = 0;
-    h[2 * CHUNK_CAP] = -1;
-    h[3 * CHUNK_CAP] = 0;
-    h[4 * CHUNK_CAP] = 0;
+    padding_entry(m->h_batch);
     if (m->use_graphs) {
         for (int bi = 0; bi < N_BUCKETS; bi++)
             if (get_graph(m, bi, err)) return -1;
         if (m->solo_ok) release(m); /* graph[0] waits for it */
         if (cuda_fail(cudaGraphLaunch(m->graph[0], m->stream), "cudaGraphLaunch", err)) return -1;
     } else {
-        if (cuda_fail(cudaMemcpyAsync(m->d_batch, h, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice,
-                                      m->stream),
+        if (cuda_fail(cudaMemcpyAsync(m->d_batch, m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t),
+                                      cudaMemcpyHostToDevice, m->stream),
                       "cudaMemcpyAsync", err))
             return -1;
         if (enqueue_forward(m, 1, 1)) {
@@ -1212,12 +1218,7 @@ static int wait_done(apr_cuda_model *m, char err[APR_ERRLEN])
 static int disarm(apr_cuda_model *m, char err[APR_ERRLEN])
 {
     if (!m->armed) return 0;
-    int32_t *h = m->h_batch;
-    h[0] = 0;
-    h[CHUNK_CAP] = 0;
-    h[2 * CHUNK_CAP] = -1;
-    h[3 * CHUNK_CAP] = 0;
-    h[4 * CHUNK_CAP] = 0;
+    padding_entry(m->h_batch);
     m->armed = false;
     release(m);
     return wait_done(m, err);
