@@ -517,11 +517,6 @@ static double gib(size_t b) { return (double)b / (1u << 30); }
 static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN]);
 static int enqueue_forward(apr_cuda_model *m, int n, int n_out);
 
-/* One pass of a padding entry (it touches no sequence): every kernel runs
- * once, so a broken build or device fails here with a clear error rather
- * than in the first step. Every batch-size bucket's graph is captured now,
- * so that an engine restarted under load serves its first step of any size
- * without a capture, and nobody times one. */
 /* Entry 0 of the batch block a padding entry: token 0 at position 0 of no
  * sequence (seq -1: the kernels touch no cache), no logits row wanted. */
 static void padding_entry(int32_t *h)
@@ -533,6 +528,11 @@ static void padding_entry(int32_t *h)
     h[4 * CHUNK_CAP] = 0;
 }
 
+/* One pass of a padding entry (it touches no sequence): every kernel runs
+ * once, so a broken build or device fails here with a clear error rather
+ * than in the first step. Every batch-size bucket's graph is captured now,
+ * so that an engine restarted under load serves its first step of any size
+ * without a capture, and nobody times one. */
 static int warm_up(apr_cuda_model *m, char err[APR_ERRLEN])
 {
     if (apr_cu_prepare()) {
@@ -1174,7 +1174,7 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
 /* ------------------------------------------- one-entry steps launched ahead */
 /* A one-entry step of a caller that says another follows at once
  * (apr_batch.ahead) launches graph[0] again right behind its own: the next
- * graph is then in the stream, its first kernel polling h_go, while the host
+ * graph is then in the stream, its first kernel polling h_rec, while the host
  * reads this step's result and the caller picks the next token. The next
  * step only writes its batch and releases it (~1 us over the bus), where a
  * launch costs ~10 us of host and GPU time between graphs. A graph whose
@@ -1262,12 +1262,12 @@ static int step_chunk(apr_cuda_model *m, const apr_batch *b, int c0, int nc, flo
             cudaEventRecord(m->gev[0], s);
         }
         if (solo) release(m);
-        const bool launch = !m->armed;
+        const bool launch_now = !m->armed; /* else it is in the stream, released above */
         m->armed = false;
         /* the next graph[0] goes in behind this step's work: one-entry steps, a
          * caller that says one follows, a single chunk */
         const bool ahead = solo && m->ahead_ok && b->ahead && b->n == 1;
-        if ((launch && cuda_fail(cudaGraphLaunch(m->graph[bi], s), "cudaGraphLaunch", err)) ||
+        if ((launch_now && cuda_fail(cudaGraphLaunch(m->graph[bi], s), "cudaGraphLaunch", err)) ||
             (m->gev[1] && cuda_fail(cudaEventRecord(m->gev[1], s), "cudaEventRecord", err)) ||
             (whole && cuda_fail(cudaMemcpyAsync(m->h_logits, m->logits, (size_t)nc * V * sizeof(float),
                                                 cudaMemcpyDeviceToHost, s),

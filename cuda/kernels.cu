@@ -370,11 +370,7 @@ static __global__ void copy16_done_kernel(const uint4 *src, uint4 *dst, int n, u
     for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldcv(src + i);
     __threadfence_system();
     __syncthreads();
-    if (threadIdx.x == 0) {
-        const unsigned t = *ticket + 1;
-        *ticket = t;
-        asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(done), "r"(t) : "memory");
-    }
+    if (threadIdx.x == 0) release_done(ticket, done);
 }
 
 extern "C" int apr_cu_copy16_done(const void *src, void *dst, size_t bytes, unsigned *ticket, unsigned *done,

@@ -27,6 +27,17 @@ static __device__ __forceinline__ void griddep_trigger(void)
 #endif
 }
 
+/* A one-entry graph's end for the host (backend.cu, "h_done"), by one
+ * thread whose own writes (or, after a fence and a barrier, its block's) are
+ * the step's answer: *ticket counts the step, and its release store puts the
+ * count in *done (host memory) after them. */
+static __device__ __forceinline__ void release_done(unsigned *ticket, unsigned *done)
+{
+    const unsigned t = *ticket + 1;
+    *ticket = t;
+    asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(done), "r"(t) : "memory");
+}
+
 /* A launch on c's stream, with the programmatic-serialization attribute
  * where c asks for it. Errors also surface in cudaGetLastError(). */
 template <typename... KArgs, typename... Args>

@@ -390,11 +390,7 @@ static __device__ void signal_done(unsigned *ticket, unsigned *done)
 {
     __threadfence_system();
     __syncthreads();
-    if (threadIdx.x == 0) {
-        const unsigned t = *ticket + 1;
-        *ticket = t;
-        asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(done), "r"(t) : "memory");
-    }
+    if (threadIdx.x == 0) release_done(ticket, done);
 }
 
 /* The parts' candidate rows of each row (work) merged into its answer. */
@@ -414,11 +410,7 @@ static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(cons
          * block-wide fence */
         if (tid == 0) {
             if (k == 1) argmax_finish(logits + (size_t)row * n, row_state(work, row), out + (size_t)row * stride);
-            if (done) {
-                const unsigned t = *ticket + 1;
-                *ticket = t;
-                asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(done), "r"(t) : "memory");
-            }
+            if (done) release_done(ticket, done);
         }
         return;
     }
