@@ -120,6 +120,7 @@ struct apr_cuda_model {
     float *h_logits;  /* pinned [LOGIT_ROWS][n_vocab] */
     uint8_t *d_cands; /* [LOGIT_ROWS][CAND_STRIDE]: a graph step's candidate rows (apr_cu_topk) */
     uint8_t *d_cand_work; /* apr_cu_topk's, for rows split across blocks */
+    unsigned long long *d_argmax; /* the output product's argmax words (apr_cu_gemv_seg.amax) */
     uint8_t *h_cands; /* pinned mirror */
     /* One-entry steps (graph[0]) take their entry from h_rec, four words
      * (token, pos, seq + 1, candidates) each tagged in its top byte with the
@@ -136,6 +137,10 @@ struct apr_cuda_model {
     bool solo_ok;  /* mapped memory, graphs, entries that fit the tagged words */
     bool ahead_ok; /* solo_ok, no per-step profile; APR_CUDA_AHEAD=0: never */
     bool armed;    /* graph[0] is in the stream waiting for a step not yet given */
+    /* graph[0]'s greedy answer from the output product's epilogue
+     * (apr_cu_gemv_seg.amax; APR_CUDA_ARGMAX=0: from the top-k's scan), and
+     * whether the graph being captured takes it */
+    bool argmax_ok, argmax_now;
     cudaEvent_t done_ev;
     int *seq_len;
     cudaGraphExec_t graph[N_BUCKETS];
@@ -451,6 +456,7 @@ static size_t carve_scratch(apr_cuda_model *m, uint8_t *base)
     CARVE(m->d_ticket, unsigned, 1);
     CARVE(m->d_cands, uint8_t, (size_t)LOGIT_ROWS * CAND_STRIDE);
     CARVE(m->d_cand_work, uint8_t, apr_cu_topk_work_bytes(LOGIT_ROWS));
+    CARVE(m->d_argmax, unsigned long long, APR_CU_ARGMAX_BYTES / sizeof(unsigned long long));
     /* partial sums of products split across blocks (batched decode): every
      * product but the output matrix's */
     int split_rows = (int)hp->n_ff > m->ldqkv ? (int)hp->n_ff : m->ldqkv;
@@ -746,6 +752,8 @@ static int prepare_steps(apr_cuda_model *m, char err[APR_ERRLEN])
                  m->n_seq < (1 << 24) - 1;
     m->ahead_ok = m->solo_ok && !m->gev[1] && !m->stamps && !(ah && !strcmp(ah, "0")) &&
                   !cuda_fail(cudaEventCreateWithFlags(&m->done_ev, cudaEventDisableTiming), "cudaEventCreate", err);
+    const char *am = getenv("APR_CUDA_ARGMAX");
+    m->argmax_ok = !(am && !strcmp(am, "0"));
     carve_scratch(m, m->d_scratch);
     if (m->profile || m->stamps) {
         m->pcap = 12 * (int)hp->n_layer + 8;
@@ -1054,9 +1062,9 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
         uint16_t *kc = m->d_kv + (size_t)il * m->layer_elems;
         uint16_t *vc = m->d_kv + ((size_t)hp->n_layer + (size_t)il) * m->layer_elems;
 
-        apr_cu_gemv_seg qkv[3] = {{L->wq, none, m->qkv, m->ldqkv, APR_CU_STORE},
-                                  {L->wk, none, m->qkv + m->q_dim, m->ldqkv, APR_CU_STORE},
-                                  {L->wv, none, m->qkv + m->q_dim + m->kv_dim, m->ldqkv, APR_CU_STORE}};
+        apr_cu_gemv_seg qkv[3] = {{L->wq, none, m->qkv, m->ldqkv, APR_CU_STORE, NULL},
+                                  {L->wk, none, m->qkv + m->q_dim, m->ldqkv, APR_CU_STORE, NULL},
+                                  {L->wv, none, m->qkv + m->q_dim + m->kv_dim, m->ldqkv, APR_CU_STORE, NULL}};
         const apr_cu_quant_src attn_in = {m->x, NULL, E, L->attn_norm, hp->rms_eps, E};
         if (product(m, qkv, 3, n, &attn_in, FUSE_QKV, P_NORM, P_QKV)) return -1;
         /* attention quantizes its output for the o product itself where the
@@ -1080,8 +1088,8 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
                 return -1;
         }
         mark(m, P_ATTN);
-        apr_cu_gemv_seg wo = {L->wo, none, m->x, E, APR_CU_ADD};
-        apr_cu_gemv_seg gu = {L->gate, L->up, m->hb, F, APR_CU_SWIGLU};
+        apr_cu_gemv_seg wo = {L->wo, none, m->x, E, APR_CU_ADD, NULL};
+        apr_cu_gemv_seg gu = {L->gate, L->up, m->hb, F, APR_CU_SWIGLU, NULL};
         /* Steps whose attention quantized o's input: the o product also
          * quantizes the ffn norm's input, a 32-group a block, and gate/up
          * applies 1/rms to its sums (apr_cu_gemv_onorm): no norm kernel */
@@ -1106,12 +1114,13 @@ static int enqueue_forward(apr_cuda_model *m, int n, int n_out)
             const apr_cu_quant_src ffn_in = {m->x, NULL, E, L->ffn_norm, hp->rms_eps, E};
             if (product(m, &gu, 1, n, &ffn_in, FUSE_GATEUP, P_NORM, P_GATEUP)) return -1;
         }
-        apr_cu_gemv_seg down = {L->down, none, m->x, E, APR_CU_ADD};
+        apr_cu_gemv_seg down = {L->down, none, m->x, E, APR_CU_ADD, NULL};
         const apr_cu_quant_src hb_in = {m->hb, NULL, F, NULL, 0.f, F};
         if (product(m, &down, 1, n, &hb_in, FUSE_DOWN, P_QUANT, P_DOWN)) return -1;
     }
     if (n_out > 0) {
-        apr_cu_gemv_seg out = {m->output, none, m->logits, (int)hp->n_vocab, APR_CU_STORE};
+        apr_cu_gemv_seg out = {m->output, none, m->logits, (int)hp->n_vocab, APR_CU_STORE,
+                               m->argmax_now ? m->d_argmax : NULL};
         const apr_cu_quant_src out_in = {m->x, orow, E, m->output_norm, hp->rms_eps, E};
         if (product(m, &out, 1, n_out, &out_in, FUSE_OUTPUT, P_NORM, P_OUTPUT)) return -1;
     }
@@ -1138,15 +1147,26 @@ static int get_graph(apr_cuda_model *m, int bi, char err[APR_ERRLEN])
     else cudaMemcpyAsync(m->d_batch, m->h_batch, BATCH_ROWS * CHUNK_CAP * sizeof(int32_t), cudaMemcpyHostToDevice, s);
     m->stamping = m->stamps && B == 1;
     m->pn = 0;
+    /* graph[0]'s candidates go straight to the host where the top-k splits
+     * the row (its last kernel can signal their arrival), else through
+     * d_cands; greedy's answer there comes from the output product */
+    const bool direct_ok = solo && m->hd_cands && apr_cu_topk_parts((int)m->hp.n_vocab, 1, &m->cu) > 1;
+    const apr_cu_gemv_seg out = {m->output, {NULL, 0, 0, 0}, m->logits, (int)m->hp.n_vocab, APR_CU_STORE, NULL};
+    m->argmax_now = direct_ok && m->argmax_ok && apr_cu_gemv_argmax_ok(&out, 1, 1, &m->cu);
     int frc = enqueue_forward(m, B, B);
-    /* graph[0]'s candidates go straight to the host where the top-k's merge
-     * kernel can signal their arrival, else through d_cands */
     unsigned *hd_done = m->hd_cands ? (unsigned *)((uint8_t *)m->hd_cands + (size_t)LOGIT_ROWS * CAND_STRIDE) : NULL;
-    const bool direct = !frc && solo &&
-                        !apr_cu_topk_done(m->logits, (int)m->hp.n_vocab, 1, m->d_batch + 4 * CHUNK_CAP, 0,
-                                          m->hd_cands, CAND_STRIDE, m->d_cand_work, m->d_ticket, hd_done, &m->cu);
+    const int32_t *ks = m->d_batch + 4 * CHUNK_CAP;
+    bool direct = false;
+    if (!frc && direct_ok) {
+        frc = m->argmax_now ? apr_cu_topk_done_filled(m->logits, (int)m->hp.n_vocab, ks, 0, m->hd_cands, CAND_STRIDE,
+                                                      m->d_cand_work, m->d_argmax, m->d_ticket, hd_done, &m->cu)
+                            : apr_cu_topk_done(m->logits, (int)m->hp.n_vocab, 1, ks, 0, m->hd_cands, CAND_STRIDE,
+                                               m->d_cand_work, m->d_ticket, hd_done, &m->cu);
+        direct = !frc;
+    }
+    m->argmax_now = false;
     if (!frc && !direct)
-        frc = apr_cu_topk(m->logits, (int)m->hp.n_vocab, B, m->d_batch + 4 * CHUNK_CAP, 0, m->d_cands, CAND_STRIDE,
+        frc = apr_cu_topk(m->logits, (int)m->hp.n_vocab, B, ks, 0, m->d_cands, CAND_STRIDE,
                           m->d_cand_work, &m->cu);
     mark(m, P_TOPK);
     if (m->stamping) m->stamp_n = m->pn;

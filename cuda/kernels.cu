@@ -20,6 +20,7 @@
 extern "C" {
 #include "model/model.h"
 }
+#include "cuda/argmax.cuh"
 #include "cuda/kernels.h"
 #include "cuda/launch.cuh"
 
@@ -640,6 +641,7 @@ struct gemv_params {
     /* apr_cu_ctx.early, for the kernels that honour it (apr_cu_gemv_norm's
      * and apr_cu_gemv_onorm's): the next kernel launches at this one's start */
     int early;
+    unsigned long long *amax; /* apr_cu_gemv_seg.amax (gemv1_pair48_kernel's AMAX) */
 };
 
 #define GEMV_WARPS 8
@@ -1776,7 +1778,7 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_rows2_kern
  * bits gemv1 gives them (kernel tests: equal to it and to token tiles).
  * H100, --gemv-bench: the 1.5B's output 73.7 -> 64.2 us (2.60 -> 2.98 TB/s);
  * decode 1.5B 1185-1194 -> 1205-1209 tok/s in one call, same tokens. */
-template <class K, int MINB>
+template <class K, int MINB, bool AMAX>
 static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_pair48_kernel(const __grid_constant__ gemv_params p)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1804,6 +1806,11 @@ static __global__ void __launch_bounds__(GEMV_WARPS * 32, MINB) gemv1_pair48_ker
     K::template dot<1>(xc, lane + 16, p.a, tt, acc1);
     const float v0[1] = {warp_sum(acc0[0])}, v1[1] = {warp_sum(acc1[0])}, none[1] = {0.f};
     if (lane != 0) return;
+    if constexpr (AMAX) {
+        unsigned long long key = g0 < p.rows ? argmax_key(v0[0], g0) : 0ull;
+        if (g0 + 1 < p.rows) key = max(key, argmax_key(v1[0], g0 + 1));
+        argmax_offer(key, p.amax, (int)blockIdx.x * GEMV_WARPS + warp);
+    }
     if (g0 < p.rows) gemv1_store<1, false>(s, g0, 0, 1, v0, none, &xr[0]);
     if (g0 + 1 < p.rows) gemv1_store<1, false>(s, g0 + 1, 0, 1, v1, none, &xr[1]);
 }
@@ -1909,11 +1916,13 @@ static int gemv_setup(const apr_cu_gemv_seg *seg, int n_seg, int ntok, int ld, b
         if ((g->mode == APR_CU_SWIGLU) != swiglu) return -1; /* one kind of epilogue per launch */
         if (swiglu && (g->w2.type != g->w.type || g->w2.n_in != g->w.n_in || g->w2.n_out != g->w.n_out)) return -1;
         if ((g->w.type == APR_TYPE_Q4_K || g->w.type == APR_TYPE_Q6_K) && !have_qk) return -1;
+        if (g->amax && (n_seg != 1 || ntok != 1 || g->mode != APR_CU_STORE)) return -1;
         p.seg[i] = seg_dev{(const uint8_t *)g->w.data, (const uint8_t *)g->w2.data, g->w.type, g->w.n_in,
                            g->w.n_out, groups, g->out, g->ldo, g->mode};
         groups += (g->w.n_out + per_group - 1) / per_group;
     }
     p.rows = groups; /* in groups */
+    p.amax = seg[0].amax;
     if ((groups + GEMV_WARPS - 1) / GEMV_WARPS > 65535) return -1;
     return 0;
 }
@@ -2018,6 +2027,22 @@ static int gemv1_three(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_pa
     return c->pre ? gemv1_three_pre<true>(c, grid, block, p, types) : gemv1_three_pre<false>(c, grid, block, p, types);
 }
 
+/* gemv1's choice of gemv1_pair48_kernel, from the product's shape and the
+ * knobs that override it: rows of 48 chunks, one token, one plain segment,
+ * the split of one warp a row and two chunks a lane. */
+extern "C" int apr_cu_gemv_argmax_ok(const apr_cu_gemv_seg *seg, int n_seg, int ntok, const apr_cu_ctx *c)
+{
+    const apr_cu_tune *t = &c->tune;
+    const uint32_t type = seg[0].w.type;
+    if (n_seg != 1 || ntok != 1 || seg[0].mode != APR_CU_STORE || t->gemv1_off || t->pair48_off ||
+        t->gemv1_anytype || (t->gemv1_w && t->gemv1_w != 1) || (t->gemv1_u && t->gemv1_u != 2))
+        return 0;
+    if (type != APR_TYPE_Q4_K && type != APR_TYPE_Q6_K && type != APR_TYPE_Q5_0 && type != APR_TYPE_Q4_0 &&
+        type != APR_TYPE_Q8_0)
+        return 0;
+    return chunks_of(type, seg[0].w.n_in) == 48;
+}
+
 /* The one-token product for quantized weights; 1 where a segment's type has
  * no such path (F32, F16: apr_cu_gemv's general kernel takes it). */
 static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
@@ -2032,6 +2057,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     }
     gemv_params p = {};
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
+    if (p.amax && (a->rms || !apr_cu_gemv_argmax_ok(seg, n_seg, ntok, c))) return -1;
     p.a = act_of(a);
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU, rms = a->rms != NULL;
     if (rms && !swiglu) return -1; /* rows owing 1/rms are gate/up's (apr_cu_gemv_onorm) */
@@ -2115,11 +2141,13 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     if (nt == 1 && wpr == 1 && u == 2 && nch == 48 && n_seg == 1 && !rms && !swiglu && !c->tune.pair48_off &&
         !c->tune.gemv1_anytype) {
         const dim3 g2((unsigned)((p.rows + 2 * GEMV_WARPS - 1) / (2 * GEMV_WARPS)));
-#define PAIR48(K)                                                          \
-    do {                                                                   \
-        if (big) launch(c, gemv1_pair48_kernel<K, 4>, g2, block, p);       \
-        else launch(c, gemv1_pair48_kernel<K, 3>, g2, block, p);           \
-        return 0;                                                          \
+#define PAIR48(K)                                                                     \
+    do {                                                                              \
+        if (big && p.amax) launch(c, gemv1_pair48_kernel<K, 4, true>, g2, block, p);  \
+        else if (big) launch(c, gemv1_pair48_kernel<K, 4, false>, g2, block, p);      \
+        else if (p.amax) launch(c, gemv1_pair48_kernel<K, 3, true>, g2, block, p);    \
+        else launch(c, gemv1_pair48_kernel<K, 3, false>, g2, block, p);               \
+        return 0;                                                                     \
     } while (0)
         switch (seg[0].w.type) {
         case APR_TYPE_Q4_K: PAIR48(K_Q4_K);
@@ -2131,6 +2159,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
         }
 #undef PAIR48
     }
+    if (p.amax) return -1; /* only the kernel above has the argmax: apr_cu_gemv_argmax_ok must say so */
     if (u == 3 && nt == 1 && wpr == 2 && !big && !rms && !swiglu && !c->tune.gemv1_anytype &&
         gemv1_three(c, grid, block, p, types) == 0)
         return 0;
@@ -2177,7 +2206,7 @@ extern "C" int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_a
         const int rc = gemv1(seg, n_seg, a, ntok, c);
         if (rc <= 0) return rc;
     }
-    if (a->rms) return -1; /* only gemv1 applies the norm's 1/rms */
+    if (a->rms || seg[0].amax) return -1; /* only gemv1 applies the norm's 1/rms, and has the argmax */
     const int per_group = swiglu ? 1 : ntok == 1 ? 2 : 1; /* rows a warp writes */
     gemv_params p = {};
     if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, per_group, p)) return -1;
@@ -2468,6 +2497,7 @@ extern "C" int apr_cu_gemv_fused(const apr_cu_gemv_seg *seg, int n_seg, const ap
                                  const apr_cu_ctx *c)
 {
     if (n_seg < 1 || n_seg > APR_CU_MAX_SEG || !src || !src->x || src->n <= 0) return -1;
+    if (seg[0].amax) return 1; /* the norm kernel and apr_cu_gemv take it */
     const int n = src->n;
     bool need_k = false, need_0 = false;
     for (int i = 0; i < n_seg; i++) {

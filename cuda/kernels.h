@@ -157,13 +157,26 @@ typedef struct {
     float *out;
     int ldo;
     int mode;
+    /* NULL, or (where apr_cu_gemv_argmax_ok says the product's kernel has
+     * it; apr_cu_gemv refuses it elsewhere) greedy's argmax of the row the
+     * product writes, atomically max-ed into APR_CU_ARGMAX_SPREAD words
+     * APR_CU_ARGMAX_STRIDE apart (zero before, 8-byte aligned) for
+     * apr_cu_topk_done_filled, which reads and zeroes them */
+    unsigned long long *amax;
 } apr_cu_gemv_seg;
+#define APR_CU_ARGMAX_SPREAD 32
+#define APR_CU_ARGMAX_STRIDE 16 /* words: one 128-byte line each */
+#define APR_CU_ARGMAX_BYTES (APR_CU_ARGMAX_SPREAD * APR_CU_ARGMAX_STRIDE * 8)
 
 /* Up to 3 products over the same activations in one launch (q/k/v): rows of
  * all segments are spread over warps together. ntok tokens; the weights are
  * read once per tile of up to 8 tokens. Returns -1 on a bad argument. */
 #define APR_CU_MAX_SEG 3
 int apr_cu_gemv(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c);
+/* Whether apr_cu_gemv of these segments takes apr_cu_gemv_seg.amax: the
+ * one-token kernel of rows of 1536 quantized weights (the 1.5B's output
+ * matrix), where the argmax costs a compare and an atomic a warp. */
+int apr_cu_gemv_argmax_ok(const apr_cu_gemv_seg *seg, int n_seg, int ntok, const apr_cu_ctx *c);
 
 /* One token whose activations are not yet quantized: the f32 row (row
  * rows[0] of x when rows is set, else row 0; stride ldx), RMS-normalized with
@@ -260,6 +273,15 @@ size_t apr_cu_topk_work_bytes(int nrows);
  * then uses apr_cu_topk and apr_cu_copy16_done. */
 int apr_cu_topk_done(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out, size_t stride,
                      void *work, unsigned *ticket, unsigned *done, const apr_cu_ctx *c);
+/* apr_cu_topk_done (ticket and done may be NULL) of a row whose product
+ * also left its argmax in words (apr_cu_gemv_seg.amax): for k 1 the answer
+ * comes from them without a scan of the row; every k zeroes them. */
+int apr_cu_topk_done_filled(const float *logits, int n, const int32_t *ks, int k_all, void *out, size_t stride,
+                            void *work, unsigned long long *words, unsigned *ticket, unsigned *done,
+                            const apr_cu_ctx *c);
+/* The parts apr_cu_topk splits each of nrows rows of n into (with a work
+ * area): apr_cu_topk_done takes only rows of more than one. */
+int apr_cu_topk_parts(int n, int nrows, const apr_cu_ctx *c);
 /* The device's multiprocessors: the context's figure, else the device's. */
 int apr_cu_sms(const apr_cu_ctx *c);
 /* test_kernels_cuda --sync-bench: a kernel boundary against a grid barrier (cuda/sync_bench.cu). */

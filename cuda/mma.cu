@@ -753,7 +753,8 @@ extern "C" int apr_cu_mma_supports(uint32_t type)
 
 extern "C" int apr_cu_mma(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
 {
-    if (n_seg < 1 || n_seg > APR_CU_MAX_SEG || ntok < 1 || a->rms) return -1; /* rows owing 1/rms: apr_cu_gemv's */
+    if (n_seg < 1 || n_seg > APR_CU_MAX_SEG || ntok < 1 || a->rms || seg[0].amax)
+        return -1; /* rows owing 1/rms and the argmax: apr_cu_gemv's */
     const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
     for (int i = 0; i < n_seg; i++) {
         const apr_cu_gemv_seg *g = &seg[i];

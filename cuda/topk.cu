@@ -12,6 +12,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "cuda/argmax.cuh"
 #include "cuda/kernels.h"
 #include "cuda/launch.cuh"
 
@@ -229,43 +230,8 @@ static __device__ __forceinline__ int parts_for(int k, int parts)
 
 /* The argmax of rows of k 1 split in parts (greedy decoding, every step of
  * apr-coord's greedy streams): no lists and no merge by rounds. Each part's
- * best (value, id) goes into the row's word in the state area with one
- * atomicMax of a key that orders as better() does: the value's bits made
- * monotone (-0 as +0, so equal values fall to the id) above the id's
- * complement (the lower id wins a tie). NaN and -inf are never keys; 0 is
- * "none". topk_merge_kernel turns the word into the row and zeroes it. */
-static __device__ __forceinline__ uint32_t ordered(float v)
-{
-    const uint32_t u = __float_as_uint(v == 0.f ? 0.f : v);
-    return u & 0x80000000u ? ~u : u | 0x80000000u;
-}
-
-static __device__ __forceinline__ float unordered(uint32_t o)
-{
-    return __uint_as_float(o & 0x80000000u ? o & 0x7fffffffu : ~o);
-}
-
-/* The largest of the warp's 64-bit keys, in two 32-bit reductions. */
-static __device__ __forceinline__ unsigned long long warp_key_max(unsigned long long key)
-{
-    const uint32_t hi = __reduce_max_sync(FULL, (uint32_t)(key >> 32));
-    const uint32_t lo = __reduce_max_sync(FULL, (uint32_t)(key >> 32) == hi ? (uint32_t)key : 0u);
-    return (unsigned long long)hi << 32 | lo;
-}
-
-/* The key of the best of the threads' (v, i), reduced over the block: in
- * the block's first warp. Every thread calls it. */
-static __device__ unsigned long long block_best(float bv, int bi)
-{
-    __shared__ unsigned long long wk[TOPK_WARPS];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    /* bv > -inf: some element was admitted (NaN never is) */
-    const unsigned long long key = bv > -INFINITY ? (unsigned long long)ordered(bv) << 32 | ~(uint32_t)bi : 0ull;
-    const unsigned long long wmax = warp_key_max(key);
-    if (lane == 0) wk[warp] = wmax;
-    __syncthreads();
-    return warp == 0 ? warp_key_max(lane < TOPK_WARPS ? wk[lane] : 0ull) : 0ull;
-}
+ * best goes into the row's word in the state area (cuda/argmax.cuh);
+ * topk_merge_kernel turns the word into the row and zeroes it. */
 
 /* Part [p0, p1) of a row of k 1: every thread strides over it (increasing
  * ids, so a strict > keeps the lowest id of equal values, as better()). */
@@ -285,16 +251,14 @@ static __device__ void argmax_part(const float *l, int p0, int p1, unsigned long
                 bi = base + u * T;
             }
     }
-    const unsigned long long b = block_best(bv, bi);
+    const unsigned long long b = argmax_block<TOPK_WARPS>(argmax_key(bv, bi));
     if (threadIdx.x == 0 && b) atomicMax(state, b);
 }
 
-/* The state word of a row of k 1 into its candidate row (l: the row's
- * logits, for the sign of a zero), and the word back to zero. */
-static __device__ void argmax_finish(const float *l, unsigned long long *state, uint8_t *o)
+/* A row of k 1's key into its candidate row (l: the row's logits, for the
+ * sign of a zero). */
+static __device__ void argmax_answer(const float *l, unsigned long long b, uint8_t *o)
 {
-    const unsigned long long b = __ldcg(state); /* the parts' atomics, at L2 */
-    *state = 0;
     int32_t *row = (int32_t *)o;
     if (!b) {
         row[0] = 0;
@@ -304,23 +268,47 @@ static __device__ void argmax_finish(const float *l, unsigned long long *state, 
     const uint32_t h = (uint32_t)(b >> 32);
     row[0] = 1;
     row[1] = id;
-    ((float *)row)[2] = h == ordered(0.f) ? l[id] : unordered(h);
+    ((float *)row)[2] = h == argmax_ordered(0.f) ? l[id] : argmax_unordered(h);
+}
+
+/* The state word of a row of k 1 into its candidate row, and the word back
+ * to zero. */
+static __device__ void argmax_finish(const float *l, unsigned long long *state, uint8_t *o)
+{
+    const unsigned long long b = __ldcg(state); /* the parts' atomics, at L2 */
+    *state = 0;
+    argmax_answer(l, b, o);
 }
 
 /* ks[r] (or k_all where ks is NULL): candidates of row r; 0 skips the row.
  * Block b takes part b % parts of row b / parts (a row in several parts
  * keeps the GPU busy when rows are few) and writes its best k as a candidate
  * row: the answer (out + r * stride) where parts == 1, else into work for
- * topk_merge_kernel. */
+ * topk_merge_kernel. words (one row, apr_cu_topk_done_filled): the product
+ * left the row's argmax there; block 0's first warp takes and clears them,
+ * and for k 1 answers and signals done: the merge kernel has nothing left to
+ * do. */
 static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_kernel(const float *logits, int n, const int32_t *ks,
                                                                       int k_all, uint8_t *out, size_t stride,
-                                                                      int parts, uint8_t *work)
+                                                                      int parts, uint8_t *work,
+                                                                      unsigned long long *words, unsigned *ticket,
+                                                                      unsigned *done)
 {
     __shared__ float lv[TOPK_WARPS][TOPK_MAX];
     __shared__ int li[TOPK_WARPS][TOPK_MAX], lh[TOPK_WARPS];
     const int row = blockIdx.x / parts, part = blockIdx.x % parts, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     griddep();
     int k = ks ? ks[row] : k_all;
+    if (words) {
+        if (blockIdx.x == 0 && warp == 0) {
+            const unsigned long long b = argmax_gather(words);
+            if (k == 1 && lane == 0) { /* its own writes: released by its own store */
+                argmax_answer(logits, b, out);
+                if (done) release_done(ticket, done);
+            }
+        }
+        if (k == 1) return;
+    }
     if (k <= 0) return;
     k = min(k, TOPK_MAX);
     const int np = parts_for(k, parts);
@@ -396,14 +384,15 @@ static __device__ void signal_done(unsigned *ticket, unsigned *done)
 /* The parts' candidate rows of each row (work) merged into its answer. */
 static __global__ void __launch_bounds__(TOPK_WARPS * 32) topk_merge_kernel(const float *logits, int n, const int32_t *ks,
                                                                             int k_all, uint8_t *out, size_t stride,
-                                                                            int parts, uint8_t *work, unsigned *ticket,
-                                                                            unsigned *done)
+                                                                            int parts, uint8_t *work, int filled,
+                                                                            unsigned *ticket, unsigned *done)
 {
     __shared__ float lv[APR_CU_TOPK_PARTS][TOPK_MAX];
     __shared__ int li[APR_CU_TOPK_PARTS][TOPK_MAX], lh[APR_CU_TOPK_PARTS];
     const int row = blockIdx.x, tid = threadIdx.x;
     griddep();
     int k = ks ? ks[row] : k_all;
+    if (k == 1 && filled) return; /* topk_kernel answered */
     if (k <= 0 || k == 1) {
         /* k 1: the parts' best is one word (argmax_part). Thread 0 alone
          * writes the answer, so its own release orders it before done: no
@@ -442,32 +431,51 @@ extern "C" size_t apr_cu_topk_work_bytes(int nrows)
     return (size_t)nrows * WROW;
 }
 
+/* parts a row: about two blocks a multiprocessor in all (a 152k row in one
+ * block takes ~60 us on an H100, mostly load latency), each part still
+ * thousands of elements */
+extern "C" int apr_cu_topk_parts(int n, int nrows, const apr_cu_ctx *c)
+{
+    if (n < 1 || nrows < 1) return 1;
+    int parts = 2 * apr_cu_sms(c) / nrows;
+    if (parts > APR_CU_TOPK_PARTS) parts = APR_CU_TOPK_PARTS;
+    if (parts > n / 4096) parts = n / 4096;
+    return parts < 1 ? 1 : parts;
+}
+
+static int topk_launch(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out, size_t stride,
+                       void *work, unsigned long long *words, unsigned *ticket, unsigned *done,
+                       const apr_cu_ctx *c)
+{
+    if (n < 1 || nrows < 1 || stride < APR_CU_TOPK_STRIDE || stride % 4 || (done && (nrows != 1 || !ticket)) ||
+        (words && (nrows != 1 || !work || (uintptr_t)words % 8)))
+        return -1;
+    const int parts = work ? apr_cu_topk_parts(n, nrows, c) : 1;
+    if (done && parts == 1) return -1; /* the merge kernel signals */
+    launch(c, topk_kernel, dim3((unsigned)(nrows * parts)), dim3(TOPK_WARPS * 32), logits, n, ks, k_all,
+           (uint8_t *)out, stride, parts, (uint8_t *)work, words, ticket, done);
+    if (parts > 1)
+        launch(c, topk_merge_kernel, dim3((unsigned)nrows), dim3(TOPK_WARPS * 32), logits, n, ks, k_all, (uint8_t *)out,
+               stride, parts, (uint8_t *)work, words != NULL, ticket, done);
+    return 0;
+}
+
 extern "C" int apr_cu_topk(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out,
                            size_t stride, void *work, const apr_cu_ctx *c)
 {
-    return apr_cu_topk_done(logits, n, nrows, ks, k_all, out, stride, work, NULL, NULL, c);
+    return topk_launch(logits, n, nrows, ks, k_all, out, stride, work, NULL, NULL, NULL, c);
 }
 
 extern "C" int apr_cu_topk_done(const float *logits, int n, int nrows, const int32_t *ks, int k_all, void *out,
                                 size_t stride, void *work, unsigned *ticket, unsigned *done, const apr_cu_ctx *c)
 {
-    if (n < 1 || nrows < 1 || stride < APR_CU_TOPK_STRIDE || stride % 4 || (done && (nrows != 1 || !ticket)))
-        return -1;
-    /* parts a row: about two blocks a multiprocessor in all (a 152k row in
-     * one block takes ~60 us on an H100, mostly load latency), each part
-     * still thousands of elements */
-    int parts = 1;
-    if (work) {
-        parts = 2 * apr_cu_sms(c) / nrows;
-        if (parts > APR_CU_TOPK_PARTS) parts = APR_CU_TOPK_PARTS;
-        if (parts > n / 4096) parts = n / 4096;
-        if (parts < 1) parts = 1;
-    }
-    if (done && parts == 1) return -1; /* the merge kernel signals */
-    launch(c, topk_kernel, dim3((unsigned)(nrows * parts)), dim3(TOPK_WARPS * 32), logits, n, ks, k_all,
-           (uint8_t *)out, stride, parts, (uint8_t *)work);
-    if (parts > 1)
-        launch(c, topk_merge_kernel, dim3((unsigned)nrows), dim3(TOPK_WARPS * 32), logits, n, ks, k_all, (uint8_t *)out,
-               stride, parts, (uint8_t *)work, ticket, done);
-    return 0;
+    return topk_launch(logits, n, nrows, ks, k_all, out, stride, work, NULL, ticket, done, c);
+}
+
+extern "C" int apr_cu_topk_done_filled(const float *logits, int n, const int32_t *ks, int k_all, void *out,
+                                       size_t stride, void *work, unsigned long long *words, unsigned *ticket,
+                                       unsigned *done, const apr_cu_ctx *c)
+{
+    if (!words) return -1;
+    return topk_launch(logits, n, 1, ks, k_all, out, stride, work, words, ticket, done, c);
 }

@@ -283,7 +283,7 @@ static void test_product(rng *r, product_fn fn, const char *name, uint32_t type,
 
     /* store */
     poison(dout, sizeof(float) * n_out * ntok);
-    apr_cu_gemv_seg seg = {dw, none, dout, n_out, APR_CU_STORE};
+    apr_cu_gemv_seg seg = {dw, none, dout, n_out, APR_CU_STORE, NULL};
     if (fn(&seg, 1, &a, ntok, cx)) {
         printf("FAIL %s refused %s %dx%d\n", name, apr_type_get(type)->name, n_in, n_out);
         failures++;
@@ -305,7 +305,7 @@ static void test_product(rng *r, product_fn fn, const char *name, uint32_t type,
 
     /* SwiGLU of two products */
     poison(dout, sizeof(float) * n_out * ntok);
-    apr_cu_gemv_seg sw = {dw, dw2, dout, n_out, APR_CU_SWIGLU};
+    apr_cu_gemv_seg sw = {dw, dw2, dout, n_out, APR_CU_SWIGLU, NULL};
     if (fn(&sw, 1, &a, ntok, cx)) failures++;
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
@@ -369,7 +369,7 @@ static void test_gemv_per32(rng *r, uint32_t type, int n_in, int n_out, int ntok
     per32.dsk = a.ds0;
     poison(dout, sizeof(float) * n_out * ntok);
     apr_cu_weight none = {NULL, 0, 0, 0};
-    apr_cu_gemv_seg seg = {dw, none, dout, n_out, APR_CU_STORE};
+    apr_cu_gemv_seg seg = {dw, none, dout, n_out, APR_CU_STORE, NULL};
     if (apr_cu_gemv(&seg, 1, &per32, ntok, &cu0)) failures++;
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * n_out * ntok, cudaMemcpyDeviceToHost));
@@ -439,7 +439,7 @@ static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_ou
     apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, T, &a, &cu0);
     const apr_cu_weight none = {NULL, 0, 0, 0};
     /* each token alone (ADD starts from zeros, as in the batched runs) */
-    const apr_cu_gemv_seg g1 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, done, n_out, mode};
+    const apr_cu_gemv_seg g1 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, done, n_out, mode, NULL};
     tokens_alone(&g1, &a, n_in, T, &cu0);
     float *one = malloc(sizeof(float) * (size_t)n_out * T), *got = malloc(sizeof(float) * (size_t)n_out * T);
     CK_LAUNCH();
@@ -448,7 +448,7 @@ static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_ou
     for (size_t ni = 0; ni < sizeof ntoks / sizeof ntoks[0]; ni++) {
         const int n = ntoks[ni];
         CK(cudaMemset(dout, 0, sizeof(float) * (size_t)n_out * T));
-        apr_cu_gemv_seg g = {dw, mode == APR_CU_SWIGLU ? dw2 : none, dout, n_out, mode};
+        apr_cu_gemv_seg g = {dw, mode == APR_CU_SWIGLU ? dw2 : none, dout, n_out, mode, NULL};
         if (apr_cu_matmul(&g, 1, &a, n, &cu0)) failures++; /* as the forward pass routes it */
         CK_LAUNCH();
         CK(cudaMemcpy(got, dout, sizeof(float) * (size_t)n_out * n, cudaMemcpyDeviceToHost));
@@ -457,7 +457,7 @@ static void test_gemv_batch_invariance(rng *r, uint32_t type, int n_in, int n_ou
     /* each token alone again, its weights decoded before the wait (apr_cu_ctx.pre) */
     apr_cu_ctx pre = cu0;
     pre.pre = 1;
-    const apr_cu_gemv_seg g2 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, dout, n_out, mode};
+    const apr_cu_gemv_seg g2 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, dout, n_out, mode, NULL};
     tokens_alone(&g2, &a, n_in, T, &pre);
     CK_LAUNCH();
     CK(cudaMemcpy(got, dout, sizeof(float) * (size_t)n_out * T, cudaMemcpyDeviceToHost));
@@ -505,7 +505,7 @@ static void test_segments(rng *r, product_fn fn, const char *name, const uint32_
         cpu_matmul(types[s], n_in, outs[s], w, x, ntok, tmp);
         for (int t = 0; t < ntok; t++)
             for (int o = 0; o < outs[s]; o++) ref[(size_t)t * ldo + col + o] = tmp[(size_t)t * outs[s] + o];
-        apr_cu_gemv_seg g = {weight_upload(types[s], n_in, outs[s], w), none, dout + col, ldo, APR_CU_STORE};
+        apr_cu_gemv_seg g = {weight_upload(types[s], n_in, outs[s], w), none, dout + col, ldo, APR_CU_STORE, NULL};
         seg[s] = g;
         col += outs[s];
         free(w);
@@ -568,8 +568,8 @@ static void test_fused(rng *r, const uint32_t *types, int n_seg, int n, int mode
         fill_rows(r, types[i], h2, n, outs[i]);
         apr_cu_weight a = weight_upload(types[i], n, outs[i], h), none = {NULL, 0, 0, 0};
         apr_cu_weight b = mode == APR_CU_SWIGLU ? weight_upload(types[i], n, outs[i], h2) : none;
-        sr[i] = (apr_cu_gemv_seg){a, b, dref + col, ldo, mode};
-        sg[i] = (apr_cu_gemv_seg){a, b, dgot + col, ldo, mode};
+        sr[i] = (apr_cu_gemv_seg){a, b, dref + col, ldo, mode, NULL};
+        sg[i] = (apr_cu_gemv_seg){a, b, dgot + col, ldo, mode, NULL};
         col += outs[i];
         free(h);
         free(h2);
@@ -671,7 +671,7 @@ static void test_gemv_norm(rng *r, const uint32_t *types, int n_seg, int n, int 
             }
         }
         const apr_cu_weight none = {NULL, 0, 0, 0};
-        sg[i] = (apr_cu_gemv_seg){weight_upload(types[i], n, outs[i], h), none, dout + col, ldo, APR_CU_STORE};
+        sg[i] = (apr_cu_gemv_seg){weight_upload(types[i], n, outs[i], h), none, dout + col, ldo, APR_CU_STORE, NULL};
         col += outs[i];
         free(h);
     }
@@ -773,7 +773,7 @@ static void test_onorm(rng *r, uint32_t to, uint32_t tg, int Q, int E, int F, in
           *hgot = malloc(hb);
     /* the reference: the o product, the norm kernel, gate/up */
     CK(cudaMemcpy(dx, x0, xb, cudaMemcpyHostToDevice));
-    apr_cu_gemv_seg so = {dwo, none, dx, E, APR_CU_ADD}, sgu = {dwg, dwu, dh, F, APR_CU_SWIGLU};
+    apr_cu_gemv_seg so = {dwo, none, dx, E, APR_CU_ADD, NULL}, sgu = {dwg, dwu, dh, F, APR_CU_SWIGLU, NULL};
     int rc = apr_cu_matmul(&so, 1, &ain, T, &cu0);
     apr_cu_norm_quant(dx, E, NULL, dg, eps, E, T, &ae, &cu0);
     ae.qk = ae.q0;
@@ -892,9 +892,9 @@ static void test_gemv_norm_declines(void)
     const apr_cu_quant_src ok = {dx, NULL, 256, dx, 1e-6f, 256}, gathered = {dx, rows, 256, dx, 1e-6f, 256},
                            odd = {dx, NULL, 256, dx, 1e-6f, 192}, nonorm = {dx, NULL, 256, NULL, 0.f, 256},
                            misaligned = {dx + 1, NULL, 256, dx, 1e-6f, 256}, w1536 = {dx, NULL, 1536, dx, 1e-6f, 1536};
-    const apr_cu_gemv_seg sf = {f16, none, dx, 8, APR_CU_STORE}, sa = {q4, none, dx, 8, APR_CU_ADD},
-                          sw = {q4w, none, dx, 8, APR_CU_STORE}, sq = {q4, none, dx, 8, APR_CU_STORE},
-                          st = {tall, none, dx, 8, APR_CU_STORE}, sd = {wide, none, dx, 8, APR_CU_STORE};
+    const apr_cu_gemv_seg sf = {f16, none, dx, 8, APR_CU_STORE, NULL}, sa = {q4, none, dx, 8, APR_CU_ADD, NULL},
+                          sw = {q4w, none, dx, 8, APR_CU_STORE, NULL}, sq = {q4, none, dx, 8, APR_CU_STORE, NULL},
+                          st = {tall, none, dx, 8, APR_CU_STORE, NULL}, sd = {wide, none, dx, 8, APR_CU_STORE, NULL};
     const int got[] = {apr_cu_gemv_norm(&sf, 1, &ok, 1, &cu0),
                        apr_cu_gemv_norm(&sa, 1, &ok, 1, &cu0),
                        apr_cu_gemv_norm(&sw, 1, &ok, 1, &cu0),
@@ -1359,6 +1359,172 @@ static void test_topk_done(rng *r)
     free(l);
 }
 
+/* The output product's argmax (apr_cu_gemv_seg.amax) where
+ * apr_cu_gemv_argmax_ok says its kernel has it (rows of 1536, two a warp,
+ * every quantized type, both register budgets): the best of the spread words
+ * must be the key of apr_topk_select's k 1 over the very logits the product
+ * stored, first with random rows, then with the best row copied to a lower id
+ * 3000 rows away (a tie the lower id must win). Elsewhere apr_cu_gemv must
+ * refuse the words. Then graph[0]'s use of them: the product with the words
+ * and apr_cu_topk_done_filled answering k 1 from them (other k: zeroing
+ * them) over and over; every answer apr_topk_select's, the words zero after. */
+static uint64_t host_key(float v, int id)
+{
+    if (!(v > -INFINITY)) return 0;
+    if (v == 0.f) v = 0.f;
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u = u & 0x80000000u ? ~u : u | 0x80000000u;
+    return (uint64_t)u << 32 | (uint32_t)~(uint32_t)id;
+}
+
+static uint64_t words_best(const unsigned long long *dwords)
+{
+    uint64_t h[APR_CU_ARGMAX_BYTES / 8], b = 0;
+    CK(cudaMemcpy(h, dwords, sizeof h, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < APR_CU_ARGMAX_SPREAD; i++)
+        if (h[i * APR_CU_ARGMAX_STRIDE] > b) b = h[i * APR_CU_ARGMAX_STRIDE];
+    return b;
+}
+
+static void test_gemv_argmax(rng *r)
+{
+    const struct {
+        uint32_t type;
+        int n_in, n_out;
+        bool takes;
+    } cases[] = {
+        {APR_TYPE_Q6_K, 1536, 20011, true}, {APR_TYPE_Q4_K, 1536, 40009, true}, /* 34 MB: four blocks an SM */
+        {APR_TYPE_Q5_0, 1536, 9001, true},  {APR_TYPE_Q8_0, 1536, 7001, true},
+        {APR_TYPE_Q4_0, 1536, 5003, true},  {APR_TYPE_Q8_0, 896, 5001, false},
+        {APR_TYPE_Q4_K, 2048, 999, false},
+    };
+    apr_cu_weight none = {NULL, 0, 0, 0};
+    unsigned long long *words = NULL;
+    CK(cudaMalloc((void **)&words, APR_CU_ARGMAX_BYTES));
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        const uint32_t type = cases[ci].type;
+        const int n_in = cases[ci].n_in, n_out = cases[ci].n_out, ld = (n_in + 255) / 256 * 256;
+        const size_t wb = apr_cu_weight_bytes(type, n_in, n_out), rb = apr_row_bytes(type, (uint64_t)n_in);
+        uint8_t *w = malloc(wb);
+        fill_rows(r, type, w, n_in, n_out);
+        float *x = malloc(sizeof(float) * n_in), *got = malloc(sizeof(float) * n_out);
+        fill_acts(r, x, (size_t)n_in);
+        float *dx = dev_upload(x, sizeof(float) * n_in), *dout = NULL;
+        CK(cudaMalloc((void **)&dout, sizeof(float) * n_out));
+        apr_cu_act a = act_alloc(1, ld), d = a;
+        apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, 1, &a, &cu0);
+        d.qk = a.q0; /* decode's Q8_0-style rows */
+        d.dsk = a.ds0;
+        int bad = 0, best = 0, to = 0;
+        bool tie = false;
+        apr_cu_gemv_seg seg = {none, none, dout, n_out, APR_CU_STORE, words};
+        seg.w.type = type;
+        seg.w.n_in = n_in;
+        seg.w.n_out = n_out;
+        const bool takes = apr_cu_gemv_argmax_ok(&seg, 1, 1, &cu0) != 0;
+        for (int pass = 0; pass < 2 && takes == cases[ci].takes; pass++) {
+            seg.w = weight_upload(type, n_in, n_out, w);
+            CK(cudaMemset(words, 0, APR_CU_ARGMAX_BYTES));
+            const int rc = apr_cu_gemv(&seg, 1, &d, 1, &cu0);
+            CK_LAUNCH();
+            cudaFree((void *)seg.w.data);
+            if (!takes) {
+                bad += rc != -1;
+                break;
+            }
+            CK(cudaMemcpy(got, dout, sizeof(float) * n_out, cudaMemcpyDeviceToHost));
+            int32_t id;
+            float v;
+            if (rc || apr_topk_select(got, n_out, 1, &id, &v) != 1 || words_best(words) != host_key(v, id)) bad++;
+            if (pass == 0) {
+                best = id;
+                to = id >= 3000 ? id - 3000 : 0;
+                if (to != id) memcpy(w + rb * to, w + rb * id, rb);
+            } else {
+                tie = to != best && got[to] == got[best];
+                if (tie && id != to) bad++;
+            }
+        }
+        if (takes != cases[ci].takes) bad++;
+        printf("%-4s gemv argmax words %-4s %5d x %-5d: %s\n", bad ? "FAIL" : "ok", apr_type_get(type)->name, n_in,
+               n_out, !cases[ci].takes ? "refused where the kernel has none"
+                      : tie            ? "the stored row's k 1, a tie to the lower id"
+                                       : "the stored row's k 1");
+        if (bad) failures++;
+        if (ci == 0) {
+            /* a residual add cannot take them */
+            apr_cu_gemv_seg add = {weight_upload(type, n_in, n_out, w), none, dout, n_out, APR_CU_ADD, words};
+            if (apr_cu_gemv_argmax_ok(&add, 1, 1, &cu0) || apr_cu_gemv(&add, 1, &d, 1, &cu0) != -1) {
+                printf("FAIL gemv took argmax words on a residual add\n");
+                failures++;
+            }
+            /* graph[0]'s sequence on the 1.5B's shape */
+            const int ks[] = {1, 5, 1, 0, 1, 40, 1, 1};
+            uint8_t *host = NULL, *dhost = NULL;
+            unsigned *ticket = NULL;
+            void *work = NULL;
+            CK(cudaHostAlloc((void **)&host, APR_CU_TOPK_STRIDE + 64, cudaHostAllocMapped));
+            CK(cudaHostGetDevicePointer((void **)&dhost, host, 0));
+            CK(cudaMalloc((void **)&ticket, sizeof *ticket));
+            CK(cudaMemset(ticket, 0, sizeof *ticket));
+            CK(cudaMalloc(&work, apr_cu_topk_work_bytes(1)));
+            CK(cudaMemset(work, 0, apr_cu_topk_work_bytes(1)));
+            CK(cudaMemset(words, 0, APR_CU_ARGMAX_BYTES));
+            volatile unsigned *done = (volatile unsigned *)(host + APR_CU_TOPK_STRIDE);
+            *done = 0;
+            int wrong = 0, runs = 0;
+            apr_cu_gemv_seg st = add;
+            st.mode = APR_CU_STORE;
+            for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+                fill_acts(r, x, (size_t)n_in);
+                CK(cudaMemcpy(dx, x, sizeof(float) * n_in, cudaMemcpyHostToDevice));
+                apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, 1, &a, &cu0);
+                memset(host, 0xee, APR_CU_TOPK_STRIDE);
+                if (apr_cu_gemv(&st, 1, &d, 1, &cu0) ||
+                    apr_cu_topk_done_filled(dout, n_out, NULL, ks[ki], dhost, APR_CU_TOPK_STRIDE, work, words, ticket,
+                                            (unsigned *)(dhost + APR_CU_TOPK_STRIDE), &cu0)) {
+                    wrong++;
+                    continue;
+                }
+                CK_LAUNCH();
+                CK(cudaDeviceSynchronize());
+                runs++;
+                if (*done != (unsigned)runs) wrong++;
+                CK(cudaMemcpy(got, dout, sizeof(float) * n_out, cudaMemcpyDeviceToHost));
+                int32_t ids[64], gi, gc;
+                float vals[64], gv;
+                const int32_t cnt = ks[ki] ? apr_topk_select(got, n_out, ks[ki], ids, vals) : 0;
+                memcpy(&gc, host, 4);
+                if (ks[ki] && gc != cnt) wrong++;
+                for (int j = 0; ks[ki] && gc == cnt && j < cnt; j++) {
+                    memcpy(&gi, host + 4 + 8 * j, 4);
+                    memcpy(&gv, host + 8 + 8 * j, 4);
+                    if (gi != ids[j] || memcmp(&gv, &vals[j], 4)) {
+                        wrong++;
+                        break;
+                    }
+                }
+            }
+            const uint64_t left = words_best(words);
+            printf("%-4s gemv argmax words into topk_done_filled: %d steps (k 1, 5, 0, 40), answers and done words%s\n",
+                   wrong || left ? "FAIL" : "ok", runs, wrong ? " differ" : left ? " right, words left set" : " right");
+            if (wrong || left) failures++;
+            cudaFree((void *)add.w.data);
+            cudaFree(work);
+            cudaFree(ticket);
+            cudaFreeHost(host);
+        }
+        act_free(&a);
+        cudaFree(dx);
+        cudaFree(dout);
+        free(w);
+        free(x);
+        free(got);
+    }
+    cudaFree(words);
+}
+
 static void test_attention(rng *r, int n_head, int n_head_kv, int hd, bool neox, bool bias, bool f16_acc, bool fused)
 {
     test_attention_ctx(r, n_head, n_head_kv, hd, neox, bias, f16_acc, fused, 80, 70, false);
@@ -1497,8 +1663,8 @@ static void test_mma_split(rng *r, uint32_t type, int n_in, int n_out, int ntok,
     for (int sp = 2; sp <= APR_CU_MMA_SPLIT_MAX; sp++) {
         CK(cudaMemset(o1, 0, ob));
         CK(cudaMemset(o2, 0, ob));
-        apr_cu_gemv_seg g1 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, o1, n_out, mode};
-        apr_cu_gemv_seg g2 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, o2, n_out, mode};
+        apr_cu_gemv_seg g1 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, o1, n_out, mode, NULL};
+        apr_cu_gemv_seg g2 = {dw, mode == APR_CU_SWIGLU ? dw2 : none, o2, n_out, mode, NULL};
         split.tune.mma_split = sp;
         if (apr_cu_mma(&g1, 1, &a, ntok, &whole)) failures++;
         if (apr_cu_mma(&g2, 1, &a, ntok, &split)) failures++;
@@ -1600,12 +1766,12 @@ static int mma_bench(void)
         const apr_cu_act *a;
         double macs; /* per token */
     } prod[] = {
-        {"q/k/v Q4_K 1536 -> 2048", {{wq, none, dout, E + 2 * KV, APR_CU_STORE}, {wk, none, dout + E, E + 2 * KV, APR_CU_STORE},
-          {wv, none, dout + E + KV, E + 2 * KV, APR_CU_STORE}}, 3, &aE, (double)E * (E + 2 * KV)},
-        {"o + res Q4_K 1536 -> 1536", {{wo, none, dout, E, APR_CU_ADD}}, 1, &aE, (double)E * E},
-        {"gate/up + SwiGLU Q4_K 1536 -> 2x8960", {{gate, up, dout, F, APR_CU_SWIGLU}}, 1, &aE, 2.0 * E * F},
-        {"down + res Q4_K 8960 -> 1536", {{down4, none, dout, E, APR_CU_ADD}}, 1, &aF, (double)F * E},
-        {"down + res Q6_K 8960 -> 1536", {{down6, none, dout, E, APR_CU_ADD}}, 1, &aF, (double)F * E},
+        {"q/k/v Q4_K 1536 -> 2048", {{wq, none, dout, E + 2 * KV, APR_CU_STORE, NULL}, {wk, none, dout + E, E + 2 * KV, APR_CU_STORE, NULL},
+          {wv, none, dout + E + KV, E + 2 * KV, APR_CU_STORE, NULL}}, 3, &aE, (double)E * (E + 2 * KV)},
+        {"o + res Q4_K 1536 -> 1536", {{wo, none, dout, E, APR_CU_ADD, NULL}}, 1, &aE, (double)E * E},
+        {"gate/up + SwiGLU Q4_K 1536 -> 2x8960", {{gate, up, dout, F, APR_CU_SWIGLU, NULL}}, 1, &aE, 2.0 * E * F},
+        {"down + res Q4_K 8960 -> 1536", {{down4, none, dout, E, APR_CU_ADD, NULL}}, 1, &aF, (double)F * E},
+        {"down + res Q6_K 8960 -> 1536", {{down6, none, dout, E, APR_CU_ADD, NULL}}, 1, &aF, (double)F * E},
     };
     const int ntoks[] = {16, 32, 64, 512};
     printf("%-38s %5s %10s %10s %8s %10s\n", "product (1.5B layer)", "ntok", "gemv ms", "mma ms", "speedup", "mma TOPS");
@@ -1781,7 +1947,7 @@ static int gemv_bench(void)
             apr_cu_gemv_seg seg[3];
             int col = 0;
             for (int i = 0; i < prod[pi].n_seg; i++) {
-                apr_cu_gemv_seg e = {wk[i], sw ? wk[3 + i] : none, dout + col, sw ? prod[pi].n_out[0] : 0, prod[pi].mode};
+                apr_cu_gemv_seg e = {wk[i], sw ? wk[3 + i] : none, dout + col, sw ? prod[pi].n_out[0] : 0, prod[pi].mode, NULL};
                 col += prod[pi].n_out[i];
                 seg[i] = e;
             }
@@ -2198,6 +2364,7 @@ int main(int argc, char **argv)
     test_gemv_case(&r, APR_TYPE_Q5_0, 896, 4864, 1);
     test_gemv_case(&r, APR_TYPE_Q4_K, 1024, 4000, 1);
     test_topk(&r);
+    test_gemv_argmax(&r);
     test_topk_done(&r);
     test_mma_split(&r, APR_TYPE_Q4_K, 8960, 1536, 64, APR_CU_ADD);   /* the 1.5B's down at 64 streams */
     test_mma_split(&r, APR_TYPE_Q6_K, 8960, 200, 33, APR_CU_ADD);
