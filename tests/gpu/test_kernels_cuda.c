@@ -1292,6 +1292,55 @@ static void test_topk(rng *r)
     }
 }
 
+/* What graph[0]'s end writes into: the answer's row and the done word in
+ * mapped host memory, the step count and a top-k work area on the device. */
+typedef struct {
+    uint8_t *host, *dhost;
+    volatile unsigned *done;
+    unsigned *ticket, *ddone;
+    void *work;
+} done_rig;
+
+static done_rig done_rig_open(void)
+{
+    done_rig g = {0};
+    CK(cudaHostAlloc((void **)&g.host, APR_CU_TOPK_STRIDE + 64, cudaHostAllocMapped));
+    CK(cudaHostGetDevicePointer((void **)&g.dhost, g.host, 0));
+    CK(cudaMalloc((void **)&g.ticket, sizeof *g.ticket));
+    CK(cudaMemset(g.ticket, 0, sizeof *g.ticket));
+    CK(cudaMalloc(&g.work, apr_cu_topk_work_bytes(1)));
+    CK(cudaMemset(g.work, 0, apr_cu_topk_work_bytes(1)));
+    g.done = (volatile unsigned *)(g.host + APR_CU_TOPK_STRIDE);
+    g.ddone = (unsigned *)(g.dhost + APR_CU_TOPK_STRIDE);
+    *g.done = 0;
+    return g;
+}
+
+static void done_rig_close(done_rig *g)
+{
+    cudaFree(g->work);
+    cudaFree(g->ticket);
+    cudaFreeHost(g->host);
+}
+
+/* Whether the candidate row at row differs from apr_topk_select's k best
+ * of l (k 0: nothing to check). */
+static bool answer_differs(const uint8_t *row, const float *l, int n, int k)
+{
+    if (k <= 0) return false;
+    int32_t ids[64], gi, gc;
+    float vals[64], gv;
+    const int32_t cnt = apr_topk_select(l, n, k, ids, vals);
+    memcpy(&gc, row, 4);
+    if (gc != cnt) return true;
+    for (int j = 0; j < cnt; j++) {
+        memcpy(&gi, row + 4 + 8 * j, 4);
+        memcpy(&gv, row + 8 + 8 * j, 4);
+        if (gi != ids[j] || memcmp(&gv, &vals[j], 4)) return true;
+    }
+    return false;
+}
+
 /* apr_cu_topk_done, as graph[0] uses it: one row's answer straight into
  * mapped host memory and the done word after it, for k 1 (the parts'
  * argmax word), 0 (no answer, done all the same), 5 and 40 (lists), over
@@ -1301,17 +1350,7 @@ static void test_topk_done(rng *r)
 {
     const int n = 151936, ks[] = {1, 1, 0, 5, 1, 40, 1, 1};
     float *l = malloc(sizeof(float) * n);
-    uint8_t *host = NULL, *dhost = NULL;
-    unsigned *ticket = NULL;
-    void *work = NULL;
-    CK(cudaHostAlloc((void **)&host, APR_CU_TOPK_STRIDE + 64, cudaHostAllocMapped));
-    CK(cudaHostGetDevicePointer((void **)&dhost, host, 0));
-    CK(cudaMalloc((void **)&ticket, sizeof *ticket));
-    CK(cudaMemset(ticket, 0, sizeof *ticket));
-    CK(cudaMalloc(&work, apr_cu_topk_work_bytes(1)));
-    CK(cudaMemset(work, 0, apr_cu_topk_work_bytes(1)));
-    volatile unsigned *done = (volatile unsigned *)(host + APR_CU_TOPK_STRIDE);
-    *done = 0;
+    done_rig g = done_rig_open();
     int bad = 0, runs = 0;
     for (int rep = 0; rep < 3; rep++)
         for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
@@ -1319,9 +1358,8 @@ static void test_topk_done(rng *r)
             for (int i = 0; i < n; i++) /* ties, and now and then the best at either end */
                 l[i] = (float)(int)(rng_unif(r) * 50) + (i == (rep ? n - 1 : 0) ? 60.f : 0.f);
             float *dl = dev_upload(l, sizeof(float) * n);
-            memset(host, 0xee, APR_CU_TOPK_STRIDE);
-            if (apr_cu_topk_done(dl, n, 1, NULL, k, dhost, APR_CU_TOPK_STRIDE,
-                                 work, ticket, (unsigned *)(dhost + APR_CU_TOPK_STRIDE), &cu0)) {
+            memset(g.host, 0xee, APR_CU_TOPK_STRIDE);
+            if (apr_cu_topk_done(dl, n, 1, NULL, k, g.dhost, APR_CU_TOPK_STRIDE, g.work, g.ticket, g.ddone, &cu0)) {
                 bad++;
                 cudaFree(dl);
                 continue;
@@ -1329,33 +1367,17 @@ static void test_topk_done(rng *r)
             CK_LAUNCH();
             CK(cudaDeviceSynchronize());
             runs++;
-            if (*done != (unsigned)runs) bad++;
-            if (k > 0) {
-                int32_t ids[64], gi, gc;
-                float vals[64], gv;
-                const int32_t cnt = apr_topk_select(l, n, k, ids, vals);
-                memcpy(&gc, host, 4);
-                if (gc != cnt) bad++;
-                for (int j = 0; gc == cnt && j < cnt; j++) {
-                    memcpy(&gi, host + 4 + 8 * j, 4);
-                    memcpy(&gv, host + 8 + 8 * j, 4);
-                    if (gi != ids[j] || memcmp(&gv, &vals[j], 4)) {
-                        bad++;
-                        break;
-                    }
-                }
-            }
+            if (*g.done != (unsigned)runs) bad++;
+            if (answer_differs(g.host, l, n, k)) bad++;
             cudaFree(dl);
         }
     /* a row that would take one block has no merge kernel to signal */
-    const int small = apr_cu_topk_done(l, 4096, 1, NULL, 1, dhost, APR_CU_TOPK_STRIDE, work, ticket,
-                                       (unsigned *)(dhost + APR_CU_TOPK_STRIDE), &cu0);
+    const int small = apr_cu_topk_done(l, 4096, 1, NULL, 1, g.dhost, APR_CU_TOPK_STRIDE, g.work, g.ticket, g.ddone,
+                                       &cu0);
     printf("%-4s topk_done: %d launches into host memory (k 0, 1, 5, 40), answers and done words%s\n",
            bad || small != -1 ? "FAIL" : "ok", runs, bad ? " differ" : " right");
     if (bad || small != -1) failures++;
-    cudaFree(work);
-    cudaFree(ticket);
-    cudaFreeHost(host);
+    done_rig_close(&g);
     free(l);
 }
 
@@ -1461,18 +1483,8 @@ static void test_gemv_argmax(rng *r)
             }
             /* graph[0]'s sequence on the 1.5B's shape */
             const int ks[] = {1, 5, 1, 0, 1, 40, 1, 1};
-            uint8_t *host = NULL, *dhost = NULL;
-            unsigned *ticket = NULL;
-            void *work = NULL;
-            CK(cudaHostAlloc((void **)&host, APR_CU_TOPK_STRIDE + 64, cudaHostAllocMapped));
-            CK(cudaHostGetDevicePointer((void **)&dhost, host, 0));
-            CK(cudaMalloc((void **)&ticket, sizeof *ticket));
-            CK(cudaMemset(ticket, 0, sizeof *ticket));
-            CK(cudaMalloc(&work, apr_cu_topk_work_bytes(1)));
-            CK(cudaMemset(work, 0, apr_cu_topk_work_bytes(1)));
+            done_rig g = done_rig_open();
             CK(cudaMemset(words, 0, APR_CU_ARGMAX_BYTES));
-            volatile unsigned *done = (volatile unsigned *)(host + APR_CU_TOPK_STRIDE);
-            *done = 0;
             int wrong = 0, runs = 0;
             apr_cu_gemv_seg st = add;
             st.mode = APR_CU_STORE;
@@ -1480,40 +1492,26 @@ static void test_gemv_argmax(rng *r)
                 fill_acts(r, x, (size_t)n_in);
                 CK(cudaMemcpy(dx, x, sizeof(float) * n_in, cudaMemcpyHostToDevice));
                 apr_cu_norm_quant(dx, n_in, NULL, NULL, 0.f, n_in, 1, &a, &cu0);
-                memset(host, 0xee, APR_CU_TOPK_STRIDE);
+                memset(g.host, 0xee, APR_CU_TOPK_STRIDE);
                 if (apr_cu_gemv(&st, 1, &d, 1, &cu0) ||
-                    apr_cu_topk_done_filled(dout, n_out, NULL, ks[ki], dhost, APR_CU_TOPK_STRIDE, work, words, ticket,
-                                            (unsigned *)(dhost + APR_CU_TOPK_STRIDE), &cu0)) {
+                    apr_cu_topk_done_filled(dout, n_out, NULL, ks[ki], g.dhost, APR_CU_TOPK_STRIDE, g.work, words,
+                                            g.ticket, g.ddone, &cu0)) {
                     wrong++;
                     continue;
                 }
                 CK_LAUNCH();
                 CK(cudaDeviceSynchronize());
                 runs++;
-                if (*done != (unsigned)runs) wrong++;
+                if (*g.done != (unsigned)runs) wrong++;
                 CK(cudaMemcpy(got, dout, sizeof(float) * n_out, cudaMemcpyDeviceToHost));
-                int32_t ids[64], gi, gc;
-                float vals[64], gv;
-                const int32_t cnt = ks[ki] ? apr_topk_select(got, n_out, ks[ki], ids, vals) : 0;
-                memcpy(&gc, host, 4);
-                if (ks[ki] && gc != cnt) wrong++;
-                for (int j = 0; ks[ki] && gc == cnt && j < cnt; j++) {
-                    memcpy(&gi, host + 4 + 8 * j, 4);
-                    memcpy(&gv, host + 8 + 8 * j, 4);
-                    if (gi != ids[j] || memcmp(&gv, &vals[j], 4)) {
-                        wrong++;
-                        break;
-                    }
-                }
+                if (answer_differs(g.host, got, n_out, ks[ki])) wrong++;
             }
             const uint64_t left = words_best(words);
             printf("%-4s gemv argmax words into topk_done_filled: %d steps (k 1, 5, 0, 40), answers and done words%s\n",
                    wrong || left ? "FAIL" : "ok", runs, wrong ? " differ" : left ? " right, words left set" : " right");
             if (wrong || left) failures++;
             cudaFree((void *)add.w.data);
-            cudaFree(work);
-            cudaFree(ticket);
-            cudaFreeHost(host);
+            done_rig_close(&g);
         }
         act_free(&a);
         cudaFree(dx);
