@@ -2085,12 +2085,14 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     /* A token's rows of 65-96 chunks a warp at two warps a row (the 0.5B's
      * down, 76) take three, which makes them one round (gemv1_three): H100
      * --gemv-bench Q5_0 2.92 -> 2.48 us, Q8_0 2.62 -> 2.75; decode 2183-2194
-     * -> 2236-2251 tok/s, same tokens. Longer rows measured faster alone
-     * with three (the 1.5B's down, 140 a warp: Q4_K 5.05 -> 4.42, Q6_K 5.69
-     * -> 5.42) but not in the step (decode 1198-1204 -> 1184-1195; the 3B
-     * the same), so they keep two. */
+     * -> 2236-2251 tok/s, same tokens. Up to 160 a warp too (the 1.5B's
+     * down, 140: alone Q4_K 5.05 -> 4.42 us, Q6_K 5.69 -> 5.42): slower in
+     * the step of the ninth pass's kernels (decode 1198-1204 -> 1184-1195),
+     * faster in today's, where down launches early (2026-11-27: 1326.4-1327.9
+     * -> 1326.3-1331.4 tok/s, six pairs in both orders, same tokens). Longer
+     * rows keep two (the 3B's 172 measured slower with three). */
     const int cpw = (nch + wpr - 1) / wpr;
-    if (ntok == 1 && wpr == 2 && !swiglu && n_seg == 1 && cpw > 64 && cpw <= 96) u = 3;
+    if (ntok == 1 && wpr == 2 && !swiglu && n_seg == 1 && cpw > 64 && cpw <= 160) u = 3;
     if (ntok == 1 && n_seg == 1 && seg[0].w.type == APR_TYPE_Q6_K && nch / wpr >= 160) u = 1;
     /* a lane's gate and up rows at one Q4_K pair each already hold what two
      * chunks of each did; two pairs spill at 64-80 registers */
