@@ -1484,6 +1484,15 @@ static void test_gemv_argmax(rng *r)
             /* graph[0]'s sequence on the 1.5B's shape */
             const int ks[] = {1, 5, 1, 0, 1, 40, 1, 1};
             done_rig g = done_rig_open();
+            /* no words, or words off their 8-byte alignment: refused before any launch */
+            if (apr_cu_topk_done_filled(dout, n_out, NULL, 1, g.dhost, APR_CU_TOPK_STRIDE, g.work, NULL, g.ticket,
+                                        g.ddone, &cu0) != -1 ||
+                apr_cu_topk_done_filled(dout, n_out, NULL, 1, g.dhost, APR_CU_TOPK_STRIDE, g.work,
+                                        (unsigned long long *)((uint8_t *)words + 4), g.ticket, g.ddone,
+                                        &cu0) != -1) {
+                printf("FAIL topk_done_filled took words it cannot read\n");
+                failures++;
+            }
             CK(cudaMemset(words, 0, APR_CU_ARGMAX_BYTES));
             int wrong = 0, runs = 0;
             apr_cu_gemv_seg st = add;
