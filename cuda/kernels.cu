@@ -2882,10 +2882,17 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < DPL; i++) acc[i] = 0.f;
 
+    /* One pass (narrow tiles, every warp at most one tile of 8 keys: the
+     * block's span up to ATT_WARPS * 8 keys): the block's largest score is
+     * found first (one barrier, while the values are in flight), so every
+     * warp weighs its keys by it and the merge is plain sums, without each
+     * warp's rescale factor and its barrier. */
+    const bool one = NARROW && narrow && kend - k0 < ATT_WARPS * 8;
     if constexpr (NARROW) {
         if (narrow) {
             const int kk = lane >> 2, part = lane & 3; /* this lane's key of the warp's 8, and its quarter */
-            for (int kt = k0 + warp * 8; kt <= kend; kt += ATT_WARPS * 8) {
+            /* the lane's key's dot product with q (its 4 lanes' quarters added) */
+            auto kdot = [&](int kt) {
                 const int j = kt + kk;
                 const uint4 *kr = (const uint4 *)(KROW(min(j, p)) + part * DLN);
                 uint4 kv[DLN / 8];
@@ -2908,20 +2915,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                         dot = fmaf(qp[8 * d8 + 2 * i + 1], kf.y, dot);
                     }
                 dot = __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 1));
-                dot = __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 2));
-                const bool live = j <= p;
-                const float sc = live ? __fmul_rn(dot, scale) : -INFINITY;
-                /* the 4 lanes of a key hold the same score and weight: the
-                 * max and the sum of the warp's 8 keys in three steps (the
-                 * bits of the five-step trees over one lane a key) */
-                const float mn = fmaxf(m, keys8_max(sc));
-                const float corr = expf(m - mn); /* 0 while m is -inf */
-                const float pj = live ? expf(sc - mn) : 0.f;
-                l = fmaf(l, corr, keys8_sum(pj)); /* each key once */
-#pragma unroll
-                for (int i = 0; i < DPL; i++) acc[i] = __fmul_rn(acc[i], corr);
-                m = mn;
-                float vv[8][DPL];
+                return __fadd_rn(dot, __shfl_xor_sync(0xffffffffu, dot, 2));
+            };
+            /* the tile's 8 value rows, this lane's DPL dimensions of each */
+            auto vload = [&](int kt, float (&vv)[8][DPL]) {
                 const bool first = VPRE && kt == k0 + warp * 8; /* vpre holds its rows before p */
 #pragma unroll
                 for (int jj = 0; jj < 8; jj++) {
@@ -2933,13 +2930,54 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                         load_v<DPL>(VROW(min(kt + jj, p)) + dim0, vv[jj]);
                     }
                 }
+            };
+            auto vsum = [&](float pj, const float (&vv)[8][DPL]) {
 #pragma unroll
                 for (int jj = 0; jj < 8; jj++) {
                     const float pv = __shfl_sync(0xffffffffu, pj, 4 * jj);
 #pragma unroll
                     for (int i = 0; i < DPL; i++) acc[i] = fmaf(pv, vv[jj][i], acc[i]);
                 }
-            }
+            };
+            if (one) {
+                const int kt = k0 + warp * 8;
+                const bool has = kt <= kend; /* uniform across the warp */
+                float sc = -INFINITY, vv[8][DPL];
+                if (has) {
+                    const float dot = kdot(kt);
+                    sc = kt + kk <= p ? __fmul_rn(dot, scale) : -INFINITY;
+                    vload(kt, vv);
+                }
+                const float wmax = keys8_max(sc);
+                if (lane == 0) wm[warp] = wmax; /* -inf for a warp without keys */
+                __syncthreads();
+                m = -INFINITY;
+#pragma unroll
+                for (int w = 0; w < ATT_WARPS; w++) m = fmaxf(m, wm[w]);
+                if (has) {
+                    const float pj = sc != -INFINITY ? expf(sc - m) : 0.f;
+                    l = keys8_sum(pj);
+                    vsum(pj, vv);
+                }
+            } else
+                for (int kt = k0 + warp * 8; kt <= kend; kt += ATT_WARPS * 8) {
+                    const float dot = kdot(kt);
+                    const bool live = kt + kk <= p;
+                    const float sc = live ? __fmul_rn(dot, scale) : -INFINITY;
+                    /* the 4 lanes of a key hold the same score and weight: the
+                     * max and the sum of the warp's 8 keys in three steps (the
+                     * bits of the five-step trees over one lane a key) */
+                    const float mn = fmaxf(m, keys8_max(sc));
+                    const float corr = expf(m - mn); /* 0 while m is -inf */
+                    const float pj = live ? expf(sc - mn) : 0.f;
+                    l = fmaf(l, corr, keys8_sum(pj)); /* each key once */
+#pragma unroll
+                    for (int i = 0; i < DPL; i++) acc[i] = __fmul_rn(acc[i], corr);
+                    m = mn;
+                    float vv[8][DPL];
+                    vload(kt, vv);
+                    vsum(pj, vv);
+                }
         }
     }
     /* the wide tiles: 32 keys a warp a pass, one lane a key */
@@ -2999,7 +3037,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         }
     }
     if (lane == 0) {
-        wm[warp] = m;
+        if (!one) wm[warp] = m; /* one pass: wm holds the warps' largest scores, m the block's */
         wl[warp] = l;
     }
     if (lane * DPL < hd)
@@ -3017,26 +3055,37 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
      * shared memory bandwidth). */
     const bool merger = (int)threadIdx.x < max(hd, ATT_WARPS);
     bool live[ATT_WARPS] = {};
-    float M = -INFINITY;
-    if (merger)
+    float M = -INFINITY, f[ATT_WARPS] = {}, L = 0.f;
+    if (one) { /* every warp's keys weighed by the block's largest score: no factors */
+        M = m;
+        if (merger)
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) {
-            const float mw = wm[w];
-            live[w] = w < nw && mw != -INFINITY;
-            if (w < nw) M = fmaxf(M, mw);
-        }
-    /* each warp's rescale factor once (16 expf a thread were most of the merge) */
-    __shared__ float wf[ATT_WARPS];
-    if (threadIdx.x < nw) wf[threadIdx.x] = wm[threadIdx.x] != -INFINITY ? expf(wm[threadIdx.x] - M) : 0.f;
-    __syncthreads();
-    float f[ATT_WARPS] = {}, L = 0.f;
-    if (merger)
+            for (int w = 0; w < ATT_WARPS; w++) {
+                live[w] = w < nw;
+                f[w] = 1.f;
+                const float lw = wl[w];
+                if (live[w]) L += lw;
+            }
+    } else {
+        if (merger)
 #pragma unroll
-        for (int w = 0; w < ATT_WARPS; w++) {
-            f[w] = wf[w];
-            const float lw = wl[w];
-            if (live[w]) L += lw * f[w];
-        }
+            for (int w = 0; w < ATT_WARPS; w++) {
+                const float mw = wm[w];
+                live[w] = w < nw && mw != -INFINITY;
+                if (w < nw) M = fmaxf(M, mw);
+            }
+        /* each warp's rescale factor once (16 expf a thread were most of the merge) */
+        __shared__ float wf[ATT_WARPS];
+        if (threadIdx.x < nw) wf[threadIdx.x] = wm[threadIdx.x] != -INFINITY ? expf(wm[threadIdx.x] - M) : 0.f;
+        __syncthreads();
+        if (merger)
+#pragma unroll
+            for (int w = 0; w < ATT_WARPS; w++) {
+                f[w] = wf[w];
+                const float lw = wl[w];
+                if (live[w]) L += lw * f[w];
+            }
+    }
     float *part = sp.part + ((size_t)(t * sh.n_head + h) * sp.n_chunks) * (2 + hd);
     const float inv = L == 0.f ? 0.f : 1.f / L;
     float fin = 0.f; /* thread i's output element (hd <= 256 < the block's threads) */
