@@ -2027,47 +2027,37 @@ static int gemv1_three(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_pa
     return c->pre ? gemv1_three_pre<true>(c, grid, block, p, types) : gemv1_three_pre<false>(c, grid, block, p, types);
 }
 
-/* gemv1's choice of gemv1_pair48_kernel, from the product's shape and the
- * knobs that override it: rows of 48 chunks, one token, one plain segment,
- * the split of one warp a row and two chunks a lane. */
-extern "C" int apr_cu_gemv_argmax_ok(const apr_cu_gemv_seg *seg, int n_seg, int ntok, const apr_cu_ctx *c)
-{
-    const apr_cu_tune *t = &c->tune;
-    const uint32_t type = seg[0].w.type;
-    if (n_seg != 1 || ntok != 1 || seg[0].mode != APR_CU_STORE || t->gemv1_off || t->pair48_off ||
-        t->gemv1_anytype || (t->gemv1_w && t->gemv1_w != 1) || (t->gemv1_u && t->gemv1_u != 2))
-        return 0;
-    if (type != APR_TYPE_Q4_K && type != APR_TYPE_Q6_K && type != APR_TYPE_Q5_0 && type != APR_TYPE_Q4_0 &&
-        type != APR_TYPE_Q8_0)
-        return 0;
-    return chunks_of(type, seg[0].w.n_in) == 48;
-}
+/* How gemv1 runs a product: the kernel (gemv1_kind) and its shape, from the
+ * product's shape and the knobs (apr_cu_tune) that override it; in one
+ * place, so that apr_cu_gemv_argmax_ok says what gemv1 will launch. */
+enum gemv1_kind { G1_ROWS2, G1_PAIR48, G1_THREE, G1_PLAIN };
+struct gemv1_plan {
+    int nch, wpr, u, nt;
+    bool pairs, swiglu, big;
+    gemv1_kind kind;
+    dim3 grid;
+};
 
-/* The one-token product for quantized weights; 1 where a segment's type has
- * no such path (F32, F16: apr_cu_gemv's general kernel takes it). */
-static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
+/* 1 where a segment's type has no gemv1 path (F32, F16). */
+static int gemv1_plan_of(const apr_cu_gemv_seg *seg, int n_seg, int ntok, bool rms, const apr_cu_ctx *c,
+                         gemv1_plan &pl)
 {
-    int nch = 0;
+    int nch = 0, rows = 0;
     bool pairs = false; /* SwiGLU's Q4_K: K_Q4_K2, one pair a lane, tiles of up to 4 tokens */
+    uint32_t types = 0;
     for (int i = 0; i < n_seg; i++) {
         const uint32_t t = seg[i].w.type;
         if (t == APR_TYPE_F32 || t == APR_TYPE_F16) return 1;
         pairs = pairs || (t == APR_TYPE_Q4_K && seg[0].mode == APR_CU_SWIGLU);
         nch = max(nch, chunks_of(t, seg[i].w.n_in));
+        rows += seg[i].w.n_out;
+        types |= TYPE_BIT(t);
     }
-    gemv_params p = {};
-    if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
-    if (p.amax && (a->rms || !apr_cu_gemv_argmax_ok(seg, n_seg, ntok, c))) return -1;
-    p.a = act_of(a);
-    const bool swiglu = seg[0].mode == APR_CU_SWIGLU, rms = a->rms != NULL;
-    if (rms && !swiglu) return -1; /* rows owing 1/rms are gate/up's (apr_cu_gemv_onorm) */
-    if (rms && a->rms_n > 32 * RMS_STAGE_MAX) return -1;
-    uint32_t types = 0; /* decode: an instance with these types' dots only (gemv1_anytype) */
-    for (int i = 0; i < n_seg; i++) types |= TYPE_BIT(seg[i].w.type);
+    const bool swiglu = seg[0].mode == APR_CU_SWIGLU;
     /* the forced shape of 8 warps a row exists for one-token tiles only */
     const int sms = apr_cu_sms(c);
     int wpr = c->tune.gemv1_w ? c->tune.gemv1_w
-                              : gemv1_wpr(nch, p.rows, sms, !c->tune.pair48_off && n_seg == 1 && !swiglu && !rms);
+                              : gemv1_wpr(nch, rows, sms, !c->tune.pair48_off && n_seg == 1 && !swiglu && !rms);
     if (ntok > 1 && wpr > 4) wpr = 4;
     /* chunks a lane loads at once (the sums' order does not depend on it):
      * one where that covers the row (a second would be a clamped, wasted
@@ -2108,18 +2098,59 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     for (int i = 0; i < n_seg; i++)
         bytes += apr_cu_weight_bytes(seg[i].w.type, seg[i].w.n_in, seg[i].w.n_out) * (swiglu ? 2 : 1);
     const int minb = c->tune.gemv1_minb;
-    const bool big = nt == 1 && (minb == 3 || minb == 4 ? minb == 4 : bytes > GEMV1_BIG_BYTES || (nch >= 112 && p.rows >= 3584));
-    const dim3 grid((unsigned)((p.rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt));
-    const dim3 block(GEMV_WARPS * 32);
+    const bool big = nt == 1 && (minb == 3 || minb == 4 ? minb == 4 : bytes > GEMV1_BIG_BYTES || (nch >= 112 && rows >= 3584));
+    pl = gemv1_plan{nch, wpr, u, nt, pairs, swiglu, big, G1_PLAIN,
+                    dim3((unsigned)((rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt))};
     /* one token, one round of loads, one to two waves' worth of blocks: two
      * groups a block (gemv1_rows2_kernel). H100 decode, same tokens: 0.5B
      * (gate/up, 608 blocks) 1984-1998 -> 2042-2063 tok/s; the 1.5B's gate/up
      * (1120 blocks, 560 with two groups) measured slower, 1154-1167 ->
      * 1094-1102, so more waves keep a block a group */
     const bool one_chunk = pairs ? nch <= 64 : nch <= 32; /* a lane's only chunk (Q4_K pairs: its only pair) */
-    const bool pre = c->pre != 0;
     if (!c->tune.rows2_off && nt == 1 && wpr == 1 && u == 1 && one_chunk && n_seg == 1 && !big &&
-        (int)grid.x > 3 * sms && (int)grid.x <= 6 * sms) {
+        (int)pl.grid.x > 3 * sms && (int)pl.grid.x <= 6 * sms)
+        pl.kind = G1_ROWS2;
+    else if (nt == 1 && wpr == 1 && u == 2 && nch == 48 && n_seg == 1 && !rms && !swiglu && !c->tune.pair48_off &&
+             !c->tune.gemv1_anytype)
+        pl.kind = G1_PAIR48;
+    else if (u == 3 && nt == 1 && wpr == 2 && !big && !rms && !swiglu && !c->tune.gemv1_anytype &&
+             (types == TYPE_BIT(APR_TYPE_Q4_K) || types == TYPE_BIT(APR_TYPE_Q6_K) ||
+              types == TYPE_BIT(APR_TYPE_Q5_0) || types == TYPE_BIT(APR_TYPE_Q8_0))) /* gemv1_three's instances */
+        pl.kind = G1_THREE;
+    if (pl.kind == G1_PLAIN && pl.u > 2) pl.u = 2;
+    return 0;
+}
+
+/* Greedy's argmax is in gemv1_pair48_kernel only (gemv_params.amax). */
+extern "C" int apr_cu_gemv_argmax_ok(const apr_cu_gemv_seg *seg, int n_seg, int ntok, const apr_cu_ctx *c)
+{
+    gemv1_plan pl;
+    if (c->tune.gemv1_off || n_seg != 1 || ntok != 1 || seg[0].mode != APR_CU_STORE ||
+        gemv1_plan_of(seg, n_seg, ntok, false, c, pl))
+        return 0;
+    return pl.kind == G1_PAIR48;
+}
+
+/* The one-token product for quantized weights; 1 where a segment's type has
+ * no such path (F32, F16: apr_cu_gemv's general kernel takes it). */
+static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int ntok, const apr_cu_ctx *c)
+{
+    const bool rms = a->rms != NULL;
+    gemv1_plan pl;
+    if (gemv1_plan_of(seg, n_seg, ntok, rms, c, pl)) return 1;
+    gemv_params p = {};
+    if (gemv_setup(seg, n_seg, ntok, a->ld, a->qk != NULL, 1, p)) return -1;
+    if (p.amax && (rms || pl.kind != G1_PAIR48)) return -1; /* only that kernel has the argmax */
+    p.a = act_of(a);
+    const bool swiglu = pl.swiglu, big = pl.big;
+    if (rms && !swiglu) return -1; /* rows owing 1/rms are gate/up's (apr_cu_gemv_onorm) */
+    if (rms && a->rms_n > 32 * RMS_STAGE_MAX) return -1;
+    uint32_t types = 0; /* decode: an instance with these types' dots only (gemv1_anytype) */
+    for (int i = 0; i < n_seg; i++) types |= TYPE_BIT(seg[i].w.type);
+    const int wpr = pl.wpr, u = pl.u, nt = pl.nt;
+    const dim3 grid = pl.grid, block(GEMV_WARPS * 32);
+    const bool pre = c->pre != 0;
+    if (pl.kind == G1_ROWS2) {
         const dim3 g2((grid.x + 1) / 2);
 #define ROWS2(T)                                                                                        \
     do {                                                                                                \
@@ -2140,8 +2171,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
         }
 #undef ROWS2
     }
-    if (nt == 1 && wpr == 1 && u == 2 && nch == 48 && n_seg == 1 && !rms && !swiglu && !c->tune.pair48_off &&
-        !c->tune.gemv1_anytype) {
+    if (pl.kind == G1_PAIR48) {
         const dim3 g2((unsigned)((p.rows + 2 * GEMV_WARPS - 1) / (2 * GEMV_WARPS)));
 #define PAIR48(K)                                                                     \
     do {                                                                              \
@@ -2161,11 +2191,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
         }
 #undef PAIR48
     }
-    if (p.amax) return -1; /* only the kernel above has the argmax: apr_cu_gemv_argmax_ok must say so */
-    if (u == 3 && nt == 1 && wpr == 2 && !big && !rms && !swiglu && !c->tune.gemv1_anytype &&
-        gemv1_three(c, grid, block, p, types) == 0)
-        return 0;
-    if (u > 2) u = 2;
+    if (pl.kind == G1_THREE) return gemv1_three(c, grid, block, p, types) ? -1 : 0;
 #define GEMV1(U, WPR, NT) gemv1_launch<U, WPR, NT>(c, grid, block, p, big, rms, swiglu, types)
 #define GEMV1_W(U)                                                   \
     do {                                                             \
