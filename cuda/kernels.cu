@@ -121,6 +121,7 @@ static __device__ __forceinline__ uint32_t spread4(uint32_t x)
  * decoding ahead of the wait, where a product launched early has time. */
 static __device__ __forceinline__ void pin_reg(uint32_t &v) { asm volatile("" : "+r"(v)); }
 static __device__ __forceinline__ void pin_reg(float &v) { asm volatile("" : "+f"(v)); }
+static __device__ __forceinline__ void pin_reg(double &v) { asm volatile("" : "+d"(v)); }
 template <class... T>
 static __device__ __forceinline__ void pin_regs(T &...v)
 {
@@ -401,9 +402,11 @@ extern "C" int apr_cu_copy16_done(const void *src, void *dst, size_t bytes, unsi
  * in one fixed order (thread i takes i, i + THREADS, ...; then a warp tree,
  * then the warps in order). norm_quant_kernel and the fused GEMV's prologue
  * both call this with 256 threads, which is what makes their rows the same
- * bits. */
+ * bits. inv_n is 1.0 / n, worked out by the caller before its wait: tot *
+ * inv_n is within a double's ulp of tot / n, so both round to the same float
+ * unless tot / n lies within that of a float rounding boundary. */
 template <int THREADS>
-static __device__ __forceinline__ float rms_scale(const float *src, int n, float eps)
+static __device__ __forceinline__ float rms_scale(const float *src, int n, float eps, double inv_n)
 {
     __shared__ double red[THREADS / 32];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -426,7 +429,7 @@ static __device__ __forceinline__ float rms_scale(const float *src, int n, float
     double tot = 0.0;
 #pragma unroll
     for (int i = 0; i < THREADS / 32; i++) tot += red[i];
-    return 1.0f / sqrtf((float)(tot / n) + eps);
+    return 1.0f / sqrtf((float)(tot * inv_n) + eps);
 }
 
 /* Where Q8_0-style rows go: norm_quant_kernel's, and attention's output for
@@ -466,6 +469,8 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
     const bool valid = e < n;
     if (early) griddep_trigger();
     const float we = w && valid ? w[e] : 0.f; /* a constant: loaded while the previous kernel finishes */
+    double inv_n = 1.0 / n; /* rms_scale's mean, its division done before the wait */
+    pin_reg(inv_n);
     griddep();
     const float *src = x + (size_t)(rows ? rows[t] : t) * ldx;
     float *dst = a.f + (size_t)t * a.ld;
@@ -473,7 +478,7 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
     __shared__ int wi[NQ_THREADS / 32];
     float v = valid ? src[e] : 0.f;
     if (w) {
-        const float scale = rms_scale<NQ_THREADS>(src, n, eps); /* every thread: it synchronizes the block */
+        const float scale = rms_scale<NQ_THREADS>(src, n, eps, inv_n); /* every thread: it synchronizes the block */
         v = valid ? src[e] * scale * we : 0.f;
     }
     if (valid && dst != src) dst[e] = v;
@@ -1319,6 +1324,8 @@ static __device__ __forceinline__ void quantize_block(const pro_dev &pr, uint8_t
         w0 = *(const float4 *)(in.w + warp * 256 + 8 * lane);
         w1 = *(const float4 *)(in.w + warp * 256 + 8 * lane + 4);
     }
+    double inv_n = 1.0 / n;
+    pin_reg(inv_n);
     griddep();
     const float *src = in.x + (size_t)(in.rows ? in.rows[0] : 0) * in.ldx;
     /* a warp walks its groups one after another (35 rounds of 8 for a row of
@@ -1326,7 +1333,7 @@ static __device__ __forceinline__ void quantize_block(const pro_dev &pr, uint8_t
      * waits for L2 */
     for (int i = 32 * tid; i < n; i += 32 * GEMV_WARPS * 32)
         asm volatile("prefetch.global.L1 [%0];" ::"l"(src + i));
-    const float scale = in.w ? rms_scale<GEMV_WARPS * 32>(src, n, in.eps) : 1.f;
+    const float scale = in.w ? rms_scale<GEMV_WARPS * 32>(src, n, in.eps, inv_n) : 1.f;
     int8_t *qk = (int8_t *)(smem + pr.off_qk), *q0 = (int8_t *)(smem + pr.off_q0);
     float2 *dsk = (float2 *)(smem + pr.off_dsk), *ds0 = (float2 *)(smem + pr.off_ds0);
     for (int g = warp; g * 256 < n; g += GEMV_WARPS) {
@@ -2969,10 +2976,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
                 const int kt = k0 + warp * 8;
                 const bool has = kt <= kend; /* uniform across the warp */
                 float sc = -INFINITY, vv[8][DPL];
-                if (has) {
+                if (has) { /* the values' loads first: in flight through the scores and the barrier */
+                    vload(kt, vv);
                     const float dot = kdot(kt);
                     sc = kt + kk <= p ? __fmul_rn(dot, scale) : -INFINITY;
-                    vload(kt, vv);
                 }
                 const float wmax = keys8_max(sc);
                 if (lane == 0) wm[warp] = wmax; /* -inf for a warp without keys */
