@@ -479,7 +479,7 @@ static __global__ void __launch_bounds__(NQ_THREADS) norm_quant_kernel(const flo
     float v = valid ? src[e] : 0.f;
     if (w) {
         const float scale = rms_scale<NQ_THREADS>(src, n, eps, inv_n); /* every thread: it synchronizes the block */
-        v = valid ? src[e] * scale * we : 0.f;
+        v = valid ? v * scale * we : 0.f; /* v: src[e] (the barrier in rms_scale made the compiler load it again) */
     }
     if (valid && dst != src) dst[e] = v;
 
@@ -2699,15 +2699,18 @@ struct rope_dev {
  * 256 + i (i < hd) take element i of v and, past rope_dim, of q and k. */
 struct rope_pre {
     float c, s, b0, b1, bq, bk, bv;
+    int which, i; /* threads < rope_dim: q (0) or k (1), and the pair (integer divisions kept before the wait) */
 };
 
 static __device__ __forceinline__ rope_pre rope_prepare(const apr_cu_attn_shape &sh, const rope_dev &rd, int h, int kvh,
                                                         int p)
 {
     const int hd = sh.head_dim, half = sh.rope_dim / 2, tid = threadIdx.x; /* blockDim.x >= 256 + hd */
-    rope_pre r = {1.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    rope_pre r = {1.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0, 0};
     if (tid < 2 * half) {
         const int which = tid / half, i = tid % half;
+        r.which = which;
+        r.i = i;
         const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
         const float theta = rope_theta(p, i, sh.theta_scale);
         r.c = cosf(theta);
@@ -2735,15 +2738,14 @@ static __device__ __forceinline__ int q_at(int i, int qsh) { return i + ((i >> q
 
 /* The caller synchronizes the block before qs, knew and vnew are read. */
 static __device__ __forceinline__ void rope_decode(const float *row, const apr_cu_attn_shape &sh, const rope_dev &rd,
-                                                   const rope_pre &r, int h, int kvh, int p, int sq, bool append,
+                                                   const rope_pre &r, int h, int kvh, int p, int sq, bool writer,
                                                    float *qs, int qsh, uint16_t *knew, uint16_t *vnew)
 {
     const int hd = sh.head_dim, q_dim = sh.n_head * hd, kv_dim = sh.n_head_kv * hd, tid = threadIdx.x;
     const int half = sh.rope_dim / 2;
-    const bool writer = append && h % (sh.n_head / sh.n_head_kv) == 0;
     const size_t off = (size_t)sq * sh.seq_stride + (size_t)p * kv_dim + (size_t)kvh * hd;
     if (tid < 2 * half) {
-        const int which = tid / half, i = tid % half;
+        const int which = r.which, i = r.i;
         const int ia = sh.neox ? i : 2 * i, ib = sh.neox ? i + half : 2 * i + 1;
         const float *src = row + (which ? q_dim + kvh * hd : h * hd);
         const bool has_b = which ? rd.bk != NULL : rd.bq != NULL;
@@ -2830,6 +2832,9 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     bool pre = false;
     rope_pre rp = {};
     int sq0 = -1, p0 = 0; /* ROPE: the token's sequence and position, read once */
+    bool writer = false;   /* ROPE: this block appends the token's key and value to the cache */
+    int nc0 = 1;           /* ROPE: the token's chunks (integer divisions kept before the wait, as kvh) */
+    const int kvh = h / (sh.n_head / sh.n_head_kv);
     if (ROPE) {
         /* One decode token: the cache rows before its position were written
          * by earlier steps and the batch block by the graph's first copy, so
@@ -2842,10 +2847,13 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         const bool nar0 = narrow_at(p0);
         const int j = k0 + (nar0 ? warp * 8 + (lane >> 2) : warp * 32 + lane);
         if (SPLIT && k0 > p0 && blockIdx.z > 0) return; /* a chunk past the token's keys (chunk 0 zeroes padding) */
-        rp = rope_prepare(sh, rd, h, h / (sh.n_head / sh.n_head_kv), p0);
+        rp = rope_prepare(sh, rd, h, kvh, p0);
+        nc0 = SPLIT ? p0 / sp.chunk + 1 : 1;
+        /* the first q head of each kv group, in the token's last chunk */
+        writer = (!SPLIT || (int)blockIdx.z == nc0 - 1) && h % (sh.n_head / sh.n_head_kv) == 0;
         if (sq0 >= 0 && j < p0) {
             const size_t off = (size_t)sq0 * sh.seq_stride + (size_t)j * kv_dim +
-                               (size_t)(h / (sh.n_head / sh.n_head_kv)) * hd + (nar0 ? (lane & 3) * DLN : 0);
+                               (size_t)kvh * hd + (nar0 ? (lane & 3) * DLN : 0);
             const bool in_regs = HD && (nar0 || !NARROW);
             if (in_regs) {
 #pragma unroll
@@ -2861,7 +2869,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         if constexpr (VPRE) {
             if (sq0 >= 0 && nar0) { /* rows past the position are clamped to one before it (unused) */
                 const uint16_t *vb0 = vc + (size_t)sq0 * sh.seq_stride +
-                                      (size_t)(h / (sh.n_head / sh.n_head_kv)) * hd + min(lane * DPL, hd - DPL);
+                                      (size_t)kvh * hd + min(lane * DPL, hd - DPL);
 #pragma unroll
                 for (int jj = 0; jj < 8; jj++)
                     vpre[jj] = *(const uint32_t *)(vb0 + (size_t)min(k0 + warp * 8 + jj, max(p0 - 1, 0)) * kv_dim);
@@ -2880,10 +2888,10 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         }
         return;
     }
-    const int p = ROPE ? p0 : pos[t], kvh = h / (sh.n_head / sh.n_head_kv);
+    const int p = ROPE ? p0 : pos[t];
     if (SPLIT && k0 > p) return; /* a chunk past the token's keys */
     /* the block's last key; the chunks of the token */
-    const int kend = SPLIT ? min(p, k0 + sp.chunk - 1) : p, nc = SPLIT ? p / sp.chunk + 1 : 1;
+    const int kend = SPLIT ? min(p, k0 + sp.chunk - 1) : p, nc = ROPE ? nc0 : SPLIT ? p / sp.chunk + 1 : 1;
     /* q; for narrow tiles each lane's quarter 4 floats apart from the next:
      * the 4 lanes of a key read the same offset of 4 quarters at once, which
      * without the padding were 128 (64) bytes apart, one bank, a 4-way (2-way)
@@ -2896,8 +2904,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
     __shared__ float wacc[ATT_WARPS][256];
     __shared__ __align__(16) uint16_t knew[ROPE ? 256 : 8], vnew[ROPE ? 256 : 8];
     if (ROPE) {
-        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, !SPLIT || (int)blockIdx.z == nc - 1, qs, qsh, knew,
-                    vnew);
+        rope_decode(q + (size_t)t * ldq, sh, rd, rp, h, kvh, p, sq, writer, qs, qsh, knew, vnew);
         __syncthreads();
     } else {
         for (int i = threadIdx.x; i < hd; i += blockDim.x)
@@ -3078,7 +3085,7 @@ static __global__ void __launch_bounds__(ATT_WARPS * 32)
         for (int i = 0; i < DPL; i++) wacc[warp][lane * DPL + i] = acc[i];
     __syncthreads();
     /* warps past the block's last key had none (their m is -inf): not visited */
-    const int nw = min(ATT_WARPS, (kend - k0) / (narrow ? 8 : 32) + 1);
+    const int nw = min(ATT_WARPS, ((kend - k0) >> (narrow ? 3 : 5)) + 1);
     /* Every warp wrote its state, so the threads that merge (the output's
      * hd, and the first ATT_WARPS for the factors) load all of them at once
      * (fully unrolled, the loads independent) and combine those of the nw
