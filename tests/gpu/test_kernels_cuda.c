@@ -2432,6 +2432,12 @@ int main(int argc, char **argv)
     test_attention_ctx(&r, 12, 2, 128, true, true, false, true, 300, 240, false);
     test_attention_ctx(&r, 14, 2, 64, true, true, false, false, 300, 250, false);
     test_attention_ctx(&r, 12, 2, 128, true, true, false, true, 300, 262, false);
+    /* the one-pass merge's edge: 128 keys (every warp's 8), then 129 (two passes) */
+    for (int P = 127; P <= 128; P++) {
+        test_attention_ctx(&r, 12, 2, 128, true, true, false, true, 200, P, false);
+        test_attention_ctx(&r, 14, 2, 64, true, true, false, true, 200, P, true);
+        test_attention_paths_agree(&r, 12, 2, 128, true, true, 200, P, true);
+    }
     test_attention_q8_refused();
     test_attention_paths_agree(&r, 12, 2, 128, true, true, 64, 37, false); /* qwen2.5-1.5b */
     test_attention_paths_agree(&r, 14, 2, 64, true, true, 64, 37, false);  /* qwen2.5-0.5b */
