@@ -2040,6 +2040,7 @@ static int gemv1_three(const apr_cu_ctx *c, dim3 grid, dim3 block, const gemv_pa
 enum gemv1_kind { G1_ROWS2, G1_PAIR48, G1_THREE, G1_PLAIN };
 struct gemv1_plan {
     int nch, wpr, u, nt;
+    uint32_t types; /* TYPE_BIT of every segment's type: the instance with only their dots (gemv1_anytype) */
     bool pairs, swiglu, big;
     gemv1_kind kind;
     dim3 grid;
@@ -2106,7 +2107,7 @@ static int gemv1_plan_of(const apr_cu_gemv_seg *seg, int n_seg, int ntok, bool r
         bytes += apr_cu_weight_bytes(seg[i].w.type, seg[i].w.n_in, seg[i].w.n_out) * (swiglu ? 2 : 1);
     const int minb = c->tune.gemv1_minb;
     const bool big = nt == 1 && (minb == 3 || minb == 4 ? minb == 4 : bytes > GEMV1_BIG_BYTES || (nch >= 112 && rows >= 3584));
-    pl = gemv1_plan{nch, wpr, u, nt, pairs, swiglu, big, G1_PLAIN,
+    pl = gemv1_plan{nch, wpr, u, nt, types, pairs, swiglu, big, G1_PLAIN,
                     dim3((unsigned)((rows + per_block - 1) / per_block), (unsigned)((ntok + nt - 1) / nt))};
     /* one token, one round of loads, one to two waves' worth of blocks: two
      * groups a block (gemv1_rows2_kernel). H100 decode, same tokens: 0.5B
@@ -2152,8 +2153,7 @@ static int gemv1(const apr_cu_gemv_seg *seg, int n_seg, const apr_cu_act *a, int
     const bool swiglu = pl.swiglu, big = pl.big;
     if (rms && !swiglu) return -1; /* rows owing 1/rms are gate/up's (apr_cu_gemv_onorm) */
     if (rms && a->rms_n > 32 * RMS_STAGE_MAX) return -1;
-    uint32_t types = 0; /* decode: an instance with these types' dots only (gemv1_anytype) */
-    for (int i = 0; i < n_seg; i++) types |= TYPE_BIT(seg[i].w.type);
+    const uint32_t types = pl.types;
     const int wpr = pl.wpr, u = pl.u, nt = pl.nt;
     const dim3 grid = pl.grid, block(GEMV_WARPS * 32);
     const bool pre = c->pre != 0;
